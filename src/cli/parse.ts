@@ -1,0 +1,32 @@
+import { parseDuration } from '../domain/duration.js';
+import { UsageError } from '../domain/errors.js';
+
+/** commander argument parsers that fail with a message naming the flag and the value. */
+export function durationFlag(flag: string): (value: string) => number {
+  return (value) => parseDuration(value, flag);
+}
+
+export function numberFlag(flag: string): (value: string) => number {
+  return (value) => {
+    const parsed = Number(value);
+    if (value.trim() === '' || !Number.isFinite(parsed)) {
+      throw new UsageError(`${flag}: expected a number, got ${JSON.stringify(value)}`);
+    }
+    return parsed;
+  };
+}
+
+export function integerFlag(flag: string): (value: string) => number {
+  return (value) => {
+    const parsed = numberFlag(flag)(value);
+    if (!Number.isSafeInteger(parsed)) {
+      throw new UsageError(`${flag}: expected a whole number, got ${JSON.stringify(value)}`);
+    }
+    return parsed;
+  };
+}
+
+/** `failRate` → `--fail-rate`. */
+export function flagName(optionName: string): string {
+  return `--${optionName.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}`;
+}

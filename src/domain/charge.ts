@@ -1,0 +1,58 @@
+/** Limits and rules for one charge's fields, shared by input validation and the mock provider. */
+export const USER_ID_MAX_LENGTH = 200;
+export const IDEMPOTENCY_KEY_MAX_LENGTH = 255;
+const CURRENCY = /^[A-Z]{3}$/;
+
+/** A field that failed validation and why, in words a person can act on. */
+export interface FieldProblem {
+  readonly field: 'user_id' | 'amount' | 'currency';
+  readonly reason: string;
+}
+
+/** Why `value` is not a valid user id, or undefined when it is one. */
+export function userIdProblem(value: unknown): string | undefined {
+  if (value === undefined || value === null) return 'is missing';
+  if (typeof value !== 'string') return `must be a string, got ${typeof value}`;
+  if (value.length === 0) return 'must not be empty';
+  if (value.length > USER_ID_MAX_LENGTH) {
+    return `must be at most ${USER_ID_MAX_LENGTH} characters, got ${value.length}`;
+  }
+  return undefined;
+}
+
+/** Why `value` is not a positive integer amount in minor units, or undefined when it is one. */
+export function amountProblem(value: unknown): string | undefined {
+  if (value === undefined || value === null) return 'is missing';
+  if (typeof value !== 'number' || !Number.isFinite(value)) {
+    return `must be a number, got ${JSON.stringify(value)}`;
+  }
+  if (!Number.isSafeInteger(value)) {
+    return `must be an integer in minor units (cents), got ${value}`;
+  }
+  if (value <= 0) return `must be positive, got ${value}`;
+  return undefined;
+}
+
+/** Why `value` is not an ISO 4217-shaped currency code, or undefined when it is one. */
+export function currencyProblem(value: unknown): string | undefined {
+  if (value === undefined || value === null) return 'is missing';
+  if (typeof value !== 'string' || !CURRENCY.test(value)) {
+    return `must be three capital letters such as USD, got ${JSON.stringify(value)}`;
+  }
+  return undefined;
+}
+
+/** The first problem with a charge's fields, checked in a fixed order, or undefined. */
+export function chargeFieldsProblem(fields: {
+  user_id?: unknown;
+  amount?: unknown;
+  currency?: unknown;
+}): FieldProblem | undefined {
+  const userId = userIdProblem(fields.user_id);
+  if (userId) return { field: 'user_id', reason: userId };
+  const amount = amountProblem(fields.amount);
+  if (amount) return { field: 'amount', reason: amount };
+  const currency = currencyProblem(fields.currency);
+  if (currency) return { field: 'currency', reason: currency };
+  return undefined;
+}

@@ -1,0 +1,8 @@
+export type { MockProviderStats } from './ledger.js';
+export {
+  type MockProviderOptions,
+  mockProviderOptionsSchema,
+  type ResolvedMockProviderOptions,
+  resolveMockProviderOptions,
+} from './options.js';
+export { type MockProvider, startMockProvider } from './server.js';
