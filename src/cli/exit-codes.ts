@@ -20,6 +20,7 @@ export function exitStatusFor(error: unknown): number {
     case ErrorCode.Config:
     case ErrorCode.InputInvalid:
     case ErrorCode.Io:
+    case ErrorCode.ProviderFatal:
       return ExitStatus.Usage;
     case ErrorCode.Interrupted:
       return ExitStatus.Interrupted;

@@ -52,6 +52,79 @@ program
     process.exitCode = await mockProviderCommand(flags);
   });
 
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+program
+  .command('run')
+  .description(
+    'Bill every user of an input file exactly once (SQLite ledger; resumes an unfinished run of the same file).',
+  )
+  .argument('<input>', 'CSV (header user_id,amount,currency) or NDJSON file')
+  .requiredOption('--endpoint <url>', 'billing API endpoint that charges are POSTed to')
+  .option('--run-id <id>', 'names the billing cycle (default: resume, or a fresh id)')
+  .option('--concurrency <n>', 'most requests in flight (default 64)', integerFlag('--concurrency'))
+  .option('--rate <n>', 'most requests per second (default: unlimited)', numberFlag('--rate'))
+  .option(
+    '--timeout <duration>',
+    'deadline of one request (default 30s)',
+    durationFlag('--timeout'),
+  )
+  .option('--max-attempts <n>', 'attempts per charge (default 5)', integerFlag('--max-attempts'))
+  .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
+  .option('--report <path>', 'per-user CSV report (default <run-id>.report.csv)')
+  .option(
+    '--header <"Name: value">',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the help names a literal ${NAME}.
+    'extra request header; ${NAME} is read from the environment (repeatable)',
+    collect,
+    [],
+  )
+  .option('--skip-invalid', 'record invalid rows as invalid and bill the rest')
+  .option('--dry-run', 'validate, import and plan; charge nobody')
+  .option('--json', 'print the summary as one JSON object on stdout')
+  .action(async (input: string, flags) => {
+    const { runCommand } = await import('./run.js');
+    process.exitCode = await runCommand(input, flags);
+  });
+
+program
+  .command('status')
+  .description("Show a run's counts per state, or what happened to one user.")
+  .requiredOption('--run-id <id>', 'the run')
+  .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
+  .option('--user <user_id>', "show this user's charge")
+  .option('--json', 'print JSON')
+  .action(async (flags) => {
+    const { statusCommand } = await import('./status.js');
+    process.exitCode = await statusCommand(flags);
+  });
+
+program
+  .command('report')
+  .description('Write the per-user CSV report of a run.')
+  .requiredOption('--run-id <id>', 'the run')
+  .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
+  .requiredOption('--out <path>', 'where to write the report')
+  .action(async (flags) => {
+    const { reportCommand } = await import('./report.js');
+    process.exitCode = await reportCommand(flags);
+  });
+
+program
+  .command('demo')
+  .description(
+    'Bill demo users against the mock provider (started on a free port), with live progress, a summary and a report (npm start).',
+  )
+  .option('--users <n>', 'how many demo users', integerFlag('--users'), 10_000)
+  .option('--latency <duration>', "the provider's latency", durationFlag('--latency'), 1_600)
+  .option('--concurrency <n>', 'requests in flight', integerFlag('--concurrency'), 1_000)
+  .action(async (flags) => {
+    const { demoCommand } = await import('./demo.js');
+    process.exitCode = await demoCommand(flags);
+  });
+
 async function main(): Promise<void> {
   try {
     await program.parseAsync(process.argv);

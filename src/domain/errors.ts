@@ -13,6 +13,8 @@ export const ErrorCode = {
   Interrupted: 'BULKBILL_INTERRUPTED',
   /** A network resource (port, socket) could not be used. */
   Io: 'BULKBILL_IO',
+  /** The provider answered 401, 403, 404, 405 or a redirect: the run is misconfigured and stops. */
+  ProviderFatal: 'BULKBILL_PROVIDER_FATAL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

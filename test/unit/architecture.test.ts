@@ -10,13 +10,13 @@ const src = fileURLToPath(new URL('../../src/', import.meta.url));
 const ALLOWED: Record<string, readonly string[]> = {
   domain: [],
   input: ['domain'],
-  provider: ['domain'],
+  provider: ['domain', 'control'],
   control: ['domain'],
   ledger: ['domain'],
   observe: ['domain'],
   report: ['domain', 'ledger'],
   'mock-provider': ['domain', 'control'],
-  engine: ['domain', 'input', 'provider', 'control', 'ledger', 'observe'],
+  engine: ['domain', 'input', 'provider', 'control', 'ledger', 'observe', 'report'],
   'index.ts': ['domain', 'engine', 'report', 'observe', 'mock-provider', 'input', 'provider'],
   cli: ['*'],
 };
@@ -41,6 +41,11 @@ function localImports(file: string): string[] {
   return [...text.matchAll(IMPORT)].map((match) =>
     resolve(dirname(file), (match[1] ?? match[2]) as string).replace(/\.js$/, '.ts'),
   );
+}
+
+/** The code of a file without its comments, so a comment may name what the code must not use. */
+function withoutComments(text: string): string {
+  return text.replace(/\/\*[\s\S]*?\*\//g, '').replace(/^\s*\/\/.*$/gm, '');
 }
 
 const files = sourceFiles(src);
@@ -99,7 +104,7 @@ describe('architecture', () => {
       .filter((file) => relative(src, file) !== 'domain/clock.ts')
       .filter((file) =>
         /\b(Date\.now|performance\.now|setTimeout|setInterval|new Date\(\))/.test(
-          readFileSync(file, 'utf8'),
+          withoutComments(readFileSync(file, 'utf8')),
         ),
       )
       .map((file) => relative(src, file));

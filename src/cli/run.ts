@@ -1,0 +1,140 @@
+import { formatDuration } from '../domain/duration.js';
+import { type BillResult, bill, type RunChoice } from '../engine/local-engine.js';
+import { ProgressDisplay } from '../observe/progress.js';
+import { formatAmounts, formatSummary } from '../report/format.js';
+import { latencyPercentiles, type RunSummary } from '../report/summary.js';
+import { ExitStatus } from './exit-codes.js';
+import { flagName } from './parse.js';
+import { onStopSignals } from './signals.js';
+
+export interface RunFlags {
+  endpoint: string;
+  runId?: string;
+  concurrency?: number;
+  rate?: number;
+  timeout?: number;
+  maxAttempts?: number;
+  ledger: string;
+  report?: string;
+  header: string[];
+  skipInvalid?: boolean;
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+const FLAG_OF_OPTION: Record<string, string> = {
+  input: '<input>',
+  timeoutMs: '--timeout',
+  headers: '--header',
+  ledgerInstance: '--ledger',
+};
+
+export function billLabel(name: string): string {
+  return FLAG_OF_OPTION[name] ?? flagName(name);
+}
+
+/** The summary of a finished call, as printed and as `--json` emits it. */
+export function toSummary(result: BillResult, reportPath: string | undefined): RunSummary {
+  return {
+    runId: result.run.runId,
+    total: result.run.total,
+    counts: result.counts,
+    chargedAmounts: result.chargedAmounts,
+    wallMs: result.wallMs,
+    throughputPerSecond: result.wallMs > 0 ? (result.ended * 1_000) / result.wallMs : 0,
+    attempts: result.attempts,
+    latencyMs: latencyPercentiles(result.latencies),
+    serialMs: result.serialMs,
+    interrupted: result.outcome === 'interrupted',
+    stoppedBecause: result.stoppedBecause,
+    reportPath,
+  };
+}
+
+/** Exit status of a bill() result, the same for every engine. */
+export function exitStatusOf(result: BillResult): number {
+  if (result.outcome === 'interrupted') return ExitStatus.Interrupted;
+  if (result.outcome === 'stopped') return ExitStatus.Usage;
+  if (result.outcome === 'planned') return ExitStatus.Ok;
+  const { failed, unknown, pending } = result.counts;
+  return failed + unknown + pending > 0 ? ExitStatus.Failed : ExitStatus.Ok;
+}
+
+function announce(choice: RunChoice, ledger: string): string {
+  const { run, how } = choice;
+  const what =
+    how === 'created'
+      ? `new run ${run.runId}`
+      : how === 'resumed'
+        ? `resuming unfinished run ${run.runId}`
+        : `run ${run.runId} already finished on ${run.finishedAt}: nobody will be billed (a new cycle needs a new --run-id)`;
+  return `bulkbill: ${what} · ${run.total.toLocaleString('en-US')} rows · ledger ${ledger}\n`;
+}
+
+export async function runCommand(input: string, flags: RunFlags): Promise<number> {
+  const stderr = process.stderr;
+  const display = new ProgressDisplay(stderr, { now: () => performance.now() });
+  const controller = new AbortController();
+  const removeSignals = onStopSignals(
+    () => {
+      display.finish();
+      stderr.write(
+        'bulkbill: stopping: no new requests; waiting for those in flight (Ctrl-C again to quit at once)…\n',
+      );
+      controller.abort();
+    },
+    () =>
+      stderr.write(
+        'bulkbill: quitting at once; the ledger is consistent, run the same command to resume\n',
+      ),
+  );
+  try {
+    const result = await bill(
+      {
+        input,
+        endpoint: flags.endpoint,
+        ledger: flags.ledger,
+        headers: flags.header,
+        ...(flags.runId === undefined ? {} : { runId: flags.runId }),
+        ...(flags.concurrency === undefined ? {} : { concurrency: flags.concurrency }),
+        ...(flags.rate === undefined ? {} : { rate: flags.rate }),
+        ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout }),
+        ...(flags.maxAttempts === undefined ? {} : { maxAttempts: flags.maxAttempts }),
+        skipInvalid: flags.skipInvalid === true,
+        dryRun: flags.dryRun === true,
+        signal: controller.signal,
+        reportPath: (runId) => flags.report ?? `${runId}.report.csv`,
+        onRun: (choice) => stderr.write(announce(choice, flags.ledger)),
+        onProgress: (event) => display.update(event),
+      },
+      billLabel,
+    );
+    display.finish();
+    if (result.outcome === 'planned' && result.plan) {
+      const { plan } = result;
+      const text = [
+        `bulkbill: dry run of ${result.run.runId}: nobody was charged`,
+        `  ${plan.charges.toLocaleString('en-US')} charges to attempt (${plan.invalid} invalid rows recorded): ${formatAmounts(plan.amounts)}`,
+        `  at concurrency ${plan.concurrency}${plan.rate ? ` and ${plan.rate}/s` : ''}, assuming ${formatDuration(plan.assumedLatencyMs)} per request: about ${formatDuration(plan.expectedMs)} (one after another: ${formatDuration(plan.serialMs)})`,
+      ].join('\n');
+      if (flags.json)
+        process.stdout.write(`${JSON.stringify({ runId: result.run.runId, plan })}\n`);
+      else process.stdout.write(`${text}\n`);
+      return ExitStatus.Ok;
+    }
+    const summary = toSummary(result, result.reportPath);
+    const heading =
+      result.outcome === 'finished-before'
+        ? `bulkbill run ${summary.runId}: already finished, nobody billed`
+        : `bulkbill run ${summary.runId}: ${result.outcome}`;
+    if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+    else process.stdout.write(formatSummary(summary, heading));
+    if (result.outcome === 'stopped') {
+      stderr.write(`bulkbill: stopped with charges left pending: ${result.stoppedBecause}\n`);
+    }
+    return exitStatusOf(result);
+  } finally {
+    display.finish();
+    removeSignals();
+  }
+}

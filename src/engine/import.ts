@@ -1,0 +1,95 @@
+import { BulkbillError, ErrorCode } from '../domain/errors.js';
+import {
+  formatDuplicateProblem,
+  formatProblem,
+  type InputFormat,
+  type InputRow,
+  readInputBatches,
+} from '../input/index.js';
+import type { DuplicateUser, ImportRow, Ledger, RunRecord } from '../ledger/ledger.js';
+
+/** Problems listed in the error of an input that does not validate. */
+export const PROBLEMS_LISTED = 20;
+
+/** An input that does not validate: nothing was imported, nothing charged. */
+export class InputInvalidError extends BulkbillError {
+  override readonly name = 'InputInvalidError';
+  /** The first problems, formatted `file:line: field: reason`, in line order. */
+  readonly problems: readonly string[];
+  /** Invalid rows in all. */
+  readonly problemCount: number;
+
+  constructor(file: string, problems: readonly string[], problemCount: number) {
+    const more = problemCount > problems.length ? ` (the first ${problems.length} shown)` : '';
+    super(
+      ErrorCode.InputInvalid,
+      `${file}: ${problemCount} invalid row${problemCount === 1 ? '' : 's'}${more}; nothing was charged (--skip-invalid bills the valid rows and records these as invalid):\n${problems.join('\n')}`,
+    );
+    this.problems = problems;
+    this.problemCount = problemCount;
+  }
+}
+
+interface Collected {
+  line: number;
+  text: string;
+}
+
+/**
+ * Validates the input and imports it as a new run in one ledger transaction. Without
+ * `skipInvalid`, any invalid row (or user id met twice) rolls the import back and throws
+ * InputInvalidError listing the first problems; with it, such rows are recorded `invalid`.
+ */
+export async function importRun(
+  ledger: Ledger,
+  run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
+  options: { readonly skipInvalid: boolean; readonly format?: InputFormat | undefined },
+): Promise<RunRecord> {
+  const file = run.inputPath;
+  const problems: Collected[] = [];
+  let problemCount = 0;
+  const note = (line: number, text: string) => {
+    problemCount++;
+    if (problems.length < PROBLEMS_LISTED) problems.push({ line, text });
+  };
+
+  async function* batches(): AsyncGenerator<readonly ImportRow[]> {
+    for await (const batch of readInputBatches(file, { format: options.format })) {
+      yield batch.map((row) => toImportRow(file, row, options.skipInvalid, note));
+    }
+    if (problemCount > 0 && !options.skipInvalid) {
+      const listed = problems.sort((a, b) => a.line - b.line).map((problem) => problem.text);
+      throw new InputInvalidError(file, listed, problemCount);
+    }
+  }
+
+  const onDuplicate = (duplicate: DuplicateUser) => {
+    note(duplicate.line, formatDuplicateProblem(file, duplicate.line, duplicate.firstLine));
+  };
+  return ledger.createRun(run, batches(), onDuplicate);
+}
+
+function toImportRow(
+  file: string,
+  row: InputRow,
+  skipInvalid: boolean,
+  note: (line: number, text: string) => void,
+): ImportRow {
+  if (row.charge !== undefined) {
+    const { userId, amount, currency, metadata } = row.charge;
+    return { line: row.line, userId, amount, currency, metadata };
+  }
+  for (const problem of row.problems) {
+    note(row.line, formatProblem(file, row.line, problem.field, problem.reason));
+  }
+  const reason = row.problems.map((problem) => `${problem.field}: ${problem.reason}`).join('; ');
+  // Without --skip-invalid the import is rolled back anyway; with it the row is kept, as it came.
+  return {
+    line: row.line,
+    userId: skipInvalid ? (row.rawUserId ?? '') : '',
+    amount: 0,
+    currency: '',
+    metadata: {},
+    invalidReason: reason,
+  };
+}

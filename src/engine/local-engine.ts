@@ -1,0 +1,403 @@
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import type { Random } from '../control/backoff.js';
+import { resolveRetryPolicy } from '../control/retry-policy.js';
+import { type Clock, systemClock } from '../domain/clock.js';
+import { BulkbillError, describeValue, ErrorCode, UsageError } from '../domain/errors.js';
+import { runIdProblem } from '../domain/idempotency-key.js';
+import { hashInput, type InputFormat } from '../input/index.js';
+import type { Ledger, RunRecord, StateCounts } from '../ledger/ledger.js';
+import { SqliteLedger } from '../ledger/sqlite-ledger.js';
+import type { ProgressEvent } from '../observe/progress.js';
+import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
+import { writeReport } from '../report/report.js';
+import { importRun } from './import.js';
+import { type ChargeSender, Scheduler, systemTimers, type Timers } from './scheduler.js';
+
+const positiveInteger = z.number().int().min(1);
+
+/** The local engine's options: every field documented with its default, checked once. */
+export const billOptionsSchema = z
+  .object({
+    /** The billing cycle: a CSV or NDJSON file. Required. */
+    input: z.string().min(1),
+    /** Where charges are POSTed, e.g. https://billing.example.com/v1/charges. Required. */
+    endpoint: z.string().min(1),
+    /** Names the billing cycle (`2026-11`). Default: resume the input's unfinished run, else a fresh id. */
+    runId: z.string().optional(),
+    /** Most requests in flight. Default 64. */
+    concurrency: positiveInteger.max(100_000).default(64),
+    /** Most requests per second (smooth token bucket). Default: unlimited. */
+    rate: z.number().finite().positive().optional(),
+    /** Deadline of one request, in ms. Default 30 s. */
+    timeoutMs: z.number().finite().positive().default(30_000),
+    /** Attempts per charge (throttled ones do not count). Default 5. */
+    maxAttempts: positiveInteger.max(100).default(5),
+    /** The SQLite ledger file. Default ./bulkbill.db. */
+    ledger: z.string().min(1).default('bulkbill.db'),
+    /** `Name: value` headers; `${NAME}` is read from `env`. Default none. */
+    headers: z.array(z.string()).default([]),
+    /** Record invalid rows as `invalid` and bill the rest, instead of refusing the file. Default false. */
+    skipInvalid: z.boolean().default(false),
+    /** Validate and import, plan, charge nobody. Default false. */
+    dryRun: z.boolean().default(false),
+    /** Latency assumed by the dry-run plan, in ms. Default 1.6 s. */
+    assumedLatencyMs: z.number().finite().positive().default(1_600),
+    /** The input's format. Default: from the extension, else sniffed. */
+    format: z.enum(['csv', 'ndjson']).optional(),
+    /** How often onProgress is called, in ms. Default 250. */
+    progressIntervalMs: z.number().finite().positive().default(250),
+  })
+  .strict();
+
+export type BillOptions = z.input<typeof billOptionsSchema> & {
+  /** Environment for `${NAME}` in headers. Default process.env. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Stops dispatching when aborted: in-flight requests finish, the ledger is flushed. */
+  readonly signal?: AbortSignal;
+  /** Called every `progressIntervalMs` while charging, and once at the end. */
+  readonly onProgress?: (event: ProgressEvent) => void;
+  /** Told which run is billed, once it is chosen (before any charge). */
+  readonly onRun?: (run: RunChoice) => void;
+  /** Where to write the per-user CSV report, given the run id. Default: no report. */
+  readonly reportPath?: (runId: string) => string;
+  /** An open ledger to use instead of the `ledger` file (it is not closed). */
+  readonly ledgerInstance?: Ledger;
+  /** Test seams. */
+  readonly clock?: Clock;
+  readonly timers?: Timers;
+  readonly random?: Random;
+  readonly sender?: ChargeSender;
+};
+
+type ResolvedBillOptions = z.output<typeof billOptionsSchema>;
+
+/** Which run a call bills and how it was found. */
+export interface RunChoice {
+  readonly run: RunRecord;
+  /** `created`: a new run; `resumed`: an unfinished one; `finished`: nothing left to bill. */
+  readonly how: 'created' | 'resumed' | 'finished';
+}
+
+/** The dry run's plan. */
+export interface BillPlan {
+  /** Charges that would be attempted. */
+  readonly charges: number;
+  readonly invalid: number;
+  /** Amount per currency, in minor units, of the charges that would be attempted. */
+  readonly amounts: Readonly<Record<string, number>>;
+  readonly concurrency: number;
+  readonly rate: number | undefined;
+  readonly assumedLatencyMs: number;
+  /** Expected wall time at that concurrency, rate and latency (Little's law). */
+  readonly expectedMs: number;
+  /** The same charges one after another. */
+  readonly serialMs: number;
+}
+
+/** What one call of bill() did. */
+export interface BillResult {
+  /**
+   * `completed`: every charge ended (see counts for how); `finished-before`: the run had
+   * already ended, nobody was billed; `planned`: dry run; `interrupted`: the signal stopped it;
+   * `stopped`: the provider reported a misconfiguration and charges are left pending.
+   */
+  readonly outcome: 'completed' | 'finished-before' | 'planned' | 'interrupted' | 'stopped';
+  readonly run: RunRecord;
+  /** States of every input row now; they add up to run.total. */
+  readonly counts: StateCounts;
+  /** Amount charged per currency, in minor units (all processes). */
+  readonly chargedAmounts: Readonly<Record<string, number>>;
+  readonly wallMs: number;
+  /** Charges ended by this call. */
+  readonly ended: number;
+  /** Requests sent by this call. */
+  readonly attempts: number;
+  /** Latency of every request sent by this call, in ms. */
+  readonly latencies: Float64Array;
+  /** How long this call's requests would have taken one after another, in ms. */
+  readonly serialMs: number;
+  /** Why the run stopped, for `stopped`. */
+  readonly stoppedBecause: string | undefined;
+  readonly plan: BillPlan | undefined;
+  /** Where the report was written, when one was asked for. */
+  readonly reportPath: string | undefined;
+}
+
+function checkOptions(options: BillOptions, label: (name: string) => string): ResolvedBillOptions {
+  const {
+    env: _env,
+    signal: _signal,
+    onProgress: _onProgress,
+    onRun: _onRun,
+    ledgerInstance: _ledgerInstance,
+    reportPath: _reportPath,
+    clock: _clock,
+    timers: _timers,
+    random: _random,
+    sender: _sender,
+    ...plain
+  } = options;
+  const parsed = billOptionsSchema.safeParse(plain);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = String(issue?.path[0] ?? 'options');
+    const received = (plain as Record<string, unknown>)[name];
+    throw new UsageError(`${label(name)}: ${issue?.message}, got ${describeValue(received)}`);
+  }
+  const runId = parsed.data.runId;
+  if (runId !== undefined) {
+    const problem = runIdProblem(runId);
+    if (problem) throw new UsageError(`${label('runId')} ${problem}`);
+  }
+  return parsed.data;
+}
+
+/** A fresh run id: the date and time, then four random hex digits, e.g. `2026-11-30T1712-a3f9`. */
+export function freshRunId(now = new Date()): string {
+  const stamp = now.toISOString().slice(0, 16).replace(':', '');
+  return `${stamp}-${randomBytes(2).toString('hex')}`;
+}
+
+async function chooseRun(
+  ledger: Ledger,
+  options: ResolvedBillOptions,
+  inputHash: string,
+  endpoint: string,
+): Promise<RunChoice | undefined> {
+  const existing =
+    options.runId === undefined
+      ? ((await ledger.findUnfinishedRun(inputHash)) ?? (await ledger.findLatestRun(inputHash)))
+      : await ledger.findRun(options.runId);
+  if (existing === undefined) return undefined;
+  if (existing.inputHash !== inputHash) {
+    throw new BulkbillError(
+      ErrorCode.Usage,
+      `run ${existing.runId} was created from another input (${existing.inputPath}); resuming it with ${options.input} is refused. Pass the original file, or a new --run-id`,
+    );
+  }
+  if (existing.endpoint !== endpoint) {
+    throw new BulkbillError(
+      ErrorCode.Usage,
+      `run ${existing.runId} bills ${existing.endpoint}; resuming it against ${endpoint} is refused (its idempotency keys live at the first provider). Pass a new --run-id to bill elsewhere`,
+    );
+  }
+  return { run: existing, how: existing.finishedAt === undefined ? 'resumed' : 'finished' };
+}
+
+/** Where a charge stands in terms of "done" (terminal and not to be retried). */
+function doneOf(counts: StateCounts): number {
+  return counts.charged + counts.declined + counts.invalid;
+}
+
+/**
+ * Bills a billing cycle on the local engine: validates and imports the input into the SQLite
+ * ledger (or finds the run to resume), then charges every pending user exactly once, as fast
+ * as the concurrency, rate and provider allow. Resolves with what happened; rejects with a
+ * BulkbillError for usage, input and configuration errors (nothing charged).
+ */
+export async function bill(
+  options: BillOptions,
+  label: (name: string) => string = (name) => `\`${name}\``,
+): Promise<BillResult> {
+  const config = checkOptions(options, label);
+  const clock = options.clock ?? systemClock;
+  const started = clock.now();
+  // Headers first: a missing ${TOKEN} must stop the run before the input is even read.
+  const headers = resolveHeaders(
+    parseHeaderFlags(config.headers, label('headers')),
+    options.env ?? process.env,
+  );
+  const policy = resolveRetryPolicy({ maxAttempts: config.maxAttempts });
+  const ownsLedger = options.ledgerInstance === undefined;
+  const ledger = options.ledgerInstance ?? new SqliteLedger({ path: config.ledger });
+  let client: ProviderClient | undefined;
+  try {
+    const inputHash = await hashInput(config.input);
+    client = new ProviderClient({
+      endpoint: config.endpoint,
+      headers,
+      connections: config.concurrency,
+      timeoutMs: config.timeoutMs,
+    });
+    const endpoint = client.endpoint;
+    let choice = await chooseRun(ledger, config, inputHash, endpoint);
+    if (choice === undefined) {
+      const run = await importRun(
+        ledger,
+        {
+          runId: config.runId ?? freshRunId(),
+          inputHash,
+          inputPath: config.input,
+          endpoint,
+        },
+        { skipInvalid: config.skipInvalid, format: config.format as InputFormat | undefined },
+      );
+      choice = { run, how: 'created' };
+    }
+    options.onRun?.(choice);
+    const { run } = choice;
+    const before = await ledger.counts(run.runId);
+    const base = {
+      run,
+      counts: before,
+      chargedAmounts: await ledger.totals(run.runId, 'charged'),
+      ended: 0,
+      attempts: 0,
+      latencies: new Float64Array(0),
+      serialMs: 0,
+      stoppedBecause: undefined,
+    };
+    if (choice.how === 'finished') {
+      const reportPath = await report(ledger, run.runId, options.reportPath);
+      return {
+        ...base,
+        outcome: 'finished-before',
+        wallMs: clock.now() - started,
+        plan: undefined,
+        reportPath,
+      };
+    }
+    if (config.dryRun) {
+      const plan = await planRun(ledger, run, before, config);
+      return {
+        ...base,
+        outcome: 'planned',
+        wallMs: clock.now() - started,
+        plan,
+        reportPath: undefined,
+      };
+    }
+
+    const scheduler = new Scheduler({
+      runId: run.runId,
+      ledger,
+      sender: options.sender ?? client,
+      policy,
+      concurrency: config.concurrency,
+      rate: config.rate,
+      clock,
+      timers: options.timers ?? systemTimers,
+      random: options.random ?? Math.random,
+      signal: options.signal,
+    });
+    const progress = startProgress(options, config, run, before, scheduler, clock);
+    let result: Awaited<ReturnType<Scheduler['run']>>;
+    try {
+      result = await scheduler.run();
+    } finally {
+      progress.stop();
+    }
+    await ledger.flush();
+    await ledger.finishIfComplete(run.runId);
+    const counts = await ledger.counts(run.runId);
+    const ended = scheduler.snapshot().ended;
+    const finalRun = (await ledger.findRun(run.runId)) ?? run;
+    const reportPath = await report(ledger, run.runId, options.reportPath);
+    return {
+      outcome:
+        result.fatal !== undefined ? 'stopped' : result.interrupted ? 'interrupted' : 'completed',
+      run: finalRun,
+      counts,
+      chargedAmounts: await ledger.totals(run.runId, 'charged'),
+      wallMs: clock.now() - started,
+      ended: ended.charged + ended.declined + ended.failed + ended.unknown,
+      attempts: scheduler.snapshot().attempts,
+      latencies: result.latencies,
+      serialMs: result.serialMs,
+      stoppedBecause: result.fatal,
+      plan: undefined,
+      reportPath,
+    };
+  } finally {
+    await client?.close();
+    if (ownsLedger) await ledger.close();
+  }
+}
+
+async function report(
+  ledger: Ledger,
+  runId: string,
+  pathOf: ((runId: string) => string) | undefined,
+): Promise<string | undefined> {
+  if (!pathOf) return undefined;
+  const path = pathOf(runId);
+  await writeReport(ledger, runId, path);
+  return path;
+}
+
+async function planRun(
+  ledger: Ledger,
+  run: RunRecord,
+  counts: StateCounts,
+  config: ResolvedBillOptions,
+): Promise<BillPlan> {
+  const charges = counts.pending + counts.failed + counts.unknown;
+  const latency = config.assumedLatencyMs;
+  // Little's law: throughput is concurrency / latency, unless the rate limit is lower.
+  const perSecond = Math.min(
+    (config.concurrency * 1_000) / latency,
+    config.rate ?? Number.POSITIVE_INFINITY,
+  );
+  const waves = charges === 0 ? 0 : (charges / perSecond) * 1_000;
+  return {
+    charges,
+    invalid: counts.invalid,
+    amounts: await ledger.totals(run.runId, 'pending'),
+    concurrency: config.concurrency,
+    rate: config.rate,
+    assumedLatencyMs: latency,
+    expectedMs: charges === 0 ? 0 : Math.max(latency, waves),
+    serialMs: charges * latency,
+  };
+}
+
+function startProgress(
+  options: BillOptions,
+  config: ResolvedBillOptions,
+  run: RunRecord,
+  before: StateCounts,
+  scheduler: Scheduler,
+  clock: Clock,
+): { stop(): void } {
+  const { onProgress } = options;
+  if (!onProgress) return { stop() {} };
+  const started = clock.now();
+  const doneBefore = doneOf(before);
+  // Ended charges over the last five seconds, for the rate and the ETA.
+  const window: Array<{ at: number; ended: number }> = [];
+  const emit = () => {
+    const snapshot = scheduler.snapshot();
+    const { charged, declined, failed, unknown } = snapshot.ended;
+    const ended = charged + declined + failed + unknown;
+    const now = clock.now();
+    window.push({ at: now, ended });
+    while (window.length > 2 && now - (window[0]?.at ?? now) > 5_000) window.shift();
+    const oldest = window[0] ?? { at: now, ended };
+    const perSecond = now > oldest.at ? ((ended - oldest.ended) * 1_000) / (now - oldest.at) : 0;
+    const done = doneBefore + ended;
+    onProgress({
+      runId: run.runId,
+      total: run.total,
+      done,
+      charged: before.charged + charged,
+      declined: before.declined + declined,
+      failed,
+      unknown,
+      invalid: before.invalid,
+      inFlight: snapshot.inFlight,
+      retrying: snapshot.retrying,
+      perSecond,
+      etaMs: perSecond > 0 ? ((run.total - done) / perSecond) * 1_000 : undefined,
+      elapsedMs: now - started,
+      pausedMs: snapshot.pausedMs,
+    });
+  };
+  const timer = setInterval(emit, config.progressIntervalMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      emit();
+    },
+  };
+}

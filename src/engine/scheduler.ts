@@ -1,0 +1,380 @@
+import type { Random } from '../control/backoff.js';
+import { decideRetry, type RetryPolicy } from '../control/retry-policy.js';
+import { TokenBucket } from '../control/token-bucket.js';
+import type { Clock } from '../domain/clock.js';
+import { idempotencyKey } from '../domain/idempotency-key.js';
+import type { AttemptResult, TerminalChargeState } from '../domain/outcome.js';
+import type { Ledger, PendingCharge } from '../ledger/ledger.js';
+import type { ChargeRequest } from '../provider/index.js';
+import { RetryQueue } from './retry-queue.js';
+
+/** What the scheduler needs from a provider client. */
+export interface ChargeSender {
+  attempt(charge: ChargeRequest): Promise<AttemptResult>;
+}
+
+/** Timers, injectable so tests drive the scheduler with a fake clock. */
+export interface Timers {
+  setTimeout(run: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemTimers: Timers = {
+  setTimeout: (run, ms) => setTimeout(run, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+export interface SchedulerOptions {
+  readonly runId: string;
+  readonly ledger: Ledger;
+  readonly sender: ChargeSender;
+  readonly policy: RetryPolicy;
+  /** Most attempts in flight at once. */
+  readonly concurrency: number;
+  /** Attempts per second at most (smooth token bucket); unlimited when absent. */
+  readonly rate?: number | undefined;
+  readonly clock: Clock;
+  readonly timers: Timers;
+  readonly random: Random;
+  /** Stops dispatching when aborted; attempts in flight still finish and are recorded. */
+  readonly signal?: AbortSignal | undefined;
+  /** Pending charges read from the ledger at a time. Default 2000. */
+  readonly pageSize?: number;
+}
+
+/** Live figures of a run in progress. */
+export interface SchedulerSnapshot {
+  /** Charges that reached a terminal state in this process, by state. */
+  readonly ended: Readonly<Record<Exclude<TerminalChargeState, 'invalid'>, number>>;
+  readonly inFlight: number;
+  /** Charges waiting for a retry (they hold no concurrency slot). */
+  readonly retrying: number;
+  /** Attempts sent in this process. */
+  readonly attempts: number;
+  /** Milliseconds of dispatch pause left from a provider's Retry-After. */
+  readonly pausedMs: number;
+}
+
+/** How the scheduler finished. */
+export interface SchedulerResult {
+  /** Why the run stopped early: a misconfiguration the provider reported. */
+  readonly fatal: string | undefined;
+  /** The run was interrupted by the signal. */
+  readonly interrupted: boolean;
+  /** Latency of every attempt that got an answer or timed out, in ms. */
+  readonly latencies: Float64Array;
+  /** Sum of every attempt's latency: how long one-after-another calls would have taken. */
+  readonly serialMs: number;
+}
+
+interface Charge {
+  readonly pending: PendingCharge;
+  readonly request: ChargeRequest;
+  /** Attempts counted in this process (the retry budget restarts on resume). */
+  attempts: number;
+  ambiguous: boolean;
+  dueAt: number;
+}
+
+interface HeldDecline {
+  readonly charge: Charge;
+  readonly result: AttemptResult;
+  readonly latencyMs: number;
+}
+
+// A cycle whose first 20 answers are all the same 400 or 422 is misconfigured, not 20 bad cards.
+const MISCONFIG_SAMPLE = 20;
+
+/**
+ * The local engine's dispatch loop: pulls pending charges from the ledger in input order,
+ * keeps at most `concurrency` attempts in flight and at most `rate` per second, retries with
+ * backoff without holding a slot, pauses all dispatch for a provider's Retry-After, records
+ * every terminal outcome in the ledger, and stops at once on a misconfiguration.
+ */
+export class Scheduler {
+  readonly #options: SchedulerOptions;
+  readonly #bucket: TokenBucket | undefined;
+  readonly #retries = new RetryQueue<Charge>();
+  #fresh: PendingCharge[] = [];
+  #freshIndex = 0;
+  #afterSeq = 0;
+  #exhausted = false;
+  #loading = false;
+  #inFlight = 0;
+  #pausedUntil = 0;
+  #wakeTimer: unknown;
+  #wakeAt = Number.POSITIVE_INFINITY;
+  #stopping = false;
+  #fatal: string | undefined;
+  #interrupted = false;
+  #attempts = 0;
+  #latencies = new Float64Array(1024);
+  #latencyCount = 0;
+  #serialMs = 0;
+  readonly #ended = { charged: 0, declined: 0, failed: 0, unknown: 0 };
+  /** Declines held back while the first answers might all be the same 400/422. */
+  #heldDeclines: HeldDecline[] = [];
+  /** Watching the first answers for a misconfiguration. */
+  #watching = true;
+  /** The first answers were all the same 400/422: such answers leave their charge pending. */
+  #misconfigured = false;
+  #sampleStatus: number | undefined;
+  #resolve!: (result: SchedulerResult) => void;
+  #reject!: (error: unknown) => void;
+  #settled = false;
+
+  constructor(options: SchedulerOptions) {
+    this.#options = options;
+    this.#bucket =
+      options.rate === undefined
+        ? undefined
+        : new TokenBucket({
+            ratePerSecond: options.rate,
+            // A burst of one: the provider sees a smooth stream, never a spike.
+            burst: 1,
+            clock: options.clock,
+          });
+  }
+
+  /** Runs until every pending charge has ended, the signal aborts, or the provider refuses the run. */
+  run(): Promise<SchedulerResult> {
+    return new Promise<SchedulerResult>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+      const { signal } = this.#options;
+      if (signal?.aborted) this.#interrupt();
+      signal?.addEventListener('abort', () => this.#interrupt(), { once: true });
+      this.#pump();
+    });
+  }
+
+  snapshot(): SchedulerSnapshot {
+    return {
+      ended: { ...this.#ended },
+      inFlight: this.#inFlight,
+      retrying: this.#retries.size,
+      attempts: this.#attempts,
+      pausedMs: Math.max(0, this.#pausedUntil - this.#options.clock.now()),
+    };
+  }
+
+  #interrupt(): void {
+    if (this.#stopping) return;
+    this.#interrupted = true;
+    this.#stopping = true;
+    this.#pump();
+  }
+
+  #pump(): void {
+    if (this.#settled) return;
+    const { clock, concurrency } = this.#options;
+    while (!this.#stopping && this.#inFlight < concurrency) {
+      const now = clock.now();
+      if (now < this.#pausedUntil) {
+        this.#wake(this.#pausedUntil);
+        break;
+      }
+      const due = this.#retries.peek();
+      const fromRetries = due !== undefined && due.dueAt <= now;
+      if (!fromRetries && this.#freshIndex >= this.#fresh.length) {
+        if (!this.#exhausted) this.#load();
+        if (due !== undefined) this.#wake(due.dueAt);
+        break;
+      }
+      if (this.#bucket && !this.#bucket.tryTake()) {
+        this.#wake(now + this.#bucket.msUntilAvailable());
+        break;
+      }
+      const charge = fromRetries ? (this.#retries.pop() as Charge) : this.#takeFresh();
+      this.#send(charge);
+    }
+    if (!this.#exhausted && this.#fresh.length - this.#freshIndex < this.#pageSize() / 2) {
+      this.#load();
+    }
+    this.#finishIfDone();
+  }
+
+  #pageSize(): number {
+    return this.#options.pageSize ?? 2_000;
+  }
+
+  #takeFresh(): Charge {
+    const pending = this.#fresh[this.#freshIndex++] as PendingCharge;
+    return {
+      pending,
+      request: {
+        userId: pending.userId,
+        amount: pending.amount,
+        currency: pending.currency,
+        idempotencyKey: idempotencyKey(this.#options.runId, pending.userId),
+      },
+      attempts: 0,
+      ambiguous: pending.ambiguous,
+      dueAt: 0,
+    };
+  }
+
+  #load(): void {
+    if (this.#loading || this.#exhausted) return;
+    this.#loading = true;
+    const pageSize = this.#pageSize();
+    this.#options.ledger.pendingCharges(this.#options.runId, this.#afterSeq, pageSize).then(
+      (page) => {
+        this.#loading = false;
+        this.#fresh = this.#fresh.slice(this.#freshIndex).concat(page);
+        this.#freshIndex = 0;
+        const last = page.at(-1);
+        if (last) this.#afterSeq = last.seq;
+        if (page.length < pageSize) this.#exhausted = true;
+        this.#pump();
+      },
+      (error: unknown) => this.#fail(error),
+    );
+  }
+
+  #wake(at: number): void {
+    if (at >= this.#wakeAt) return;
+    const { timers, clock } = this.#options;
+    if (this.#wakeTimer !== undefined) timers.clearTimeout(this.#wakeTimer);
+    this.#wakeAt = at;
+    this.#wakeTimer = timers.setTimeout(
+      () => {
+        this.#wakeTimer = undefined;
+        this.#wakeAt = Number.POSITIVE_INFINITY;
+        this.#pump();
+      },
+      Math.max(0, at - clock.now()),
+    );
+  }
+
+  #send(charge: Charge): void {
+    const { clock, sender } = this.#options;
+    this.#inFlight++;
+    this.#attempts++;
+    const started = clock.now();
+    sender.attempt(charge.request).then(
+      (result) => this.#settle(charge, result, clock.now() - started),
+      (error: unknown) => this.#fail(error),
+    );
+  }
+
+  #settle(charge: Charge, result: AttemptResult, latencyMs: number): void {
+    this.#inFlight--;
+    this.#recordLatency(latencyMs);
+    const held =
+      (this.#watching || this.#misconfigured) && this.#holdIfSuspicious(charge, result, latencyMs);
+    if (!held) this.#decide(charge, result, latencyMs);
+    this.#pump();
+  }
+
+  /**
+   * While the first answers are all the same 400 or 422, holds their declines back; on the 20th
+   * stops the run with those charges still pending. Any other answer ends the watch.
+   */
+  #holdIfSuspicious(charge: Charge, result: AttemptResult, latencyMs: number): boolean {
+    const status = result.status;
+    const suspicious =
+      result.kind === 'declined' &&
+      (status === 400 || status === 422) &&
+      (this.#sampleStatus === undefined || this.#sampleStatus === status);
+    if (!suspicious) {
+      if (status !== undefined && this.#watching) this.#releaseDeclines();
+      return false;
+    }
+    this.#sampleStatus = status;
+    if (this.#misconfigured) return true;
+    this.#heldDeclines.push({ charge, result, latencyMs });
+    if (this.#heldDeclines.length >= MISCONFIG_SAMPLE) {
+      this.#watching = false;
+      this.#misconfigured = true;
+      this.#heldDeclines = [];
+      this.#stop(
+        `the first ${MISCONFIG_SAMPLE} answers were all ${status} (${result.reason}): the requests look malformed for this provider, so nobody was declined; check --endpoint and --header`,
+      );
+    }
+    return true;
+  }
+
+  #releaseDeclines(): void {
+    this.#watching = false;
+    const held = this.#heldDeclines;
+    this.#heldDeclines = [];
+    for (const { charge, result, latencyMs } of held) this.#decide(charge, result, latencyMs);
+  }
+
+  #decide(charge: Charge, result: AttemptResult, latencyMs: number): void {
+    const { policy, random, clock, ledger, runId } = this.#options;
+    const decision = decideRetry(
+      policy,
+      { attempts: charge.attempts, ambiguous: charge.ambiguous },
+      result,
+      random,
+    );
+    charge.attempts = decision.attempts;
+    charge.ambiguous = decision.ambiguous;
+    if (decision.action === 'stop') {
+      this.#stop(decision.reason);
+      return;
+    }
+    if (decision.action === 'retry') {
+      const now = clock.now();
+      if (decision.throttled) {
+        const pause = result.kind === 'retry' ? (result.retryAfterMs ?? decision.delayMs) : 0;
+        this.#pausedUntil = Math.max(this.#pausedUntil, now + pause);
+      }
+      charge.dueAt = now + decision.delayMs;
+      this.#retries.push(charge);
+      return;
+    }
+    this.#ended[decision.state]++;
+    ledger.record(runId, {
+      userId: charge.request.userId,
+      state: decision.state,
+      attempts: charge.pending.attempts + decision.attempts,
+      ambiguous: decision.ambiguous,
+      httpStatus: result.status,
+      latencyMs,
+      chargeId: result.kind === 'charged' ? result.chargeId : undefined,
+      error: result.kind === 'charged' ? undefined : 'reason' in result ? result.reason : undefined,
+    });
+  }
+
+  #stop(reason: string): void {
+    this.#fatal ??= reason;
+    this.#stopping = true;
+  }
+
+  #recordLatency(ms: number): void {
+    if (this.#latencyCount === this.#latencies.length) {
+      const grown = new Float64Array(this.#latencies.length * 2);
+      grown.set(this.#latencies);
+      this.#latencies = grown;
+    }
+    this.#latencies[this.#latencyCount++] = ms;
+    this.#serialMs += ms;
+  }
+
+  #finishIfDone(): void {
+    if (this.#inFlight > 0 || this.#loading) return;
+    const drained =
+      this.#exhausted && this.#freshIndex >= this.#fresh.length && this.#retries.size === 0;
+    if (!this.#stopping && !drained) return;
+    if (this.#watching && this.#fatal === undefined) this.#releaseDeclines();
+    if (this.#wakeTimer !== undefined) this.#options.timers.clearTimeout(this.#wakeTimer);
+    this.#wakeTimer = undefined;
+    this.#settled = true;
+    this.#resolve({
+      fatal: this.#fatal,
+      interrupted: this.#interrupted && this.#fatal === undefined,
+      latencies: this.#latencies.subarray(0, this.#latencyCount),
+      serialMs: this.#serialMs,
+    });
+  }
+
+  #fail(error: unknown): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    if (this.#wakeTimer !== undefined) this.#options.timers.clearTimeout(this.#wakeTimer);
+    this.#reject(error);
+  }
+}

@@ -1,0 +1,132 @@
+import type { ChargeState, TerminalChargeState } from '../domain/outcome.js';
+
+/** A billing cycle as the ledger keeps it. */
+export interface RunRecord {
+  readonly runId: string;
+  /** sha256 of the input file's bytes: resuming with another file is refused. */
+  readonly inputHash: string;
+  /** The input file as given when the run was created (for people; the hash is what counts). */
+  readonly inputPath: string;
+  /** The billing endpoint the run charges; never holds a secret. */
+  readonly endpoint: string;
+  /** ISO 8601. */
+  readonly createdAt: string;
+  /** ISO 8601, once every charge ended charged, declined or invalid. */
+  readonly finishedAt: string | undefined;
+  /** Input rows imported, invalid ones included. */
+  readonly total: number;
+}
+
+/** One input row's charge and where it stands. */
+export interface ChargeRecord {
+  readonly userId: string;
+  /** 1-based line of the input file the row starts on. */
+  readonly line: number;
+  readonly amount: number;
+  readonly currency: string;
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly state: ChargeState;
+  /** Attempts that counted (throttled ones do not). */
+  readonly attempts: number;
+  /** Some attempt may have reached the provider without an answer. */
+  readonly ambiguous: boolean;
+  /** The last answer's HTTP status, when one came. */
+  readonly httpStatus: number | undefined;
+  /** The last attempt's latency, in ms. */
+  readonly latencyMs: number | undefined;
+  /** The provider's charge id, when charged and the provider sent one. */
+  readonly chargeId: string | undefined;
+  /** Why the charge was declined, failed, unknown or invalid. */
+  readonly error: string | undefined;
+}
+
+/** A charge ready to be sent: what the engine needs and nothing more. */
+export interface PendingCharge {
+  /** The ledger's position of the row; pages of pending charges are read after it. */
+  readonly seq: number;
+  readonly userId: string;
+  readonly amount: number;
+  readonly currency: string;
+  /** Attempts already counted in an earlier process (resume). */
+  readonly attempts: number;
+  readonly ambiguous: boolean;
+}
+
+/** Where a charge ended up after the engine is done with it for now. */
+export interface ChargeOutcome {
+  readonly userId: string;
+  /** `pending` when the engine stopped before the charge ended (interrupted, fatal). */
+  readonly state: TerminalChargeState | 'pending';
+  readonly attempts: number;
+  readonly ambiguous: boolean;
+  readonly httpStatus: number | undefined;
+  readonly latencyMs: number | undefined;
+  readonly chargeId: string | undefined;
+  readonly error: string | undefined;
+}
+
+/** A row for the import: a charge, or an invalid row (recorded only with --skip-invalid). */
+export interface ImportRow {
+  readonly line: number;
+  readonly userId: string;
+  readonly amount: number;
+  readonly currency: string;
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Set for a row that failed validation: it is recorded `invalid` with this reason. */
+  readonly invalidReason?: string;
+}
+
+/** Counts per state; they add up to the run's total. */
+export type StateCounts = Record<ChargeState, number>;
+
+export function emptyCounts(): StateCounts {
+  return { pending: 0, charged: 0, declined: 0, failed: 0, unknown: 0, invalid: 0 };
+}
+
+/** A duplicate user id met during the import. */
+export interface DuplicateUser {
+  readonly userId: string;
+  readonly line: number;
+  readonly firstLine: number;
+}
+
+/**
+ * Storage of runs and charges, used by the engines alone. Every method may be asynchronous so
+ * an embedded (SQLite) and a networked (Redis) implementation stand side by side.
+ */
+export interface Ledger {
+  findRun(runId: string): Promise<RunRecord | undefined>;
+  /** The newest run of this input that is not finished, if any. */
+  findUnfinishedRun(inputHash: string): Promise<RunRecord | undefined>;
+  /** The newest run of this input, finished or not. */
+  findLatestRun(inputHash: string): Promise<RunRecord | undefined>;
+  /**
+   * Creates a run and imports its rows, batch by batch, in one transaction: either every row is
+   * in the ledger, or (when `batches` throws) none is and no run exists. `onDuplicate` is told of
+   * each user id met twice; that second row is recorded `invalid`.
+   */
+  createRun(
+    run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+  ): Promise<RunRecord>;
+  /**
+   * Up to `limit` charges of the run that still need an attempt (pending, failed, unknown), in
+   * input order, after position `afterSeq`.
+   */
+  pendingCharges(runId: string, afterSeq: number, limit: number): Promise<PendingCharge[]>;
+  /** Records outcomes; implementations batch them. Call flush() to make them durable now. */
+  record(runId: string, outcome: ChargeOutcome): void;
+  /** Makes every recorded outcome durable. */
+  flush(): Promise<void>;
+  counts(runId: string): Promise<StateCounts>;
+  /** Sum of amounts per currency: over charges in `state`, or over all but invalid ones. */
+  totals(runId: string, state?: ChargeState): Promise<Record<string, number>>;
+  /** One charge, for "what happened to user X?". */
+  charge(runId: string, userId: string): Promise<ChargeRecord | undefined>;
+  /** Every charge of the run in input order, streamed. */
+  charges(runId: string): AsyncIterable<ChargeRecord>;
+  /** Marks the run finished when every charge is charged, declined or invalid; says whether it did. */
+  finishIfComplete(runId: string): Promise<boolean>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,177 @@
+import { STATUS_CODES } from 'node:http';
+import { parseRetryAfter, type WallClock } from '../control/retry-after.js';
+import { statusVerdict } from '../control/retry-policy.js';
+import type { AttemptResult } from '../domain/outcome.js';
+
+/** The provider answered: what classification needs of the answer. */
+export interface ProviderAnswer {
+  readonly type: 'answer';
+  readonly status: number;
+  /** The Retry-After header, when there was one. */
+  readonly retryAfter: string | undefined;
+  /** The body as text (possibly cut short); may be empty. */
+  readonly body: string;
+}
+
+/** No answer came. */
+export interface TransportFailure {
+  readonly type: 'failure';
+  /** `timeout`: the attempt's deadline passed; `connection`: the connection failed or broke. */
+  readonly failure: 'timeout' | 'connection';
+  /**
+   * Whether the request had been handed to a connected socket: from then on the provider may
+   * have received it, so a failure is ambiguous. Connection refused or DNS errors come before.
+   */
+  readonly sent: boolean;
+  /** The error's code, e.g. ECONNREFUSED or UND_ERR_SOCKET, when it had one. */
+  readonly code: string | undefined;
+  /** What happened, in words (an error message); never holds a header value. */
+  readonly detail: string;
+}
+
+export type ProviderExchange = ProviderAnswer | TransportFailure;
+
+export interface ClassifyContext {
+  /** The endpoint as safe to print (no credentials, no query string), for fatal reasons. */
+  readonly endpoint: string;
+  /** Read only for a Retry-After given as an HTTP date. */
+  readonly wallClock: WallClock;
+  /** Longest Retry-After honoured, in ms; longer ones are cut to it. */
+  readonly maxRetryAfterMs: number;
+}
+
+/** Longest provider reason kept, in characters. */
+export const REASON_MAX_LENGTH = 200;
+/** Longest charge id kept; a longer `id` is not one we can store. */
+const CHARGE_ID_MAX_LENGTH = 255;
+
+const FATAL_ADVICE: Readonly<Record<number, string>> = {
+  401: 'check the Authorization header',
+  403: 'the credentials are not allowed to charge; check the Authorization header',
+  404: 'check the endpoint URL',
+  405: 'the endpoint does not take POST; check the endpoint URL',
+};
+
+/**
+ * Classifies one attempt (pure; the provider client feeds it):
+ * 2xx charged (with the body's `id`); 408, 409, 425, 429 and 5xx retry; 401, 403, 404, 405
+ * fatal; any other 4xx declined with the provider's reason; 1xx/3xx/unknown statuses fatal.
+ * A failure is a retry, ambiguous exactly when the request had been sent. 429, and 503 with a
+ * Retry-After, are throttling. Fatal reasons never quote the body, which could echo a secret.
+ */
+export function classify(exchange: ProviderExchange, context: ClassifyContext): AttemptResult {
+  if (exchange.type === 'failure') return classifyFailure(exchange);
+  const { status, body } = exchange;
+  switch (statusVerdict(status)) {
+    case 'charged':
+      return { kind: 'charged', status, chargeId: chargeIdOf(body) };
+    case 'declined':
+      return { kind: 'declined', status, reason: providerReason(body) ?? statusLine(status) };
+    case 'retry': {
+      let retryAfterMs: number | undefined;
+      if (status === 429 || status === 503) {
+        retryAfterMs = parseRetryAfter(exchange.retryAfter, {
+          wallClock: context.wallClock,
+          maxMs: context.maxRetryAfterMs,
+        });
+      }
+      const said = providerReason(body);
+      return {
+        kind: 'retry',
+        status,
+        reason: said === undefined ? statusLine(status) : `${status} ${said}`,
+        ambiguous: false,
+        // A 503 without Retry-After is a failure, and uses up an attempt like one.
+        throttled: status === 429 || (status === 503 && retryAfterMs !== undefined),
+        retryAfterMs,
+      };
+    }
+    case 'fatal':
+      return { kind: 'fatal', status, reason: fatalReason(status, context.endpoint) };
+  }
+}
+
+function classifyFailure(failure: TransportFailure): AttemptResult {
+  const what = failure.code === undefined ? failure.detail : `${failure.detail} (${failure.code})`;
+  const when = failure.sent
+    ? 'after the request was sent: the provider may have charged'
+    : 'before the request was sent';
+  return {
+    kind: 'retry',
+    status: undefined,
+    reason: `${failure.failure === 'timeout' ? 'timeout' : 'connection error'}: ${what}, ${when}`,
+    ambiguous: failure.sent,
+    throttled: false,
+    retryAfterMs: undefined,
+  };
+}
+
+function fatalReason(status: number, endpoint: string): string {
+  const advice =
+    FATAL_ADVICE[status] ??
+    (status >= 300 && status < 400
+      ? 'the endpoint redirects; use the URL it redirects to'
+      : 'a status the billing API should never send');
+  return `${statusLine(status)} from ${endpoint}: ${advice}`;
+}
+
+function statusLine(status: number): string {
+  const text = STATUS_CODES[status];
+  return text === undefined ? String(status) : `${status} ${text}`;
+}
+
+function parseObject(body: string): Record<string, unknown> | undefined {
+  if (body.length === 0 || body.charCodeAt(0) !== 0x7b /* { */) return undefined;
+  try {
+    const parsed: unknown = JSON.parse(body);
+    return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)
+      ? (parsed as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function chargeIdOf(body: string): string | undefined {
+  const id = parseObject(body)?.id;
+  const text = typeof id === 'string' ? id : typeof id === 'number' ? String(id) : undefined;
+  return text !== undefined && text.length > 0 && text.length <= CHARGE_ID_MAX_LENGTH
+    ? text
+    : undefined;
+}
+
+/**
+ * The provider's reason: `error` and `message` of a JSON body (`card_declined`,
+ * `invalid_request: amount must be positive`), else the start of a text body; one line, short.
+ */
+export function providerReason(body: string): string | undefined {
+  const parsed = parseObject(body);
+  let reason: string | undefined;
+  if (parsed) {
+    const error = typeof parsed.error === 'string' ? parsed.error.trim() : '';
+    const message = typeof parsed.message === 'string' ? parsed.message.trim() : '';
+    reason =
+      error && message && error !== message
+        ? `${error}: ${message}`
+        : error || message || undefined;
+  } else if (body.length > 0) {
+    reason = body;
+  }
+  if (reason === undefined) return undefined;
+  const line = oneLine(reason);
+  return line.length === 0 ? undefined : truncate(line, REASON_MAX_LENGTH);
+}
+
+function oneLine(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are the target.
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\s]+/g, ' ').trim();
+}
+
+function truncate(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let end = max - 1;
+  // Never split a surrogate pair.
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${text.slice(0, end)}…`;
+}

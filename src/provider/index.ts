@@ -1,0 +1,24 @@
+export {
+  type ClassifyContext,
+  classify,
+  type ProviderAnswer,
+  type ProviderExchange,
+  providerReason,
+  REASON_MAX_LENGTH,
+  type TransportFailure,
+} from './classify.js';
+export {
+  type ChargeRequest,
+  PROVIDER_CLIENT_DEFAULTS,
+  ProviderClient,
+  type ProviderClientOptions,
+} from './client.js';
+export {
+  describeHeaders,
+  type HeaderTemplate,
+  parseHeaderFlag,
+  parseHeaderFlags,
+  REDACTED,
+  type RequestHeader,
+  resolveHeaders,
+} from './header-template.js';

@@ -1,0 +1,41 @@
+import { formatDuration } from '../domain/duration.js';
+import type { StateCounts } from '../ledger/ledger.js';
+import type { RunSummary } from './summary.js';
+
+const number = new Intl.NumberFormat('en-US');
+
+/** `9,950 charged · 40 declined · …`: every state, so the counts visibly add up. */
+export function formatCounts(counts: StateCounts): string {
+  return (['charged', 'declined', 'failed', 'unknown', 'invalid', 'pending'] as const)
+    .map((state) => `${number.format(counts[state])} ${state}`)
+    .join(' · ');
+}
+
+/** `USD 199,000 (minor units) · EUR 1,250 (minor units)`: exact sums, no guess at decimals. */
+export function formatAmounts(amounts: Readonly<Record<string, number>>): string {
+  const entries = Object.entries(amounts);
+  if (entries.length === 0) return 'nothing';
+  return entries
+    .map(([currency, minor]) => `${currency} ${number.format(minor)} (minor units)`)
+    .join(' · ');
+}
+
+/** The end-of-run summary, for people. */
+export function formatSummary(summary: RunSummary, heading: string): string {
+  const { latencyMs } = summary;
+  const lines = [
+    heading,
+    `  ${number.format(summary.total)} users: ${formatCounts(summary.counts)}`,
+    `  charged: ${formatAmounts(summary.chargedAmounts)}`,
+  ];
+  if (summary.attempts > 0) {
+    const speedup = summary.wallMs > 0 ? summary.serialMs / summary.wallMs : 0;
+    lines.push(
+      `  ${formatDuration(summary.wallMs)} wall · ${number.format(Math.round(summary.throughputPerSecond))} charges/s · ${number.format(summary.attempts)} requests · latency p50 ${formatDuration(latencyMs.p50)} p95 ${formatDuration(latencyMs.p95)} p99 ${formatDuration(latencyMs.p99)}`,
+      `  one after another, these requests would have taken ${formatDuration(summary.serialMs)}${speedup >= 1 ? ` (${number.format(Math.round(speedup))}× longer)` : ''}`,
+    );
+  }
+  if (summary.stoppedBecause) lines.push(`  stopped: ${summary.stoppedBecause}`);
+  if (summary.reportPath) lines.push(`  report: ${summary.reportPath}`);
+  return `${lines.join('\n')}\n`;
+}

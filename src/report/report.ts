@@ -1,0 +1,69 @@
+import { once } from 'node:events';
+import { createWriteStream } from 'node:fs';
+import { rename } from 'node:fs/promises';
+import { BulkbillError, ErrorCode } from '../domain/errors.js';
+import type { Ledger } from '../ledger/ledger.js';
+import { csvRecord } from './csv.js';
+
+/** The report's columns, in order: the first seven are the contract, the rest context. */
+export const REPORT_COLUMNS = [
+  'user_id',
+  'status',
+  'attempts',
+  'http_status',
+  'latency_ms',
+  'charge_id',
+  'error',
+  'line',
+  'amount',
+  'currency',
+  'ambiguous',
+  'metadata',
+] as const;
+
+/**
+ * Writes one CSV row per input row of the run, in input order, streamed from the ledger. Written
+ * to a temporary file and renamed, so a report on disk is always whole.
+ */
+export async function writeReport(ledger: Ledger, runId: string, path: string): Promise<number> {
+  const temporary = `${path}.${process.pid}.tmp`;
+  const out = createWriteStream(temporary, { encoding: 'utf8' });
+  const failed = once(out, 'error').then(([error]) => {
+    throw new BulkbillError(
+      ErrorCode.Io,
+      `cannot write the report ${path}: ${(error as Error).message}`,
+      {
+        cause: error,
+      },
+    );
+  });
+  failed.catch(() => {});
+  let rows = 0;
+  const write = async (text: string) => {
+    if (!out.write(text)) await Promise.race([once(out, 'drain'), failed]);
+  };
+  await write(csvRecord(REPORT_COLUMNS));
+  for await (const charge of ledger.charges(runId)) {
+    rows++;
+    await write(
+      csvRecord([
+        charge.userId,
+        charge.state,
+        charge.attempts,
+        charge.httpStatus,
+        charge.latencyMs,
+        charge.chargeId,
+        charge.error,
+        charge.line,
+        charge.amount,
+        charge.currency,
+        charge.ambiguous,
+        Object.keys(charge.metadata).length > 0 ? JSON.stringify(charge.metadata) : undefined,
+      ]),
+    );
+  }
+  out.end();
+  await Promise.race([once(out, 'finish'), failed]);
+  await rename(temporary, path);
+  return rows;
+}
