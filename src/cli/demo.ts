@@ -21,10 +21,14 @@ async function startProvider(
 ): Promise<{ child: ChildProcess; url: string }> {
   const entry = process.argv[1] as string;
   const child = spawn(process.execPath, [...process.execArgv, entry, 'mock-provider', ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
   child.stdout?.setEncoding('utf8');
+  // Its stderr only matters when it fails to start.
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    out += chunk;
+  });
   const url = await new Promise<string>((resolve, reject) => {
     child.stdout?.on('data', (chunk: string) => {
       out += chunk;

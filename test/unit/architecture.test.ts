@@ -17,7 +17,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   report: ['domain', 'ledger'],
   'mock-provider': ['domain', 'control'],
   engine: ['domain', 'input', 'provider', 'control', 'ledger', 'observe', 'report'],
-  'index.ts': ['domain', 'engine', 'report', 'observe', 'mock-provider', 'input', 'provider'],
+  'index.ts': ['domain', 'engine', 'report', 'observe', 'mock-provider', 'ledger'],
   cli: ['*'],
 };
 

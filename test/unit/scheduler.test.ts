@@ -1,0 +1,318 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { resolveRetryPolicy } from '../../src/control/retry-policy.js';
+import type { AttemptResult } from '../../src/domain/outcome.js';
+import { Scheduler, type SchedulerResult } from '../../src/engine/scheduler.js';
+import type { ChargeRecord } from '../../src/ledger/ledger.js';
+import { SqliteLedger } from '../../src/ledger/sqlite-ledger.js';
+import type { ChargeRequest } from '../../src/provider/index.js';
+import { FakeTimers, settle } from '../helpers/fake-timers.js';
+
+const RUN = 'cycle';
+
+const answer = {
+  charged: (id = 'ch_1'): AttemptResult => ({ kind: 'charged', status: 200, chargeId: id }),
+  declined: (status = 402): AttemptResult => ({
+    kind: 'declined',
+    status,
+    reason: 'card_declined',
+  }),
+  unavailable: (): AttemptResult => ({
+    kind: 'retry',
+    status: 503,
+    reason: '503',
+    ambiguous: false,
+    throttled: false,
+    retryAfterMs: undefined,
+  }),
+  throttled: (retryAfterMs: number): AttemptResult => ({
+    kind: 'retry',
+    status: 429,
+    reason: '429',
+    ambiguous: false,
+    throttled: true,
+    retryAfterMs,
+  }),
+  timedOut: (): AttemptResult => ({
+    kind: 'retry',
+    status: undefined,
+    reason: 'timeout',
+    ambiguous: true,
+    throttled: false,
+    retryAfterMs: undefined,
+  }),
+  unauthorized: (): AttemptResult => ({ kind: 'fatal', status: 401, reason: '401 Unauthorized' }),
+};
+
+/** A provider the test answers by hand: each attempt waits until the test settles it. */
+class ScriptedSender {
+  readonly sent: ChargeRequest[] = [];
+  readonly #waiting: Array<{ request: ChargeRequest; resolve: (result: AttemptResult) => void }> =
+    [];
+  readonly #auto: ((request: ChargeRequest, nth: number) => AttemptResult) | undefined;
+
+  constructor(auto?: (request: ChargeRequest, nth: number) => AttemptResult) {
+    this.#auto = auto;
+  }
+
+  get inFlight(): number {
+    return this.#waiting.length;
+  }
+
+  attempt(request: ChargeRequest): Promise<AttemptResult> {
+    this.sent.push(request);
+    const nth = this.sent.filter((sent) => sent.userId === request.userId).length;
+    if (this.#auto) return Promise.resolve(this.#auto(request, nth));
+    return new Promise((resolve) => this.#waiting.push({ request, resolve }));
+  }
+
+  /** Answers the oldest attempt in flight. */
+  answer(result: AttemptResult): ChargeRequest {
+    const next = this.#waiting.shift();
+    if (!next) throw new Error('nothing in flight');
+    next.resolve(result);
+    return next.request;
+  }
+}
+
+const ledgers: SqliteLedger[] = [];
+afterEach(async () => {
+  await Promise.all(ledgers.splice(0).map((ledger) => ledger.close()));
+});
+
+async function ledgerWith(count: number): Promise<SqliteLedger> {
+  const ledger = new SqliteLedger({ path: ':memory:', flushIntervalMs: 1 });
+  ledgers.push(ledger);
+  const rows = Array.from({ length: count }, (_, index) => ({
+    line: index + 2,
+    userId: `u${index}`,
+    amount: 100,
+    currency: 'USD',
+    metadata: {},
+  }));
+  async function* batches() {
+    yield rows;
+  }
+  await ledger.createRun(
+    { runId: RUN, inputHash: 'h', inputPath: 'in.csv', endpoint: 'e' },
+    batches(),
+    () => {},
+  );
+  return ledger;
+}
+
+async function chargesOf(ledger: SqliteLedger): Promise<ChargeRecord[]> {
+  await ledger.flush();
+  const all: ChargeRecord[] = [];
+  for await (const charge of ledger.charges(RUN)) all.push(charge);
+  return all;
+}
+
+function start(
+  ledger: SqliteLedger,
+  sender: ScriptedSender,
+  timers: FakeTimers,
+  options: { concurrency?: number; rate?: number; maxAttempts?: number; signal?: AbortSignal } = {},
+): { scheduler: Scheduler; done: Promise<SchedulerResult> } {
+  const scheduler = new Scheduler({
+    runId: RUN,
+    ledger,
+    sender,
+    policy: resolveRetryPolicy({ maxAttempts: options.maxAttempts ?? 5 }),
+    concurrency: options.concurrency ?? 4,
+    rate: options.rate,
+    clock: timers.clock,
+    timers,
+    // Full jitter drawn at its top: the delay is exactly the exponential cap of the attempt.
+    random: () => 0.999_999,
+    signal: options.signal,
+  });
+  return { scheduler, done: scheduler.run() };
+}
+
+describe('Scheduler', () => {
+  it('keeps at most `concurrency` attempts in flight, and refills a slot as soon as one frees', async () => {
+    const ledger = await ledgerWith(10);
+    const sender = new ScriptedSender();
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { concurrency: 3 });
+    await settle();
+    expect(sender.inFlight).toBe(3);
+    expect(sender.sent.map((request) => request.userId)).toEqual(['u0', 'u1', 'u2']);
+    sender.answer(answer.charged());
+    await settle();
+    expect(sender.inFlight).toBe(3);
+    expect(sender.sent).toHaveLength(4);
+    while (sender.inFlight > 0) {
+      sender.answer(answer.charged());
+      await settle();
+    }
+    const result = await done;
+    expect(result.fatal).toBeUndefined();
+    expect((await chargesOf(ledger)).every((charge) => charge.state === 'charged')).toBe(true);
+  });
+
+  it('sends every attempt of a charge with the same idempotency key', async () => {
+    const ledger = await ledgerWith(1);
+    const sender = new ScriptedSender((_request, nth) =>
+      nth < 3 ? answer.timedOut() : answer.charged(),
+    );
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers);
+    await timers.advance(60_000);
+    await done;
+    expect(sender.sent).toHaveLength(3);
+    expect(new Set(sender.sent.map((request) => request.idempotencyKey))).toEqual(
+      new Set(['cycle:u0']),
+    );
+  });
+
+  it('holds a smooth rate: one attempt per 1/rate seconds', async () => {
+    const ledger = await ledgerWith(20);
+    const sender = new ScriptedSender(() => answer.charged());
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { concurrency: 20, rate: 10 });
+    await settle();
+    expect(sender.sent).toHaveLength(1);
+    await timers.advance(99);
+    expect(sender.sent).toHaveLength(1);
+    await timers.advance(1);
+    expect(sender.sent).toHaveLength(2);
+    await timers.advance(1_000);
+    expect(sender.sent).toHaveLength(12);
+    await timers.advance(1_000);
+    await done;
+    expect(sender.sent).toHaveLength(20);
+  });
+
+  it('retries after exponential backoff without holding a concurrency slot', async () => {
+    const ledger = await ledgerWith(2);
+    const sender = new ScriptedSender();
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { concurrency: 1 });
+    await settle();
+    expect(sender.answer(answer.unavailable()).userId).toBe('u0');
+    await settle();
+    // u0 waits for its retry; its slot went to u1 at once.
+    expect(sender.sent.map((request) => request.userId)).toEqual(['u0', 'u1']);
+    sender.answer(answer.charged());
+    await timers.advance(499);
+    expect(sender.sent).toHaveLength(2);
+    await timers.advance(1);
+    expect(sender.sent.map((request) => request.userId)).toEqual(['u0', 'u1', 'u0']);
+    sender.answer(answer.unavailable());
+    // The second retry waits twice as long.
+    await timers.advance(999);
+    expect(sender.sent).toHaveLength(3);
+    await timers.advance(1);
+    expect(sender.sent).toHaveLength(4);
+    sender.answer(answer.charged());
+    await done;
+    const charges = await chargesOf(ledger);
+    expect(charges.map((charge) => [charge.userId, charge.state, charge.attempts])).toEqual([
+      ['u0', 'charged', 3],
+      ['u1', 'charged', 1],
+    ]);
+  });
+
+  it("pauses all dispatch for a 429's Retry-After, without using up the charge's attempts", async () => {
+    const ledger = await ledgerWith(3);
+    const sender = new ScriptedSender();
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { concurrency: 1, maxAttempts: 1 });
+    await settle();
+    sender.answer(answer.throttled(2_000));
+    await settle();
+    // Nobody is sent during the pause: not the throttled charge, not the next one.
+    await timers.advance(1_999);
+    expect(sender.sent).toHaveLength(1);
+    await timers.advance(1);
+    expect(sender.sent).toHaveLength(2);
+    for (let index = 0; index < 3; index++) {
+      sender.answer(answer.charged());
+      await timers.advance(10_000);
+    }
+    await done;
+    const charges = await chargesOf(ledger);
+    expect(charges.every((charge) => charge.state === 'charged')).toBe(true);
+  });
+
+  it('ends a charge failed when attempts run out, unknown when one may have reached the provider', async () => {
+    const ledger = await ledgerWith(2);
+    const sender = new ScriptedSender((request) =>
+      request.userId === 'u0' ? answer.unavailable() : answer.timedOut(),
+    );
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { maxAttempts: 3 });
+    await timers.advance(120_000);
+    await done;
+    const charges = await chargesOf(ledger);
+    expect(
+      charges.map((charge) => [charge.userId, charge.state, charge.attempts, charge.ambiguous]),
+    ).toEqual([
+      ['u0', 'failed', 3, false],
+      ['u1', 'unknown', 3, true],
+    ]);
+  });
+
+  it('stops at a fatal answer: nothing more is sent, answers in flight are still recorded', async () => {
+    const ledger = await ledgerWith(10);
+    const sender = new ScriptedSender();
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { concurrency: 2 });
+    await settle();
+    sender.answer(answer.unauthorized());
+    await settle();
+    expect(sender.sent).toHaveLength(2);
+    sender.answer(answer.charged('ch_in_flight'));
+    const result = await done;
+    expect(result.fatal).toBe('401 Unauthorized');
+    const charges = await chargesOf(ledger);
+    expect(
+      charges.filter((charge) => charge.state === 'charged').map((charge) => charge.chargeId),
+    ).toEqual(['ch_in_flight']);
+    expect(charges.filter((charge) => charge.state === 'pending')).toHaveLength(9);
+  });
+
+  it('stops when the first 20 answers are all the same 400, recording no decline', async () => {
+    const ledger = await ledgerWith(30);
+    const sender = new ScriptedSender(() => answer.declined(400));
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { concurrency: 1 });
+    const result = await done;
+    expect(result.fatal).toMatch(/first 20 answers were all 400/);
+    expect(sender.sent).toHaveLength(20);
+    const charges = await chargesOf(ledger);
+    expect(charges.every((charge) => charge.state === 'pending')).toBe(true);
+  });
+
+  it('declines 400s normally once another answer has come first', async () => {
+    const ledger = await ledgerWith(30);
+    const sender = new ScriptedSender((request) =>
+      request.userId === 'u3' ? answer.charged() : answer.declined(400),
+    );
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, { concurrency: 1 });
+    const result = await done;
+    expect(result.fatal).toBeUndefined();
+    const charges = await chargesOf(ledger);
+    expect(charges.filter((charge) => charge.state === 'declined')).toHaveLength(29);
+  });
+
+  it('stops dispatching when interrupted and lets attempts in flight finish', async () => {
+    const ledger = await ledgerWith(10);
+    const sender = new ScriptedSender();
+    const timers = new FakeTimers();
+    const controller = new AbortController();
+    const { done } = start(ledger, sender, timers, { concurrency: 3, signal: controller.signal });
+    await settle();
+    controller.abort();
+    await settle();
+    expect(sender.sent).toHaveLength(3);
+    for (let index = 0; index < 3; index++) sender.answer(answer.charged());
+    const result = await done;
+    expect(result.interrupted).toBe(true);
+    const charges = await chargesOf(ledger);
+    expect(charges.filter((charge) => charge.state === 'charged')).toHaveLength(3);
+    expect(charges.filter((charge) => charge.state === 'pending')).toHaveLength(7);
+  });
+});
