@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { rename } from 'node:fs/promises';
+import { rename, stat, unlink } from 'node:fs/promises';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import type { Ledger } from '../ledger/ledger.js';
 import { csvRecord } from './csv.js';
@@ -22,12 +22,16 @@ export const REPORT_COLUMNS = [
 ] as const;
 
 /**
- * Writes one CSV row per input row of the run, in input order, streamed from the ledger. Written
- * to a temporary file and renamed, so a report on disk is always whole.
+ * Writes one CSV row per input row of the run, in input order, streamed from the ledger. A
+ * report file is written to a temporary file and renamed, so a report on disk is always whole;
+ * anything else that exists at `path` (/dev/stdout, a pipe) is written to directly, since
+ * renaming over it would replace the device.
  */
 export async function writeReport(ledger: Ledger, runId: string, path: string): Promise<number> {
-  const temporary = `${path}.${process.pid}.tmp`;
-  const out = createWriteStream(temporary, { encoding: 'utf8' });
+  const existing = await stat(path).catch(() => undefined);
+  const temporary =
+    existing === undefined || existing.isFile() ? `${path}.${process.pid}.tmp` : undefined;
+  const out = createWriteStream(temporary ?? path, { encoding: 'utf8' });
   const failed = once(out, 'error').then(([error]) => {
     throw new BulkbillError(
       ErrorCode.Io,
@@ -42,28 +46,34 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
   const write = async (text: string) => {
     if (!out.write(text)) await Promise.race([once(out, 'drain'), failed]);
   };
-  await write(csvRecord(REPORT_COLUMNS));
-  for await (const charge of ledger.charges(runId)) {
-    rows++;
-    await write(
-      csvRecord([
-        charge.userId,
-        charge.state,
-        charge.attempts,
-        charge.httpStatus,
-        charge.latencyMs,
-        charge.chargeId,
-        charge.error,
-        charge.line,
-        charge.amount,
-        charge.currency,
-        charge.ambiguous,
-        Object.keys(charge.metadata).length > 0 ? JSON.stringify(charge.metadata) : undefined,
-      ]),
-    );
+  try {
+    await write(csvRecord(REPORT_COLUMNS));
+    for await (const charge of ledger.charges(runId)) {
+      rows++;
+      await write(
+        csvRecord([
+          charge.userId,
+          charge.state,
+          charge.attempts,
+          charge.httpStatus,
+          charge.latencyMs,
+          charge.chargeId,
+          charge.error,
+          charge.line,
+          charge.amount,
+          charge.currency,
+          charge.ambiguous,
+          Object.keys(charge.metadata).length > 0 ? JSON.stringify(charge.metadata) : undefined,
+        ]),
+      );
+    }
+    out.end();
+    await Promise.race([once(out, 'finish'), failed]);
+  } catch (error) {
+    out.destroy();
+    if (temporary !== undefined) await unlink(temporary).catch(() => {});
+    throw error;
   }
-  out.end();
-  await Promise.race([once(out, 'finish'), failed]);
-  await rename(temporary, path);
+  if (temporary !== undefined) await rename(temporary, path);
   return rows;
 }
