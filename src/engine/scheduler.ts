@@ -252,10 +252,11 @@ export class Scheduler {
     this.#inFlight++;
     this.#attempts++;
     const started = clock.now();
-    sender.attempt(charge.request).then(
-      (result) => this.#settle(charge, result, clock.now() - started),
-      (error: unknown) => this.#fail(error),
-    );
+    sender
+      .attempt(charge.request)
+      .then((result) => this.#settle(charge, result, clock.now() - started))
+      // A client that rejects, or a ledger that cannot record, ends the run with that error.
+      .catch((error: unknown) => this.#fail(error));
   }
 
   #settle(charge: Charge, result: AttemptResult, latencyMs: number): void {

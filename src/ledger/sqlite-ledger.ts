@@ -115,6 +115,29 @@ function toCharge(row: ChargeRow): ChargeRecord {
   };
 }
 
+/** Opens and prepares the file; any failure (missing folder, not a database) names the path. */
+function openDatabase(path: string): Database.Database {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(path);
+    // SQLite reads the file lazily: a file that is not a database fails here, not above.
+    db.pragma('journal_mode = WAL');
+    // NORMAL in WAL mode can lose the last commits on power loss, never corrupt: a lost outcome is
+    // retried with the same idempotency key, so durability of each commit is not needed.
+    db.pragma('synchronous = NORMAL');
+    db.pragma('busy_timeout = 5000');
+    db.exec(SCHEMA);
+    return db;
+  } catch (error) {
+    db?.close();
+    throw new BulkbillError(
+      ErrorCode.Config,
+      `cannot open the ledger ${path}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+}
+
 /**
  * The embedded ledger: one SQLite file in WAL mode. Outcomes are group-committed: buffered and
  * written in one transaction every `flushIntervalMs` or `batchSize` outcomes, so a charge costs a
@@ -127,26 +150,15 @@ export class SqliteLedger implements Ledger {
   readonly #flushIntervalMs: number;
   readonly #buffer: Array<[string, ChargeOutcome]> = [];
   #timer: NodeJS.Timeout | undefined;
+  #backgroundError: unknown;
+  /** The import in progress: it holds the connection's one transaction across awaits. */
+  #importing: Promise<RunRecord> | undefined;
   readonly #statements;
 
   constructor(options: SqliteLedgerOptions) {
     this.#batchSize = options.batchSize ?? 1_000;
     this.#flushIntervalMs = options.flushIntervalMs ?? 50;
-    try {
-      this.#db = new Database(options.path);
-    } catch (error) {
-      throw new BulkbillError(
-        ErrorCode.Config,
-        `cannot open the ledger ${options.path}: ${(error as Error).message}`,
-        { cause: error },
-      );
-    }
-    this.#db.pragma('journal_mode = WAL');
-    // NORMAL in WAL mode can lose the last commits on power loss, never corrupt: a lost outcome is
-    // retried with the same idempotency key, so durability of each commit is not needed.
-    this.#db.pragma('synchronous = NORMAL');
-    this.#db.pragma('busy_timeout = 5000');
-    this.#db.exec(SCHEMA);
+    this.#db = openDatabase(options.path);
     const db = this.#db;
     this.#statements = {
       findRun: db.prepare<[string], RunRow>('SELECT * FROM runs WHERE run_id = ?'),
@@ -161,8 +173,10 @@ export class SqliteLedger implements Ledger {
       ),
       setTotal: db.prepare('UPDATE runs SET total = ? WHERE run_id = ?'),
       insertCharge: db.prepare(
-        `INSERT OR IGNORE INTO charges (run_id, seq, line, user_id, amount, currency, metadata, state, error)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        // Only a user id met twice is skipped (and reported); any other constraint failure throws.
+        `INSERT INTO charges (run_id, seq, line, user_id, amount, currency, metadata, state, error)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (run_id, user_id) WHERE state <> 'invalid' DO NOTHING`,
       ),
       firstLine: db.prepare<[string, string], { line: number }>(
         "SELECT line FROM charges WHERE run_id = ? AND user_id = ? AND state <> 'invalid'",
@@ -216,6 +230,23 @@ export class SqliteLedger implements Ledger {
   }
 
   async createRun(
+    run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+  ): Promise<RunRecord> {
+    await this.#importDone();
+    const importing = this.#import(run, batches, onDuplicate);
+    this.#importing = importing;
+    try {
+      return await importing;
+    } finally {
+      this.#importing = undefined;
+      // Outcomes recorded meanwhile were held back from the import's transaction.
+      this.#commit();
+    }
+  }
+
+  async #import(
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
@@ -284,10 +315,12 @@ export class SqliteLedger implements Ledger {
   record(runId: string, outcome: ChargeOutcome): void {
     this.#buffer.push([runId, outcome]);
     if (this.#buffer.length >= this.#batchSize) this.#commit();
-    else this.#timer ??= setTimeout(() => this.#commit(), this.#flushIntervalMs);
+    else this.#timer ??= setTimeout(() => this.#commitInBackground(), this.#flushIntervalMs);
   }
 
   async flush(): Promise<void> {
+    await this.#importDone();
+    this.#throwBackgroundError();
     this.#commit();
   }
 
@@ -324,6 +357,7 @@ export class SqliteLedger implements Ledger {
   }
 
   async finishIfComplete(runId: string): Promise<boolean> {
+    await this.#importDone();
     this.#commit();
     if ((this.#statements.open.get(runId)?.n ?? 0) > 0) return false;
     this.#statements.finish.run(new Date().toISOString(), runId);
@@ -331,8 +365,34 @@ export class SqliteLedger implements Ledger {
   }
 
   async close(): Promise<void> {
+    await this.#importDone();
     this.#commit();
     if (this.#db.open) this.#db.close();
+  }
+
+  /** Waits for the import in progress, if any, to commit or roll back. */
+  async #importDone(): Promise<void> {
+    while (this.#importing) await this.#importing.catch(() => {});
+  }
+
+  /** A timer's commit has no caller to throw to: keep the error for the next flush(). */
+  #commitInBackground(): void {
+    try {
+      this.#commit();
+    } catch (error) {
+      this.#backgroundError ??= error;
+    }
+  }
+
+  #throwBackgroundError(): void {
+    const error = this.#backgroundError;
+    if (error === undefined) return;
+    this.#backgroundError = undefined;
+    throw new BulkbillError(
+      ErrorCode.Io,
+      `cannot record outcomes in the ledger: ${(error as Error).message}`,
+      { cause: error },
+    );
   }
 
   #commit(): void {
@@ -340,9 +400,21 @@ export class SqliteLedger implements Ledger {
       clearTimeout(this.#timer);
       this.#timer = undefined;
     }
-    if (this.#buffer.length === 0) return;
+    // Written during an import, outcomes would join its transaction and vanish with its rollback;
+    // the import commits them when it ends.
+    if (this.#buffer.length === 0 || this.#importing) return;
     const batch = this.#buffer.splice(0);
     const { update } = this.#statements;
+    try {
+      this.#writeOutcomes(batch, update);
+    } catch (error) {
+      // Nothing of the batch was written (one transaction): keep it for the next attempt.
+      this.#buffer.unshift(...batch);
+      throw error;
+    }
+  }
+
+  #writeOutcomes(batch: ReadonlyArray<[string, ChargeOutcome]>, update: Database.Statement): void {
     this.#db.transaction(() => {
       for (const [runId, outcome] of batch) {
         update.run(

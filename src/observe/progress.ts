@@ -65,6 +65,8 @@ export class ProgressDisplay {
   readonly #now: () => number;
   #lastLineAt: number | undefined;
   #drawn = false;
+  /** The newest event a log has not seen yet (it came within the interval). */
+  #unwritten: ProgressEvent | undefined;
 
   constructor(stream: ProgressStream, options: { lineIntervalMs?: number; now: () => number }) {
     this.#stream = stream;
@@ -81,14 +83,21 @@ export class ProgressDisplay {
       return;
     }
     const now = this.#now();
-    if (this.#lastLineAt !== undefined && now - this.#lastLineAt < this.#lineIntervalMs) return;
+    if (this.#lastLineAt !== undefined && now - this.#lastLineAt < this.#lineIntervalMs) {
+      this.#unwritten = event;
+      return;
+    }
     this.#lastLineAt = now;
+    this.#unwritten = undefined;
     this.#stream.write(`bulkbill ${event.runId}: ${describeProgress(event)}\n`);
   }
 
-  /** Leaves the terminal on a fresh line. */
+  /** Leaves a terminal on a fresh line, and a log with the last figures it was given. */
   finish(): void {
     if (this.#drawn) this.#stream.write('\n');
     this.#drawn = false;
+    const last = this.#unwritten;
+    this.#unwritten = undefined;
+    if (last) this.#stream.write(`bulkbill ${last.runId}: ${describeProgress(last)}\n`);
   }
 }

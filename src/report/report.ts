@@ -32,14 +32,16 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
   const temporary =
     existing === undefined || existing.isFile() ? `${path}.${process.pid}.tmp` : undefined;
   const out = createWriteStream(temporary ?? path, { encoding: 'utf8' });
-  const failed = once(out, 'error').then(([error]) => {
-    throw new BulkbillError(
+  const ioFailure = (error: unknown) =>
+    new BulkbillError(
       ErrorCode.Io,
       `cannot write the report ${path}: ${(error as Error).message}`,
       {
         cause: error,
       },
     );
+  const failed = once(out, 'error').then(([error]) => {
+    throw ioFailure(error);
   });
   failed.catch(() => {});
   let rows = 0;
@@ -69,11 +71,17 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
     }
     out.end();
     await Promise.race([once(out, 'finish'), failed]);
+    if (temporary !== undefined)
+      await rename(temporary, path).catch((error) => {
+        throw ioFailure(error);
+      });
   } catch (error) {
-    out.destroy();
+    // An open still under way creates the file after an unlink: wait until the stream is closed.
+    if (!out.closed)
+      await new Promise<void>((resolve) => out.once('close', () => resolve()).destroy());
     if (temporary !== undefined) await unlink(temporary).catch(() => {});
-    throw error;
+    // once('drain' | 'finish') rejects with the stream's own error, which can come before `failed`.
+    throw error === out.errored ? ioFailure(error) : error;
   }
-  if (temporary !== undefined) await rename(temporary, path);
   return rows;
 }

@@ -22,7 +22,7 @@ export interface RunSummary {
   readonly reportPath: string | undefined;
 }
 
-/** Nearest-rank percentile of `values` (sorted in place); 0 when empty. */
+/** Nearest-rank percentile of `sorted` (ascending, as latencyPercentiles sorts it); 0 when empty. */
 export function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return 0;
   const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
