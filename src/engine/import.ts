@@ -43,7 +43,12 @@ interface Collected {
 export async function importRun(
   ledger: Ledger,
   run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
-  options: { readonly skipInvalid: boolean; readonly format?: InputFormat | undefined },
+  options: {
+    readonly skipInvalid: boolean;
+    readonly format?: InputFormat | undefined;
+    /** Refuse when the input already has an unfinished run (no run id was named). */
+    readonly soleUnfinished: boolean;
+  },
 ): Promise<RunRecord> {
   const file = run.inputPath;
   const problems: Collected[] = [];
@@ -66,7 +71,7 @@ export async function importRun(
   const onDuplicate = (duplicate: DuplicateUser) => {
     note(duplicate.line, formatDuplicateProblem(file, duplicate.line, duplicate.firstLine));
   };
-  return ledger.createRun(run, batches(), onDuplicate);
+  return ledger.createRun(run, batches(), onDuplicate, { soleUnfinished: options.soleUnfinished });
 }
 
 function toImportRow(

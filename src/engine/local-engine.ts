@@ -212,6 +212,7 @@ export async function bill(
   const ownsLedger = options.ledgerInstance === undefined;
   const ledger = options.ledgerInstance ?? new SqliteLedger({ path: config.ledger });
   let client: ProviderClient | undefined;
+  let claimed: string | undefined;
   try {
     const inputHash = await hashInput(config.input);
     client = new ProviderClient({
@@ -231,12 +232,18 @@ export async function bill(
           inputPath: config.input,
           endpoint,
         },
-        { skipInvalid: config.skipInvalid, format: config.format as InputFormat | undefined },
+        {
+          skipInvalid: config.skipInvalid,
+          format: config.format as InputFormat | undefined,
+          soleUnfinished: config.runId === undefined,
+        },
       );
       choice = { run, how: 'created' };
     }
-    options.onRun?.(choice);
     const { run } = choice;
+    await ledger.claimRun(run.runId);
+    claimed = run.runId;
+    options.onRun?.(choice);
     const before = await ledger.counts(run.runId);
     const base = {
       run,
@@ -311,6 +318,7 @@ export async function bill(
     };
   } finally {
     await client?.close();
+    if (claimed !== undefined) await ledger.releaseRun(claimed);
     if (ownsLedger) await ledger.close();
   }
 }

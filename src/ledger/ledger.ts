@@ -104,11 +104,16 @@ export interface Ledger {
    * Creates a run and imports its rows, batch by batch, in one transaction: either every row is
    * in the ledger, or (when `batches` throws) none is and no run exists. `onDuplicate` is told of
    * each user id met twice; that second row is recorded `invalid`.
+   *
+   * Refuses (BulkbillError) a run id that exists, and, with `soleUnfinished`, an input that
+   * already has an unfinished run: checked atomically with the creation, so two processes
+   * started at once on the same file cannot both create a run (and bill everyone twice).
    */
   createRun(
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
+    options?: { readonly soleUnfinished?: boolean },
   ): Promise<RunRecord>;
   /**
    * Up to `limit` charges of the run that still need an attempt (pending, failed, unknown), in
@@ -126,6 +131,13 @@ export interface Ledger {
   charge(runId: string, userId: string): Promise<ChargeRecord | undefined>;
   /** Every charge of the run in input order, streamed. */
   charges(runId: string): AsyncIterable<ChargeRecord>;
+  /**
+   * Claims the run for this process, so two processes never bill it at once; a claim left by a
+   * process that died (kill -9) is taken over. Throws a BulkbillError naming the holder.
+   */
+  claimRun(runId: string): Promise<void>;
+  /** Gives the claim back. */
+  releaseRun(runId: string): Promise<void>;
   /** Marks the run finished when every charge is charged, declined or invalid; says whether it did. */
   finishIfComplete(runId: string): Promise<boolean>;
   close(): Promise<void>;

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import Database from 'better-sqlite3';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
@@ -23,6 +24,12 @@ export interface SqliteLedgerOptions {
 }
 
 const SCHEMA = `
+CREATE TABLE IF NOT EXISTS run_owners (
+  run_id TEXT PRIMARY KEY,
+  pid    INTEGER NOT NULL,
+  host   TEXT NOT NULL,
+  since  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runs (
   run_id      TEXT PRIMARY KEY,
   input_hash  TEXT NOT NULL,
@@ -208,6 +215,13 @@ export class SqliteLedger implements Ledger {
       open: db.prepare<[string], { n: number }>(
         `SELECT count(*) AS n FROM charges WHERE run_id = ? AND state IN ${OPEN_STATES}`,
       ),
+      owner: db.prepare<[string], { pid: number; host: string; since: string }>(
+        'SELECT pid, host, since FROM run_owners WHERE run_id = ?',
+      ),
+      setOwner: db.prepare(
+        'INSERT OR REPLACE INTO run_owners (run_id, pid, host, since) VALUES (?, ?, ?, ?)',
+      ),
+      dropOwner: db.prepare('DELETE FROM run_owners WHERE run_id = ? AND pid = ? AND host = ?'),
       finish: db.prepare(
         'UPDATE runs SET finished_at = ? WHERE run_id = ? AND finished_at IS NULL',
       ),
@@ -233,9 +247,10 @@ export class SqliteLedger implements Ledger {
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
+    options: { readonly soleUnfinished?: boolean } = {},
   ): Promise<RunRecord> {
     await this.#importDone();
-    const importing = this.#import(run, batches, onDuplicate);
+    const importing = this.#import(run, batches, onDuplicate, options.soleUnfinished === true);
     this.#importing = importing;
     try {
       return await importing;
@@ -250,6 +265,7 @@ export class SqliteLedger implements Ledger {
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
+    soleUnfinished: boolean,
   ): Promise<RunRecord> {
     const { insertRun, insertCharge, firstLine: firstLineOf, setTotal } = this.#statements;
     const createdAt = new Date().toISOString();
@@ -257,6 +273,17 @@ export class SqliteLedger implements Ledger {
     this.#db.exec('BEGIN IMMEDIATE');
     let committed = false;
     try {
+      // Under the write lock: no other process can create a run between this check and ours.
+      if (this.#statements.findRun.get(run.runId)) {
+        throw new BulkbillError(ErrorCode.Usage, `run ${run.runId} already exists in this ledger`);
+      }
+      const other = soleUnfinished ? this.#statements.unfinished.get(run.inputHash) : undefined;
+      if (other) {
+        throw new BulkbillError(
+          ErrorCode.Usage,
+          `${run.inputPath} already has the unfinished run ${other.run_id} (another process just created it); run again to resume it`,
+        );
+      }
       insertRun.run(run.runId, run.inputHash, run.inputPath, run.endpoint, createdAt);
       let seq = 0;
       for await (const batch of batches) {
@@ -356,6 +383,32 @@ export class SqliteLedger implements Ledger {
     }
   }
 
+  async claimRun(runId: string): Promise<void> {
+    const { owner, setOwner } = this.#statements;
+    const me = { pid: process.pid, host: hostname() };
+    // IMMEDIATE: two processes claiming at once are serialized by SQLite's write lock.
+    this.#db
+      .transaction(() => {
+        const current = owner.get(runId);
+        if (current && !(current.pid === me.pid && current.host === me.host)) {
+          // A process of another host cannot be checked: its claim stands until released.
+          const alive = current.host !== me.host || processIsAlive(current.pid);
+          if (alive) {
+            throw new BulkbillError(
+              ErrorCode.Usage,
+              `run ${runId} is being billed by process ${current.pid} on ${current.host} since ${current.since}; wait for it to end or stop it, then run again`,
+            );
+          }
+        }
+        setOwner.run(runId, me.pid, me.host, new Date().toISOString());
+      })
+      .immediate();
+  }
+
+  async releaseRun(runId: string): Promise<void> {
+    this.#statements.dropOwner.run(runId, process.pid, hostname());
+  }
+
   async finishIfComplete(runId: string): Promise<boolean> {
     await this.#importDone();
     this.#commit();
@@ -430,5 +483,16 @@ export class SqliteLedger implements Ledger {
         );
       }
     })();
+  }
+}
+
+/** Whether a process of this host still runs: a run claimed by a dead one (kill -9) is free. */
+function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, it is just not ours to signal.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
