@@ -27,6 +27,7 @@ const FLAG_OF_OPTION: Record<string, string> = {
   timeoutMs: '--timeout',
   headers: '--header',
   ledgerInstance: '--ledger',
+  reportPath: '--report',
 };
 
 export function billLabel(name: string): string {

@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { access, constants, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import type { Random } from '../control/backoff.js';
 import { resolveRetryPolicy } from '../control/retry-policy.js';
@@ -220,6 +222,7 @@ export async function bill(
       headers,
       connections: config.concurrency,
       timeoutMs: config.timeoutMs,
+      endpointLabel: label('endpoint'),
     });
     const endpoint = client.endpoint;
     let choice = await chooseRun(ledger, config, inputHash, endpoint);
@@ -241,6 +244,10 @@ export async function bill(
       choice = { run, how: 'created' };
     }
     const { run } = choice;
+    // Found before anyone is charged, not after everyone was.
+    if (options.reportPath && !config.dryRun) {
+      await checkWritable(options.reportPath(run.runId), label('reportPath'));
+    }
     await ledger.claimRun(run.runId);
     claimed = run.runId;
     options.onRun?.(choice);
@@ -320,6 +327,20 @@ export async function bill(
     await client?.close();
     if (claimed !== undefined) await ledger.releaseRun(claimed);
     if (ownsLedger) await ledger.close();
+  }
+}
+
+/** Fails with a usage error when `path` cannot be created or written. */
+async function checkWritable(path: string, name: string): Promise<void> {
+  const existing = await stat(path).catch(() => undefined);
+  try {
+    await access(existing ? path : dirname(resolve(path)), constants.W_OK);
+  } catch (error) {
+    const reason =
+      (error as NodeJS.ErrnoException).code === 'ENOENT'
+        ? 'its folder does not exist'
+        : 'it is not writable';
+    throw new UsageError(`${name}: cannot write ${path}: ${reason}`);
   }
 }
 

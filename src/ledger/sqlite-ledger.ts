@@ -315,7 +315,7 @@ export class SqliteLedger implements Ledger {
             row.currency,
             metadata,
             'invalid',
-            `user_id appears twice (first on line ${firstLine})`,
+            `user_id: appears twice (first on line ${firstLine})`,
           );
         }
       }

@@ -20,6 +20,8 @@ export interface ProviderClientOptions {
   readonly timeoutMs?: number;
   /** Longest Retry-After honoured, in ms. Default RETRY_DEFAULTS.maxRetryAfterMs (5 minutes). */
   readonly maxRetryAfterMs?: number;
+  /** How errors name the endpoint (the CLI passes `--endpoint`). Default `endpoint`. */
+  readonly endpointLabel?: string;
   /** Calendar clock, read only for Retry-After dates. Default: Date.now. */
   readonly wallClock?: WallClock;
 }
@@ -86,7 +88,7 @@ export class ProviderClient {
         `Expected \`maxRetryAfterMs\` to be a finite number >= 0, got ${describeValue(maxRetryAfterMs)}`,
       );
     }
-    const url = parseEndpoint(options.endpoint);
+    const url = parseEndpoint(options.endpoint, options.endpointLabel ?? 'endpoint');
     this.endpoint = `${url.origin}${url.pathname}${url.search ? '?…' : ''}`;
     this.connections = connections;
     this.timeoutMs = timeoutMs;
@@ -147,20 +149,21 @@ function captureResolve(resolve: (result: AttemptResult) => void): void {
   capturedResolve = resolve;
 }
 
-function parseEndpoint(endpoint: string): URL {
+function parseEndpoint(endpoint: string, label: string): URL {
+  // A value that may hold a password (user:pass@host) is never echoed.
+  const got = endpoint.includes('@') ? '' : `, got ${JSON.stringify(endpoint)}`;
   let url: URL;
   try {
     url = new URL(endpoint);
   } catch {
-    // Not echoed: a malformed URL may still hold a password.
-    throw new UsageError('endpoint: expected a URL such as http://127.0.0.1:4010/charge');
+    throw new UsageError(`${label}: expected a URL such as http://127.0.0.1:4010/charge${got}`);
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new UsageError(`endpoint: expected an http or https URL, got ${url.protocol}`);
+    throw new UsageError(`${label}: expected an http or https URL, got ${url.protocol}`);
   }
   if (url.username !== '' || url.password !== '') {
     throw new UsageError(
-      `endpoint: must not hold credentials; send them in a header, e.g. "Authorization: Bearer \${TOKEN}"`,
+      `${label}: must not hold credentials; send them in a header, e.g. "Authorization: Bearer \${TOKEN}"`,
     );
   }
   return url;

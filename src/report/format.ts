@@ -25,7 +25,7 @@ export function formatSummary(summary: RunSummary, heading: string): string {
   const { latencyMs } = summary;
   const lines = [
     heading,
-    `  ${number.format(summary.total)} users: ${formatCounts(summary.counts)}`,
+    `  ${number.format(summary.total)} ${summary.total === 1 ? 'user' : 'users'}: ${formatCounts(summary.counts)}`,
     `  charged: ${formatAmounts(summary.chargedAmounts)}`,
   ];
   if (summary.attempts > 0) {

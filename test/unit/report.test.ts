@@ -242,7 +242,7 @@ describe('writeReport', () => {
         http_status: '',
         latency_ms: '',
         charge_id: '',
-        error: 'user_id appears twice (first on line 2)',
+        error: 'user_id: appears twice (first on line 2)',
         line: '6',
         amount: '1999',
         currency: 'USD',

@@ -194,7 +194,7 @@ describe('SqliteLedger: createRun', () => {
       ['a', 4, 'invalid', 999],
       ['a', 5, 'invalid', 500],
     ]);
-    expect(charges[2]?.error).toMatch(/user_id appears twice.*line 2/);
+    expect(charges[2]?.error).toMatch(/^user_id: appears twice \(first on line 2\)$/);
     expect(charges[3]?.error).toMatch(/line 2/);
     expect((await ledger.counts('r1')).invalid).toBe(2);
   });

@@ -1,0 +1,212 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Agent } from 'undici';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import {
+  type MockProvider,
+  type MockProviderOptions,
+  startMockProvider,
+} from '../../src/mock-provider/index.js';
+import {
+  expectedExitStatus,
+  expectReportAgreesWithProvider,
+  type InputRow,
+  plainUsers,
+  providerStats,
+  runStateSum,
+  statusJson,
+  waitForNewRun,
+  waitForStderr,
+  writeCsvInput,
+} from '../helpers/billing-cycle.js';
+import { runCli, spawnCli } from '../helpers/cli.js';
+import { testAgent } from '../helpers/http.js';
+
+// `kill -9` and Ctrl-C on the real CLI mid-run, then the same command again: it must find the
+// unfinished run by the input's hash and finish it with the same keys, charging nobody twice.
+
+let agent: Agent;
+let dir: string;
+let ledger: string;
+let report: string;
+const providers: MockProvider[] = [];
+
+beforeAll(() => {
+  agent = testAgent(64);
+});
+afterAll(async () => {
+  await agent.close();
+});
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'bulkbill-e2e-crash-'));
+  ledger = join(dir, 'l.db');
+  report = join(dir, 'r.csv');
+});
+afterEach(async () => {
+  await Promise.all(providers.splice(0).map((provider) => provider.close({ graceMs: 0 })));
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function provider(options: MockProviderOptions): Promise<MockProvider> {
+  const started = await startMockProvider({ port: 0, ...options });
+  providers.push(started);
+  return started;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** mulberry32: a fixed seed gives the same "random" kill moment on every run of the suite. */
+function seeded(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
+  };
+}
+
+const USERS = 2_000;
+
+/** A cycle of USERS users, a few with ids that need a hashed key. */
+function crashInput(): InputRow[] {
+  const rows = plainUsers(USERS - 4);
+  rows.push(
+    { userId: 'a:b', amount: 1, currency: 'EUR' },
+    { userId: 'with space, "quotes"', amount: 2, currency: 'EUR' },
+    { userId: 'zoë', amount: 3, currency: 'EUR' },
+    { userId: '=formula', amount: 4, currency: 'EUR' },
+  );
+  return rows;
+}
+
+// One kill per seed, each in its own slice of 200 ms–2 s after the run is announced (after the
+// import, while charging), so the four kills spread over the run.
+const KILLS = [11, 23, 37, 41].map((seed, index) => ({
+  seed,
+  delayMs: Math.round(200 + index * 450 + seeded(seed)() * 450),
+}));
+
+describe('bulkbill run survives kill -9 and Ctrl-C', () => {
+  it.each(KILLS)(
+    'kill -9 $delayMs ms into a run (seed $seed), then the same command finishes it exactly once',
+    async ({ seed, delayMs }) => {
+      const rows = crashInput();
+      const input = await writeCsvInput(join(dir, 'cycle.csv'), rows);
+      const mock = await provider({ latencyMs: 50, failRate: 0.02, lostRate: 0.01, seed });
+      const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ledger];
+      args.push('--report', report, '--concurrency', '40', '--max-attempts', '10');
+
+      const first = spawnCli(args);
+      const runId = await waitForNewRun(first);
+      await sleep(delayMs);
+      const atKill = await providerStats(agent, mock.url);
+      first.child.kill('SIGKILL');
+      // 137 = killed: the run had not ended on its own before the kill.
+      expect(await first.exited, first.stderr()).toBe(137);
+      expect(atKill.requests).toBeGreaterThan(0);
+      expect(atKill.charges).toBeLessThan(USERS);
+
+      // The ledger a kill -9 left behind opens, adds up, and claims no charge the provider lacks.
+      const left = await statusJson(ledger, runId);
+      expect(runStateSum(left)).toBe(USERS);
+      expect(left.finishedAt).toBeUndefined();
+      expect(left.counts.pending).toBeGreaterThan(0);
+      expect(left.counts.charged).toBeLessThanOrEqual(
+        (await providerStats(agent, mock.url)).charges,
+      );
+
+      const second = await runCli(args);
+      expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
+      const byUser = await expectReportAgreesWithProvider({
+        agent,
+        providerUrl: mock.url,
+        reportPath: report,
+        userIds: rows.map((row) => row.userId),
+      });
+      expect(second.code, second.stderr).toBe(expectedExitStatus(byUser.values()));
+    },
+    60_000,
+  );
+
+  it('Ctrl-C stops gracefully (exit 130, charges left pending), and the same command completes', async () => {
+    const rows = crashInput();
+    const input = await writeCsvInput(join(dir, 'cycle.csv'), rows);
+    const mock = await provider({ latencyMs: 50, seed: 5 });
+    const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ledger];
+    args.push('--report', report, '--concurrency', '40');
+
+    const first = spawnCli(args);
+    const runId = await waitForNewRun(first);
+    await sleep(500);
+    first.child.kill('SIGINT');
+    expect(await first.exited, first.stderr()).toBe(130);
+    expect(first.stderr()).toMatch(/stopping/);
+    expect(first.stdout()).toContain(`bulkbill run ${runId}: interrupted`);
+
+    const stopped = await statusJson(ledger, runId);
+    expect(runStateSum(stopped)).toBe(USERS);
+    expect(stopped.finishedAt).toBeUndefined();
+    expect(stopped.counts.pending).toBeGreaterThan(0);
+    expect(stopped.counts.charged).toBeGreaterThan(0);
+    // A graceful stop waits for the requests in flight and records their answers: the ledger
+    // knows every charge the provider made, so the resume needs no replay to learn of them.
+    const stats = await providerStats(agent, mock.url);
+    expect(stats.in_flight).toBe(0);
+    expect(stopped.counts.charged).toBe(stats.charges);
+
+    const second = await runCli(args);
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
+    const byUser = await expectReportAgreesWithProvider({
+      agent,
+      providerUrl: mock.url,
+      reportPath: report,
+      userIds: rows.map((row) => row.userId),
+    });
+    expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
+    expect((await providerStats(agent, mock.url)).replays).toBe(0);
+  }, 60_000);
+
+  it('a second signal quits at once; the charges it left unanswered are settled by replays on resume', async () => {
+    const rows = plainUsers(200);
+    const input = await writeCsvInput(join(dir, 'cycle.csv'), rows);
+    // Slow answers, so that requests are surely in flight when the second signal lands.
+    const mock = await provider({ latencyMs: 600, jitter: 0, seed: 6 });
+    const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ledger];
+    args.push('--report', report, '--concurrency', '50');
+
+    const first = spawnCli(args);
+    const runId = await waitForNewRun(first);
+    await sleep(800); // the first 50 answered, the next 50 in flight
+    first.child.kill('SIGTERM');
+    await waitForStderr(first, /stopping/);
+    first.child.kill('SIGINT');
+    expect(await first.exited, first.stderr()).toBe(130);
+    expect(first.stderr()).toMatch(/quitting at once/);
+
+    // The provider finishes what was in flight: charges the quit process never heard of.
+    for (let waited = 0; (await providerStats(agent, mock.url)).in_flight > 0; waited += 50) {
+      if (waited > 5_000) throw new Error('the provider never finished the requests in flight');
+      await sleep(50);
+    }
+    const left = await statusJson(ledger, runId);
+    expect(runStateSum(left)).toBe(rows.length);
+    expect(left.counts.pending).toBeGreaterThan(0);
+    const unheardOf = (await providerStats(agent, mock.url)).charges - left.counts.charged;
+    expect(unheardOf).toBeGreaterThan(0);
+
+    const second = await runCli(args);
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
+    await expectReportAgreesWithProvider({
+      agent,
+      providerUrl: mock.url,
+      reportPath: report,
+      userIds: rows.map((row) => row.userId),
+    });
+    expect((await providerStats(agent, mock.url)).replays).toBeGreaterThanOrEqual(unheardOf);
+  }, 60_000);
+});
