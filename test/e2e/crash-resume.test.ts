@@ -8,6 +8,7 @@ import {
   type MockProviderOptions,
   startMockProvider,
 } from '../../src/mock-provider/index.js';
+import { mulberry32 } from '../../src/mock-provider/random.js';
 import {
   expectedExitStatus,
   expectReportAgreesWithProvider,
@@ -56,18 +57,6 @@ async function provider(options: MockProviderOptions): Promise<MockProvider> {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** mulberry32: a fixed seed gives the same "random" kill moment on every run of the suite. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
 const USERS = 2_000;
 
 /** A cycle of USERS users, a few with ids that need a hashed key. */
@@ -86,7 +75,7 @@ function crashInput(): InputRow[] {
 // import, while charging), so the four kills spread over the run.
 const KILLS = [11, 23, 37, 41].map((seed, index) => ({
   seed,
-  delayMs: Math.round(200 + index * 450 + seeded(seed)() * 450),
+  delayMs: Math.round(200 + index * 450 + mulberry32(seed)() * 450),
 }));
 
 describe('bulkbill run survives kill -9 and Ctrl-C', () => {

@@ -5,7 +5,7 @@ import type { Agent } from 'undici';
 import { expect } from 'vitest';
 import type { StateCounts } from '../../src/ledger/ledger.js';
 import type { MockProviderStats } from '../../src/mock-provider/index.js';
-import { type CliProcess, runCli } from './cli.js';
+import { type CliProcess, runCli, waitForOutput } from './cli.js';
 import { getJson } from './http.js';
 
 /** One row of `bulkbill run --report`, as csv-parse reads it (every cell a string). */
@@ -92,23 +92,12 @@ export function unescapeCell(cell: string): string {
 }
 
 /** Waits until `pattern` shows in the process's stderr; fails if it exits first. */
-export async function waitForStderr(
+export function waitForStderr(
   cli: CliProcess,
   pattern: RegExp,
   timeoutMs = 20_000,
 ): Promise<RegExpExecArray> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const match = pattern.exec(cli.stderr());
-    if (match) return match;
-    if (cli.child.exitCode !== null || cli.child.signalCode !== null) {
-      throw new Error(`process ended before ${pattern}: ${cli.stdout()}${cli.stderr()}`);
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`no ${pattern} within ${timeoutMs} ms: ${cli.stdout()}${cli.stderr()}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  return waitForOutput(cli, pattern, timeoutMs, 'stderr');
 }
 
 /** Waits for a `run` to announce the new run it created (after the import), and returns its id. */

@@ -41,15 +41,16 @@ export function spawnCli(
   return { child, stdout: () => out, stderr: () => err, exited };
 }
 
-/** Waits until `pattern` shows in the process's stdout; fails if it exits first. */
+/** Waits until `pattern` shows in the process's stdout (or stderr); fails if it exits first. */
 export async function waitForOutput(
   cli: CliProcess,
   pattern: RegExp,
   timeoutMs = 20_000,
+  stream: 'stdout' | 'stderr' = 'stdout',
 ): Promise<RegExpExecArray> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const match = pattern.exec(cli.stdout());
+    const match = pattern.exec(stream === 'stdout' ? cli.stdout() : cli.stderr());
     if (match) return match;
     if (cli.child.exitCode !== null || cli.child.signalCode !== null) {
       throw new Error(`process ended before ${pattern}: ${cli.stdout()}${cli.stderr()}`);
@@ -57,7 +58,7 @@ export async function waitForOutput(
     if (Date.now() > deadline) {
       throw new Error(`no ${pattern} within ${timeoutMs} ms: ${cli.stdout()}${cli.stderr()}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
 
