@@ -49,6 +49,9 @@ export function toSummary(result: BillResult, reportPath: string | undefined): R
     interrupted: result.outcome === 'interrupted',
     stoppedBecause: result.stoppedBecause,
     reportPath,
+    importMs: result.importMs,
+    // maxRSS is in kibibytes.
+    peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };
 }
 

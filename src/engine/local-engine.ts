@@ -124,6 +124,8 @@ export interface BillResult {
   readonly plan: BillPlan | undefined;
   /** Where the report was written, when one was asked for. */
   readonly reportPath: string | undefined;
+  /** Time spent validating and importing the input (0 when an existing run was resumed). */
+  readonly importMs: number;
 }
 
 function checkOptions(options: BillOptions, label: (name: string) => string): ResolvedBillOptions {
@@ -226,7 +228,9 @@ export async function bill(
     });
     const endpoint = client.endpoint;
     let choice = await chooseRun(ledger, config, inputHash, endpoint);
+    let importMs = 0;
     if (choice === undefined) {
+      const importStarted = clock.now();
       const run = await importRun(
         ledger,
         {
@@ -241,6 +245,7 @@ export async function bill(
           soleUnfinished: config.runId === undefined,
         },
       );
+      importMs = clock.now() - importStarted;
       choice = { run, how: 'created' };
     }
     const { run } = choice;
@@ -254,6 +259,7 @@ export async function bill(
     const before = await ledger.counts(run.runId);
     const base = {
       run,
+      importMs,
       counts: before,
       chargedAmounts: await ledger.totals(run.runId, 'charged'),
       ended: 0,
@@ -322,6 +328,7 @@ export async function bill(
       stoppedBecause: result.fatal,
       plan: undefined,
       reportPath,
+      importMs,
     };
   } finally {
     await client?.close();

@@ -35,6 +35,12 @@ export function formatSummary(summary: RunSummary, heading: string): string {
       `  one after another, these requests would have taken ${formatDuration(summary.serialMs)}${speedup >= 1 ? ` (${number.format(Math.round(speedup))}× longer)` : ''}`,
     );
   }
+  const memory = `peak memory ${Math.round(summary.peakRssBytes / 1_048_576)} MiB`;
+  lines.push(
+    summary.importMs > 0
+      ? `  imported ${number.format(summary.total)} rows in ${formatDuration(summary.importMs)} · ${memory}`
+      : `  ${memory}`,
+  );
   if (summary.stoppedBecause) lines.push(`  stopped: ${summary.stoppedBecause}`);
   if (summary.reportPath) lines.push(`  report: ${summary.reportPath}`);
   return `${lines.join('\n')}\n`;

@@ -20,6 +20,10 @@ export interface RunSummary {
   /** Why the run stopped early, when the provider said it was misconfigured. */
   readonly stoppedBecause: string | undefined;
   readonly reportPath: string | undefined;
+  /** Time spent validating and importing the input (0 when an existing run was resumed). */
+  readonly importMs: number;
+  /** Peak resident memory of the process, in bytes. */
+  readonly peakRssBytes: number;
 }
 
 /** Nearest-rank percentile of `sorted` (ascending, as latencyPercentiles sorts it); 0 when empty. */

@@ -97,7 +97,16 @@ describe('formatSummary', () => {
     interrupted: false,
     stoppedBecause: undefined,
     reportPath: undefined,
+    importMs: 1_250,
+    peakRssBytes: 150 * 1024 * 1024,
   };
+
+  it('shows how long the import took and the peak memory', () => {
+    const text = formatSummary(summary, 'done');
+    expect(text).toContain('imported 10,000 rows in 1.25s');
+    expect(text).toContain('peak memory 150 MiB');
+    expect(formatSummary({ ...summary, importMs: 0 }, 'done')).not.toContain('imported');
+  });
 
   it('prints the heading, the counts, the amounts and the speed figures', () => {
     const text = formatSummary(summary, 'bulkbill run march-2026: finished');
