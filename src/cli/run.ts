@@ -64,6 +64,18 @@ export function exitStatusOf(result: BillResult): number {
   return failed + unknown + pending > 0 ? ExitStatus.Failed : ExitStatus.Ok;
 }
 
+/** What the operator can do about charges that did not end well, or nothing. */
+function nextStep(result: BillResult): string {
+  const { failed, unknown, pending } = result.counts;
+  if (result.outcome === 'planned' || failed + unknown + pending === 0) return '';
+  const parts = [
+    failed > 0 ? `${failed} failed (never reached the provider)` : undefined,
+    unknown > 0 ? `${unknown} unknown (may have reached it; see the report)` : undefined,
+    pending > 0 ? `${pending} pending` : undefined,
+  ].filter((part) => part !== undefined);
+  return `bulkbill: ${parts.join(', ')}: run the same command again to retry them with the same idempotency keys (nobody is charged twice)\n`;
+}
+
 function announce(choice: RunChoice, ledger: string): string {
   const { run, how } = choice;
   const what =
@@ -136,6 +148,7 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
     if (result.outcome === 'stopped') {
       stderr.write(`bulkbill: stopped with charges left pending: ${result.stoppedBecause}\n`);
     }
+    stderr.write(nextStep(result));
     return exitStatusOf(result);
   } finally {
     display.finish();
