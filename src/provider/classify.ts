@@ -52,12 +52,17 @@ const FATAL_ADVICE: Readonly<Record<number, string>> = {
   405: 'the endpoint does not take POST; check the endpoint URL',
 };
 
+// Errors a server or gateway sends while or after handling the request: the charge may be done.
+const MAY_HAVE_PROCESSED = new Set([500, 502, 504]);
+
 /**
  * Classifies one attempt (pure; the provider client feeds it):
  * 2xx charged (with the body's `id`); 408, 409, 425, 429 and 5xx retry; 401, 403, 404, 405
  * fatal; any other 4xx declined with the provider's reason; 1xx/3xx/unknown statuses fatal.
- * A failure is a retry, ambiguous exactly when the request had been sent. 429, and 503 with a
- * Retry-After, are throttling. Fatal reasons never quote the body, which could echo a secret.
+ * A failure is a retry, ambiguous exactly when the request had been sent; so are 500, 502 and
+ * 504, which a server or gateway sends after it may have processed the charge (503, 408, 425,
+ * 429 and 409 say it was not, or not yet). 429, and 503 with a Retry-After, are throttling.
+ * Fatal reasons never quote the body, which could echo a secret.
  */
 export function classify(exchange: ProviderExchange, context: ClassifyContext): AttemptResult {
   if (exchange.type === 'failure') return classifyFailure(exchange);
@@ -80,7 +85,7 @@ export function classify(exchange: ProviderExchange, context: ClassifyContext): 
         kind: 'retry',
         status,
         reason: said === undefined ? statusLine(status) : `${status} ${said}`,
-        ambiguous: false,
+        ambiguous: MAY_HAVE_PROCESSED.has(status),
         // A 503 without Retry-After is a failure, and uses up an attempt like one.
         throttled: status === 429 || (status === 503 && retryAfterMs !== undefined),
         retryAfterMs,

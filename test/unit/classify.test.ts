@@ -78,8 +78,19 @@ describe('classify: answers', () => {
     expect(classify(answer(499), context)).toMatchObject({ kind: 'declined', reason: '499' });
   });
 
-  it('408, 409, 425, 429 and 5xx are retried, not ambiguous: the provider answered', () => {
-    for (const status of [408, 409, 425, 429, 500, 502, 503, 504, 599]) {
+  it('500, 502 and 504 are retried and ambiguous: the server or a gateway may have charged', () => {
+    for (const status of [500, 502, 504]) {
+      expect(classify(answer(status), context)).toMatchObject({
+        kind: 'retry',
+        status,
+        ambiguous: true,
+        throttled: false,
+      });
+    }
+  });
+
+  it('408, 409, 425, 429, 503 and other 5xx are retried, not ambiguous: nothing was processed', () => {
+    for (const status of [408, 409, 425, 429, 501, 503, 599]) {
       expect(classify(answer(status), context)).toMatchObject({
         kind: 'retry',
         status,
