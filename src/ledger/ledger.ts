@@ -101,9 +101,11 @@ export interface Ledger {
   /** The newest run of this input, finished or not. */
   findLatestRun(inputHash: string): Promise<RunRecord | undefined>;
   /**
-   * Creates a run and imports its rows, batch by batch, in one transaction: either every row is
-   * in the ledger, or (when `batches` throws) none is and no run exists. `onDuplicate` is told of
-   * each user id met twice; that second row is recorded `invalid`.
+   * Creates a run and imports its rows, batch by batch, all or nothing: either every row is in the
+   * ledger, or (when `batches` throws) none is and no run exists; no other process sees the run
+   * before its import ends (SQLite: one transaction; Redis: rows written as read, the run published
+   * at the end). `onDuplicate` is told of each user id met twice; that second row is recorded
+   * `invalid`.
    *
    * Refuses (BulkbillError) a run id that exists, and, with `soleUnfinished`, an input that
    * already has an unfinished run: checked atomically with the creation, so two processes
@@ -122,7 +124,7 @@ export interface Ledger {
   pendingCharges(runId: string, afterSeq: number, limit: number): Promise<PendingCharge[]>;
   /** Records outcomes; implementations batch them. Call flush() to make them durable now. */
   record(runId: string, outcome: ChargeOutcome): void;
-  /** Makes every recorded outcome durable. */
+  /** Makes every recorded outcome durable (on Redis: as durable as its persistence settings make it). */
   flush(): Promise<void>;
   counts(runId: string): Promise<StateCounts>;
   /** Sum of amounts per currency: over charges in `state`, or over all but invalid ones. */

@@ -13,6 +13,7 @@ import {
   type RunRecord,
   type StateCounts,
 } from './ledger.js';
+import { processIsAlive } from './process-alive.js';
 
 export interface SqliteLedgerOptions {
   /** Database file; created on first use. `:memory:` works for tests. */
@@ -270,7 +271,19 @@ export class SqliteLedger implements Ledger {
     const { insertRun, insertCharge, firstLine: firstLineOf, setTotal } = this.#statements;
     const createdAt = new Date().toISOString();
     // One transaction for the whole import: a failed or aborted import leaves no trace.
-    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      this.#db.exec('BEGIN IMMEDIATE');
+    } catch (error) {
+      // Another process holds the write lock past busy_timeout: most likely importing a big file.
+      if ((error as { code?: unknown }).code === 'SQLITE_BUSY') {
+        throw new BulkbillError(
+          ErrorCode.Usage,
+          'the ledger is busy: another process is writing to it (importing a large input?); run again once it is done',
+          { cause: error, retryable: true },
+        );
+      }
+      throw error;
+    }
     let committed = false;
     try {
       // Under the write lock: no other process can create a run between this check and ours.
@@ -412,6 +425,7 @@ export class SqliteLedger implements Ledger {
   async finishIfComplete(runId: string): Promise<boolean> {
     await this.#importDone();
     this.#commit();
+    if (!this.#statements.findRun.get(runId)) return false;
     if ((this.#statements.open.get(runId)?.n ?? 0) > 0) return false;
     this.#statements.finish.run(new Date().toISOString(), runId);
     return true;
@@ -483,16 +497,5 @@ export class SqliteLedger implements Ledger {
         );
       }
     })();
-  }
-}
-
-/** Whether a process of this host still runs: a run claimed by a dead one (kill -9) is free. */
-function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists, it is just not ours to signal.
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

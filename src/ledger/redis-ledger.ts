@@ -1,0 +1,814 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { Redis } from 'ioredis';
+import { BulkbillError, describeValue, ErrorCode } from '../domain/errors.js';
+import type { ChargeState } from '../domain/outcome.js';
+import {
+  type ChargeOutcome,
+  type ChargeRecord,
+  type DuplicateUser,
+  emptyCounts,
+  type ImportRow,
+  type Ledger,
+  type PendingCharge,
+  type RunRecord,
+  type StateCounts,
+} from './ledger.js';
+import { processIsAlive } from './process-alive.js';
+import {
+  BEGIN_IMPORT,
+  CHARGES_PAGE,
+  CREATE_RUN,
+  DISCARD_IMPORT,
+  HASH_CAS,
+  IMPORT_ROWS,
+  KEY_CAS,
+  type LuaScript,
+  ONE_CHARGE,
+  PENDING_CHARGES,
+  RECORD_OUTCOMES,
+  RENEW_IMPORT,
+  SEAL_IMPORT,
+} from './redis-scripts.js';
+
+export interface RedisLedgerOptions {
+  /**
+   * A `redis://` or `rediss://` URL, or an ioredis client. A connection opened from a URL is
+   * closed by close(); a client passed in is left open. A connection opened from a URL fails a
+   * command after 10 refused reconnections (about 3 s) or 10 s without an answer; pass a client
+   * for another policy.
+   */
+  readonly redis: string | Redis;
+  /** Start of every key; several ledgers can share one Redis under different prefixes. Default `bulkbill`. */
+  readonly prefix?: string;
+  /** Outcomes buffered before a write is started. Default 1000. */
+  readonly batchSize?: number;
+  /** Longest an outcome waits in the buffer before it is written, in ms. Default 50. */
+  readonly flushIntervalMs?: number;
+}
+
+/** One letter per state in the rows hash and the tally's field names. */
+const STATE_LETTERS: Record<ChargeState, string> = {
+  pending: 'p',
+  charged: 'c',
+  declined: 'd',
+  failed: 'f',
+  unknown: 'u',
+  invalid: 'i',
+};
+const STATE_OF_LETTER: Readonly<Record<string, ChargeState>> = Object.fromEntries(
+  Object.entries(STATE_LETTERS).map(([state, letter]) => [letter, state as ChargeState]),
+);
+
+const PAGE = 1_000;
+// Rows per import script: big enough to amortize a round trip, small enough to keep Redis responsive.
+const IMPORT_CHUNK = 1_000;
+// Outcomes per record script, whatever batchSize is: a script blocks Redis while it runs.
+const OUTCOMES_PER_SCRIPT = 1_000;
+// Rows one pendingCharges script looks at before it lets other clients in.
+const PENDING_SCAN = 20_000;
+// An import renews its lease every RENEW_MS; a lease not renewed for LEASE_MS marks it dead.
+const LEASE_MS = 30_000;
+const RENEW_MS = 5_000;
+// Rows of an import outlive its lease, so a live import never finds its rows expired.
+const IMPORT_DATA_MS = 2 * LEASE_MS;
+
+const EMPTY: Readonly<Record<string, string>> = Object.freeze({});
+
+/** The run's registry entry: a RunRecord minus its id, plus creation order and import state. */
+interface StoredRun {
+  readonly inputHash: string;
+  readonly inputPath: string;
+  readonly endpoint: string;
+  readonly createdAt: string;
+  readonly finishedAt?: string;
+  readonly total: number;
+  /** Creation order as Redis saw it: newest first is highest first, whatever the clocks say. */
+  readonly n: number;
+  /** Present while the run is being imported: the run is invisible until it is gone. */
+  readonly importing?: { readonly token: string; readonly pid: number; readonly host: string };
+}
+
+interface Claim {
+  readonly pid: number;
+  readonly host: string;
+  readonly since: string;
+}
+
+// Text fields are escaped so that a stored value can be split on `|`: `\` → `\\`, `|` → `\p`.
+// Optional text tells undefined (nothing) from '' (`\-`).
+function escapeText(text: string): string {
+  return /[|\\]/.test(text) ? text.replace(/[|\\]/g, (c) => (c === '|' ? '\\p' : '\\\\')) : text;
+}
+
+function unescapeText(text: string): string {
+  if (!text.includes('\\')) return text;
+  return text.replace(/\\(.)/g, (_, c: string) => (c === 'p' ? '|' : c === '-' ? '' : c));
+}
+
+function encodeOptional(text: string | undefined): string {
+  if (text === undefined) return '';
+  return text === '' ? '\\-' : escapeText(text);
+}
+
+function decodeOptional(text: string | undefined): string | undefined {
+  return text === undefined || text === '' ? undefined : unescapeText(text);
+}
+
+function optionalNumber(text: string | undefined): number | undefined {
+  return text === undefined || text === '' ? undefined : Number(text);
+}
+
+/** `line|amount|currency|metadata`: what never changes about a row. */
+function rowBase(row: ImportRow): string {
+  if (!Number.isSafeInteger(row.amount)) {
+    throw new BulkbillError(
+      ErrorCode.InputInvalid,
+      `line ${row.line}: the ledger keeps amounts as integers in minor units, got ${describeValue(row.amount)}`,
+    );
+  }
+  const metadata = Object.keys(row.metadata).length > 0 ? JSON.stringify(row.metadata) : '';
+  return `${row.line}|${row.amount}|${escapeText(row.currency)}|${escapeText(metadata)}`;
+}
+
+/** `state|attempts|ambiguous|http|latency|chargeId|error`: what record() writes. */
+function outcomeText(outcome: ChargeOutcome): string {
+  return [
+    STATE_LETTERS[outcome.state],
+    outcome.attempts,
+    outcome.ambiguous ? 1 : 0,
+    outcome.httpStatus ?? '',
+    outcome.latencyMs === undefined ? '' : Math.round(outcome.latencyMs),
+    encodeOptional(outcome.chargeId),
+    encodeOptional(outcome.error),
+  ].join('|');
+}
+
+function toCharge(userId: string, kind: string, value: string): ChargeRecord {
+  const [line, amount, currency, metadata, ...rest] = value.split('|');
+  const base = {
+    userId,
+    line: Number(line),
+    amount: Number(amount),
+    currency: unescapeText(currency ?? ''),
+    metadata: metadata ? (JSON.parse(unescapeText(metadata)) as Record<string, string>) : EMPTY,
+  };
+  if (kind === 'i') {
+    return {
+      ...base,
+      state: 'invalid',
+      attempts: 0,
+      ambiguous: false,
+      httpStatus: undefined,
+      latencyMs: undefined,
+      chargeId: undefined,
+      error: unescapeText(rest.join('|')),
+    };
+  }
+  const [state, attempts, ambiguous, httpStatus, latencyMs, chargeId, error] = rest;
+  return {
+    ...base,
+    state: STATE_OF_LETTER[state ?? 'p'] ?? 'pending',
+    attempts: attempts ? Number(attempts) : 0,
+    ambiguous: ambiguous === '1',
+    httpStatus: optionalNumber(httpStatus),
+    latencyMs: optionalNumber(latencyMs),
+    chargeId: decodeOptional(chargeId),
+    error: decodeOptional(error),
+  };
+}
+
+function toRun(runId: string, stored: StoredRun): RunRecord {
+  return {
+    runId,
+    inputHash: stored.inputHash,
+    inputPath: stored.inputPath,
+    endpoint: stored.endpoint,
+    createdAt: stored.createdAt,
+    finishedAt: stored.finishedAt,
+    total: stored.total,
+  };
+}
+
+/** The stored form of a published run; `finishedAt` when given. */
+function storedText(stored: StoredRun, finishedAt = stored.finishedAt): string {
+  const { importing: _, ...published } = stored;
+  return JSON.stringify(finishedAt === undefined ? published : { ...published, finishedAt });
+}
+
+function checkOptions(options: RedisLedgerOptions): Required<Omit<RedisLedgerOptions, 'redis'>> {
+  const fail = (name: string, expected: string, value: unknown): never => {
+    throw new BulkbillError(
+      ErrorCode.Config,
+      `Expected \`${name}\` to be ${expected}, got ${describeValue(value)}`,
+    );
+  };
+  const { redis, prefix = 'bulkbill', batchSize = 1_000, flushIntervalMs = 50 } = options;
+  if (typeof redis === 'string') {
+    let url: URL | undefined;
+    try {
+      url = new URL(redis);
+    } catch {}
+    if (url === undefined || (url.protocol !== 'redis:' && url.protocol !== 'rediss:')) {
+      // Never echo the value: a URL may hold a password.
+      throw new BulkbillError(
+        ErrorCode.Config,
+        'Expected `redis` to be a redis:// or rediss:// URL or an ioredis client, got a string that is not one',
+      );
+    }
+  } else if (typeof redis !== 'object' || redis === null || typeof redis.evalsha !== 'function') {
+    fail('redis', 'a redis:// URL or an ioredis client', redis);
+  }
+  if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
+    // Braces would make the prefix a hash tag and put every run in one Cluster slot.
+    fail('prefix', 'a non-empty string without { or }', prefix);
+  }
+  if (!Number.isInteger(batchSize) || batchSize < 1)
+    fail('batchSize', 'an integer >= 1', batchSize);
+  if (
+    typeof flushIntervalMs !== 'number' ||
+    !Number.isFinite(flushIntervalMs) ||
+    flushIntervalMs < 0
+  ) {
+    fail('flushIntervalMs', 'a finite number >= 0', flushIntervalMs);
+  }
+  return { prefix, batchSize, flushIntervalMs };
+}
+
+/** The URL without its password, for messages. */
+function redactedUrl(url: string): string {
+  const parsed = new URL(url);
+  parsed.password = '';
+  return parsed.toString().replace(/\/$/, '');
+}
+
+/**
+ * The ledger on Redis, for runs billed by many processes on many machines. Keys (one hash tag per
+ * run, so all of a run's keys live in one Cluster slot):
+ *
+ * - `<prefix>:runs` hash: run id → JSON run record (creation order `n`, `importing` while imported).
+ * - `<prefix>:{<run>}:rows` hash: user id → `line|amount|currency|metadata` of the user's valid row,
+ *   plus `|state|attempts|ambiguous|http|latency|chargeId|error` once an outcome is recorded (no
+ *   suffix: pending, never tried). One field per user, rewritten in place by record().
+ * - `…:order` list: user ids in input order; the position (1-based) is the row's `seq`.
+ * - `…:invalid` hash: seq → `line|amount|currency|metadata|reason` of each invalid row, and
+ *   `=<user id>` → seq of the user's first invalid row. Only exists when a row is invalid.
+ * - `…:tally` hash: `n<state letter><currency>` → rows, `s<state letter><currency>` → sum of amounts
+ *   (HINCRBY: exact in 64 bits), moved by the same script that records an outcome, so counts() and
+ *   totals() read one small hash.
+ * - `…:import` string: the lease of the import in progress; `…:owner` string: the run's claim.
+ *
+ * Measured on Redis 7.0 (MEMORY USAGE, 100,000 users): about 97 bytes per pending user, 132 per
+ * user charged with a 24-character charge id; 115 for a run half charged (test/unit/redis-ledger.test.ts).
+ *
+ * Redis has no long transaction, so an import writes rows as it reads them and publishes the run
+ * at the end: until then its registry entry says `importing` and no reader sees it; when the
+ * batches throw, the entry and the rows are deleted. An import holds a lease (`…:import`, 30 s,
+ * renewed every 5 s) and every write checks it, so an import taken over cannot write any more.
+ * A process killed mid-import (kill -9) leaves its registry entry (invisible) and rows that expire
+ * on their own within a minute; killed in the one round trip between sealing and publishing, rows
+ * that do not expire. The next createRun (of any run) finds the entry dead (lease gone, or its
+ * process gone from this host), deletes it, then the rows; a createRun of the same run id thus
+ * succeeds at once on the same host, within 30 s from another.
+ *
+ * Outcomes are buffered and written by one script per run every `flushIntervalMs` or `batchSize`
+ * outcomes. A flush is durable as far as Redis is: with `appendonly yes` and `appendfsync everysec`,
+ * a crash of Redis loses at most the last second, which only means those charges are attempted
+ * again with the same idempotency key.
+ */
+export class RedisLedger implements Ledger {
+  readonly #redis: Redis;
+  readonly #ownsConnection: boolean;
+  /** Where Redis is, for messages: never holds a password. */
+  readonly #where: string;
+  readonly #password: string | undefined;
+  readonly #prefix: string;
+  readonly #runsKey: string;
+  readonly #batchSize: number;
+  readonly #flushIntervalMs: number;
+  #buffer: Array<[string, ChargeOutcome]> = [];
+  #timer: NodeJS.Timeout | undefined;
+  #backgroundError: unknown;
+  /** Writes of outcomes, one after another, so outcomes land in the order recorded. */
+  #writing: Promise<void> = Promise.resolve();
+  /** A write is queued and has not taken the buffer yet: it will take what comes meanwhile too. */
+  #writeQueued = false;
+  /** Runs known to be published: a published run never goes back to importing. */
+  readonly #published = new Set<string>();
+
+  constructor(options: RedisLedgerOptions) {
+    const checked = checkOptions(options);
+    this.#prefix = checked.prefix;
+    this.#runsKey = `${checked.prefix}:runs`;
+    this.#batchSize = checked.batchSize;
+    this.#flushIntervalMs = checked.flushIntervalMs;
+    if (typeof options.redis === 'string') {
+      this.#where = redactedUrl(options.redis);
+      this.#password = new URL(options.redis).password || undefined;
+      this.#ownsConnection = true;
+      this.#redis = new Redis(options.redis, {
+        maxRetriesPerRequest: 10,
+        commandTimeout: 10_000,
+        connectTimeout: 5_000,
+      });
+      // Errors reach the caller through the commands that fail; without a listener ioredis prints them.
+      this.#redis.on('error', () => {});
+    } else {
+      const { host, port, path } = options.redis.options;
+      this.#where = path ? `redis+unix://${path}` : `redis://${host}:${port}`;
+      this.#password = options.redis.options.password;
+      this.#ownsConnection = false;
+      this.#redis = options.redis;
+    }
+  }
+
+  async findRun(runId: string): Promise<RunRecord | undefined> {
+    const stored = await this.#storedRun(runId);
+    return stored && !stored.importing ? toRun(runId, stored) : undefined;
+  }
+
+  async findUnfinishedRun(inputHash: string): Promise<RunRecord | undefined> {
+    return this.#newestRun(inputHash, (stored) => stored.finishedAt === undefined);
+  }
+
+  async findLatestRun(inputHash: string): Promise<RunRecord | undefined> {
+    return this.#newestRun(inputHash, () => true);
+  }
+
+  async createRun(
+    run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+    options: { readonly soleUnfinished?: boolean } = {},
+  ): Promise<RunRecord> {
+    const createdAt = new Date().toISOString();
+    const token = randomBytes(8).toString('hex');
+    await this.#reapDeadImports();
+    const importing = { token, pid: process.pid, host: hostname() };
+    const draft = JSON.stringify({
+      inputHash: run.inputHash,
+      inputPath: run.inputPath,
+      endpoint: run.endpoint,
+      createdAt,
+      total: 0,
+      importing,
+    });
+    const [outcome, first] = (await this.#eval(
+      CREATE_RUN,
+      [this.#runsKey],
+      [run.runId, run.inputHash, options.soleUnfinished ? '1' : '0', `${draft.slice(0, -1)},"n":`],
+    )) as [string, string];
+    if (outcome === 'exists') throw existsError(run.runId, JSON.parse(first) as StoredRun);
+    if (outcome === 'unfinished') {
+      throw new BulkbillError(
+        ErrorCode.Usage,
+        `${run.inputPath} already has the unfinished run ${first} (another process just created it); run again to resume it`,
+      );
+    }
+    const created = first;
+    const keys = this.#runKeys(run.runId);
+    const importKeys = [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease];
+    const renew = setInterval(() => {
+      this.#eval(RENEW_IMPORT, importKeys, [token, LEASE_MS, IMPORT_DATA_MS]).catch(() => {});
+    }, RENEW_MS);
+    renew.unref();
+    let published: string | undefined;
+    try {
+      await this.#eval(BEGIN_IMPORT, importKeys, [token, LEASE_MS]);
+      let total = 0;
+      for await (const batch of batches) {
+        for (let start = 0; start < batch.length; start += IMPORT_CHUNK) {
+          const chunk = batch.slice(start, start + IMPORT_CHUNK);
+          await this.#importChunk(run.runId, importKeys, token, total + 1, chunk, onDuplicate);
+          total += chunk.length;
+        }
+      }
+      clearInterval(renew);
+      // Sealed, then published, then the lease dropped: at no moment can the run be published
+      // while its rows could still expire, or its rows be reaped while it could still be published.
+      if ((await this.#eval(SEAL_IMPORT, importKeys, [token, LEASE_MS])) !== 1) {
+        throw lostLease(run.runId);
+      }
+      const stored = { ...(JSON.parse(created) as StoredRun), total };
+      published = storedText(stored);
+      if ((await this.#eval(HASH_CAS, [this.#runsKey], [run.runId, created, published])) !== 1) {
+        throw lostLease(run.runId);
+      }
+      await this.#eval(KEY_CAS, [keys.lease], [`${token}:sealed`, '']).catch(() => {});
+      this.#published.add(run.runId);
+      return toRun(run.runId, stored);
+    } catch (error) {
+      clearInterval(renew);
+      if (await this.#abandonImport(run.runId, importKeys, token, created, published)) {
+        this.#published.add(run.runId);
+        return toRun(run.runId, JSON.parse(published ?? '') as StoredRun);
+      }
+      throw error;
+    }
+  }
+
+  async pendingCharges(runId: string, afterSeq: number, limit: number): Promise<PendingCharge[]> {
+    const pending: PendingCharge[] = [];
+    if (limit <= 0 || !(await this.#isPublished(runId))) return pending;
+    const keys = this.#runKeys(runId);
+    let position = afterSeq;
+    for (;;) {
+      const [reached, ended, ...found] = (await this.#eval(
+        PENDING_CHARGES,
+        [keys.rows, keys.order, keys.invalid],
+        [position, limit - pending.length, PENDING_SCAN],
+      )) as [number, number, ...Array<number | string>];
+      for (let i = 0; i < found.length; i += 3) {
+        const charge = toCharge(String(found[i + 1]), 'v', String(found[i + 2]));
+        pending.push({
+          seq: Number(found[i]),
+          userId: charge.userId,
+          amount: charge.amount,
+          currency: charge.currency,
+          attempts: charge.attempts,
+          ambiguous: charge.ambiguous,
+        });
+      }
+      if (ended === 1 || pending.length >= limit) return pending;
+      position = reached;
+    }
+  }
+
+  record(runId: string, outcome: ChargeOutcome): void {
+    this.#buffer.push([runId, outcome]);
+    if (this.#buffer.length >= this.#batchSize) {
+      if (!this.#writeQueued) this.#writeInBackground();
+    } else {
+      this.#timer ??= setTimeout(() => {
+        this.#timer = undefined;
+        this.#writeInBackground();
+      }, this.#flushIntervalMs);
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.#stopTimer();
+    await this.#writing;
+    this.#throwBackgroundError();
+    await this.#write();
+  }
+
+  async counts(runId: string): Promise<StateCounts> {
+    const counts = emptyCounts();
+    for (const [state, , rows] of await this.#tally(runId)) counts[state] += rows;
+    return counts;
+  }
+
+  async totals(runId: string, state?: ChargeState): Promise<Record<string, number>> {
+    const sums = new Map<string, { rows: number; sum: bigint }>();
+    for (const [rowState, currency, rows, sum] of await this.#tally(runId)) {
+      if (state === undefined ? rowState === 'invalid' : rowState !== state) continue;
+      const entry = sums.get(currency) ?? { rows: 0, sum: 0n };
+      entry.rows += rows;
+      entry.sum += sum;
+      sums.set(currency, entry);
+    }
+    const totals: Record<string, number> = {};
+    for (const currency of [...sums.keys()].sort()) {
+      const entry = sums.get(currency);
+      if (entry && entry.rows > 0) totals[currency] = Number(entry.sum);
+    }
+    return totals;
+  }
+
+  async charge(runId: string, userId: string): Promise<ChargeRecord | undefined> {
+    if (!(await this.#isPublished(runId))) return undefined;
+    const keys = this.#runKeys(runId);
+    const found = (await this.#eval(ONE_CHARGE, [keys.rows, keys.invalid], [userId])) as
+      | [string, string]
+      | null;
+    return found ? toCharge(userId, found[0], found[1]) : undefined;
+  }
+
+  async *charges(runId: string): AsyncIterable<ChargeRecord> {
+    if (!(await this.#isPublished(runId))) return;
+    const keys = this.#runKeys(runId);
+    for (let start = 0; ; start += PAGE) {
+      const page = (await this.#eval(
+        CHARGES_PAGE,
+        [keys.rows, keys.order, keys.invalid],
+        [start, PAGE],
+      )) as string[];
+      for (let i = 0; i < page.length; i += 3) {
+        yield toCharge(page[i] as string, page[i + 1] as string, page[i + 2] as string);
+      }
+      if (page.length < PAGE * 3) return;
+    }
+  }
+
+  async claimRun(runId: string): Promise<void> {
+    const key = this.#runKeys(runId).owner;
+    const me = { pid: process.pid, host: hostname() };
+    // Compare-and-set: two processes claiming at once cannot both see the run free.
+    for (;;) {
+      const current = await this.#call(() => this.#redis.get(key));
+      if (current !== null) {
+        const holder = JSON.parse(current) as Claim;
+        if (!(holder.pid === me.pid && holder.host === me.host)) {
+          // A process of another host cannot be checked: its claim stands until released.
+          if (holder.host !== me.host || processIsAlive(holder.pid)) {
+            throw new BulkbillError(
+              ErrorCode.Usage,
+              `run ${runId} is being billed by process ${holder.pid} on ${holder.host} since ${holder.since}; wait for it to end or stop it, then run again`,
+            );
+          }
+        }
+      }
+      const mine = JSON.stringify({ ...me, since: new Date().toISOString() });
+      if ((await this.#eval(KEY_CAS, [key], [current ?? '', mine])) === 1) return;
+    }
+  }
+
+  async releaseRun(runId: string): Promise<void> {
+    const key = this.#runKeys(runId).owner;
+    const current = await this.#call(() => this.#redis.get(key));
+    if (current === null) return;
+    const holder = JSON.parse(current) as Claim;
+    if (holder.pid !== process.pid || holder.host !== hostname()) return;
+    // Deleted only if still ours: a run taken over meanwhile keeps its new holder.
+    await this.#eval(KEY_CAS, [key], [current, '']);
+  }
+
+  async finishIfComplete(runId: string): Promise<boolean> {
+    await this.#write();
+    const counts = await this.counts(runId);
+    if (counts.pending + counts.failed + counts.unknown > 0) return false;
+    for (;;) {
+      const text = await this.#call(() => this.#redis.hget(this.#runsKey, runId));
+      if (text === null) return false;
+      const stored = JSON.parse(text) as StoredRun;
+      if (stored.importing) return false;
+      if (stored.finishedAt !== undefined) return true;
+      const finished = storedText(stored, new Date().toISOString());
+      if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, text, finished])) === 1) return true;
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.#write();
+    } finally {
+      if (this.#ownsConnection) {
+        if (this.#redis.status === 'ready') await this.#redis.quit().catch(() => {});
+        this.#redis.disconnect();
+      }
+    }
+  }
+
+  #runKeys(runId: string) {
+    const base = `${this.#prefix}:{${runId}}:`;
+    return {
+      rows: `${base}rows`,
+      order: `${base}order`,
+      invalid: `${base}invalid`,
+      tally: `${base}tally`,
+      lease: `${base}import`,
+      owner: `${base}owner`,
+    };
+  }
+
+  async #storedRun(runId: string): Promise<StoredRun | undefined> {
+    const text = await this.#call(() => this.#redis.hget(this.#runsKey, runId));
+    return text === null ? undefined : (JSON.parse(text) as StoredRun);
+  }
+
+  async #isPublished(runId: string): Promise<boolean> {
+    if (this.#published.has(runId)) return true;
+    const stored = await this.#storedRun(runId);
+    if (stored === undefined || stored.importing) return false;
+    this.#published.add(runId);
+    return true;
+  }
+
+  async #newestRun(
+    inputHash: string,
+    wanted: (stored: StoredRun) => boolean,
+  ): Promise<RunRecord | undefined> {
+    const all = await this.#call(() => this.#redis.hgetall(this.#runsKey));
+    let newest: [string, StoredRun] | undefined;
+    for (const [runId, text] of Object.entries(all)) {
+      const stored = JSON.parse(text) as StoredRun;
+      if (stored.importing || stored.inputHash !== inputHash || !wanted(stored)) continue;
+      if (newest === undefined || stored.n > newest[1].n) newest = [runId, stored];
+    }
+    return newest && toRun(newest[0], newest[1]);
+  }
+
+  /** Deletes the entries and rows of imports whose process died (kill -9) before publishing. */
+  async #reapDeadImports(): Promise<void> {
+    const all = await this.#call(() => this.#redis.hgetall(this.#runsKey));
+    const me = hostname();
+    for (const [runId, text] of Object.entries(all)) {
+      const { importing } = JSON.parse(text) as StoredRun;
+      if (importing === undefined) continue;
+      const keys = this.#runKeys(runId);
+      const lease = await this.#call(() => this.#redis.get(keys.lease));
+      const dead = lease === null || (importing.host === me && !processIsAlive(importing.pid));
+      if (!dead) continue;
+      // The entry first: once it is gone the import can no longer publish, so its rows may go.
+      if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, text, ''])) !== 1) continue;
+      const importKeys = [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease];
+      await this.#eval(DISCARD_IMPORT, importKeys, [importing.token]);
+    }
+  }
+
+  /**
+   * Undoes a failed import: its registry entry, then its rows. Says whether the run was published
+   * after all (the answer to the publishing write was lost). Best effort: what Redis does not take
+   * now is invisible, and reaped by a later createRun.
+   */
+  async #abandonImport(
+    runId: string,
+    importKeys: readonly string[],
+    token: string,
+    created: string,
+    published: string | undefined,
+  ): Promise<boolean> {
+    try {
+      if (published !== undefined) {
+        const now = await this.#call(() => this.#redis.hget(this.#runsKey, runId));
+        if (now === published) return true;
+      }
+      if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, created, ''])) === 1) {
+        await this.#eval(DISCARD_IMPORT, importKeys, [token]);
+      }
+    } catch {}
+    return false;
+  }
+
+  async #importChunk(
+    runId: string,
+    keys: readonly string[],
+    token: string,
+    firstSeq: number,
+    chunk: readonly ImportRow[],
+    onDuplicate: (duplicate: DuplicateUser) => void,
+  ): Promise<void> {
+    const rows: string[] = [];
+    const counted = new Map<string, bigint>();
+    const count = (field: string, by: bigint) =>
+      counted.set(field, (counted.get(field) ?? 0n) + by);
+    for (const row of chunk) {
+      const base = rowBase(row);
+      const invalid = row.invalidReason !== undefined;
+      const letter = invalid ? 'i' : 'p';
+      const currency = escapeText(row.currency);
+      count(`n${letter}${currency}`, 1n);
+      if (row.amount !== 0) count(`s${letter}${currency}`, BigInt(row.amount));
+      rows.push(
+        invalid ? 'i' : 'v',
+        row.userId,
+        invalid ? `${base}|${escapeText(row.invalidReason ?? '')}` : base,
+      );
+    }
+    const tally = [...counted].flatMap(([field, by]) => [field, by.toString()]);
+    const duplicates = (await this.#eval(IMPORT_ROWS, keys, [
+      token,
+      firstSeq,
+      IMPORT_DATA_MS,
+      counted.size,
+      ...tally,
+      ...rows,
+    ])) as Array<number | string>;
+    if (duplicates[0] === -1) throw lostLease(runId);
+    for (let i = 0; i < duplicates.length; i += 2) {
+      const row = chunk[Number(duplicates[i]) - firstSeq] as ImportRow;
+      onDuplicate({ userId: row.userId, line: row.line, firstLine: Number(duplicates[i + 1]) });
+    }
+  }
+
+  /** Rows per state and currency, and the sum of their amounts. */
+  async #tally(runId: string): Promise<Array<[ChargeState, string, number, bigint]>> {
+    if (!(await this.#isPublished(runId))) return [];
+    const key = this.#runKeys(runId).tally;
+    const fields = await this.#call(() => this.#redis.hgetall(key));
+    const rows = new Map<string, number>();
+    const sums = new Map<string, bigint>();
+    for (const [field, value] of Object.entries(fields)) {
+      const group = field.slice(1);
+      if (field.startsWith('n')) rows.set(group, Number(value));
+      else sums.set(group, BigInt(value));
+    }
+    const tally: Array<[ChargeState, string, number, bigint]> = [];
+    for (const [group, n] of rows) {
+      const state = STATE_OF_LETTER[group.slice(0, 1)];
+      if (state === undefined) continue;
+      tally.push([state, unescapeText(group.slice(1)), n, sums.get(group) ?? 0n]);
+    }
+    return tally;
+  }
+
+  #stopTimer(): void {
+    if (this.#timer) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  /** A write started by a timer or a full buffer has no caller to throw to: keep its error. */
+  #writeInBackground(): void {
+    this.#write().catch((error: unknown) => {
+      this.#backgroundError ??= error;
+    });
+  }
+
+  #throwBackgroundError(): void {
+    const error = this.#backgroundError;
+    if (error === undefined) return;
+    this.#backgroundError = undefined;
+    throw error;
+  }
+
+  /** Writes what the buffer holds once the writes before are done. */
+  #write(): Promise<void> {
+    this.#stopTimer();
+    this.#writeQueued = true;
+    const write = this.#writing.then(() => {
+      this.#writeQueued = false;
+      return this.#writeBuffer();
+    });
+    this.#writing = write.catch(() => {});
+    return write;
+  }
+
+  async #writeBuffer(): Promise<void> {
+    if (this.#buffer.length === 0) return;
+    const batch = this.#buffer.splice(0);
+    const byRun = new Map<string, string[]>();
+    for (const [runId, outcome] of batch) {
+      const args = byRun.get(runId) ?? [];
+      if (args.length === 0) byRun.set(runId, args);
+      args.push(outcome.userId, outcomeText(outcome));
+    }
+    try {
+      // Runs side by side (each run's keys share a slot); a run's outcomes in slices, in order.
+      await Promise.all(
+        [...byRun].map(async ([runId, args]) => {
+          const keys = this.#runKeys(runId);
+          for (let start = 0; start < args.length; start += 2 * OUTCOMES_PER_SCRIPT) {
+            const slice = args.slice(start, start + 2 * OUTCOMES_PER_SCRIPT);
+            await this.#eval(RECORD_OUTCOMES, [keys.rows, keys.tally], slice);
+          }
+        }),
+      );
+    } catch (error) {
+      // Outcomes set absolute values, so writing a partly written batch again is harmless.
+      this.#buffer = batch.concat(this.#buffer);
+      throw new BulkbillError(
+        ErrorCode.Io,
+        `cannot record outcomes in the ledger: ${(error as Error).message}`,
+        { cause: error, retryable: error instanceof BulkbillError ? error.retryable : true },
+      );
+    }
+  }
+
+  async #eval(script: LuaScript, keys: readonly string[], args: ReadonlyArray<string | number>) {
+    return this.#call(async () => {
+      try {
+        return await this.#redis.evalsha(script.sha, keys.length, ...keys, ...args);
+      } catch (error) {
+        if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
+        return await this.#redis.eval(script.source, keys.length, ...keys, ...args);
+      }
+    });
+  }
+
+  /** Runs a Redis command; a failure becomes a BulkbillError naming Redis (never its password). */
+  async #call<T>(command: () => Promise<T>): Promise<T> {
+    try {
+      return await command();
+    } catch (error) {
+      if (error instanceof BulkbillError) throw error;
+      let message = error instanceof Error ? error.message : String(error);
+      if (this.#password) message = message.split(this.#password).join('***');
+      const reply = error instanceof Error && error.name === 'ReplyError';
+      throw new BulkbillError(ErrorCode.Io, `Redis at ${this.#where}: ${message}`, {
+        cause: error,
+        retryable: !reply,
+      });
+    }
+  }
+}
+
+function existsError(runId: string, stored: StoredRun): BulkbillError {
+  if (stored.importing) {
+    const { pid, host } = stored.importing;
+    return new BulkbillError(
+      ErrorCode.Usage,
+      `run ${runId} is being imported by process ${pid} on ${host}; wait for it to end, or run again once it has stopped`,
+    );
+  }
+  return new BulkbillError(ErrorCode.Usage, `run ${runId} already exists in this ledger`);
+}
+
+function lostLease(runId: string): BulkbillError {
+  return new BulkbillError(
+    ErrorCode.Io,
+    `the import of run ${runId} lost its lease (stalled for over ${LEASE_MS / 1_000} s; another process may have taken the run over); nothing of it was kept`,
+  );
+}

@@ -1,0 +1,296 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * The Lua scripts of the Redis ledger. Each one touches the keys of ONE hash slot only (the runs
+ * registry, or the keys of one run, which share the run's hash tag), so they also run on Redis
+ * Cluster. Amounts stay strings from end to end: Lua numbers are doubles and `tostring` prints
+ * them with 14 digits, so an amount of 2^53-1 would come out as 9.007199254741e+15.
+ *
+ * A valid row is one field of the run's `rows` hash, its value `line|amount|currency|metadata`,
+ * followed once an outcome is recorded by `|state|attempts|ambiguous|http|latency|chargeId|error`
+ * (text fields escaped so they hold no `|`; the state is one letter, see STATE_LETTERS).
+ */
+export class LuaScript {
+  readonly sha: string;
+  constructor(readonly source: string) {
+    this.sha = createHash('sha1').update(source).digest('hex');
+  }
+}
+
+// Where the four fixed fields of a row value end, its state letter ('p' when none is stored yet),
+// and the tally moves of a state change: count per state and currency, and sum of amounts.
+const ROW_HELPERS = `
+local function split_row(value)
+  local a = string.find(value, '|', 1, true)
+  local b = string.find(value, '|', a + 1, true)
+  local c = string.find(value, '|', b + 1, true)
+  local d = string.find(value, '|', c + 1, true)
+  local state, base = 'p', value
+  if d then
+    state = string.sub(value, d + 1, d + 1)
+    base = string.sub(value, 1, d - 1)
+  end
+  return string.sub(value, 1, a - 1), string.sub(value, a + 1, b - 1),
+    string.sub(value, b + 1, c - 1), state, base
+end
+
+local function negated(amount)
+  if string.sub(amount, 1, 1) == '-' then return string.sub(amount, 2) end
+  return '-' .. amount
+end
+
+local function move(tally, old, new, currency, amount)
+  redis.call('HINCRBY', tally, 'n' .. old .. currency, -1)
+  redis.call('HINCRBY', tally, 'n' .. new .. currency, 1)
+  if amount ~= '0' then
+    redis.call('HINCRBY', tally, 's' .. old .. currency, negated(amount))
+    redis.call('HINCRBY', tally, 's' .. new .. currency, amount)
+  end
+end
+`;
+
+/**
+ * Creates a run in the registry, importing, unless the id exists or (with `soleUnfinished`) the
+ * input has an unfinished run: one script on one key, so two processes cannot both pass the check.
+ * KEYS: runs. ARGV: runId, inputHash, soleUnfinished ('1'|'0'), the record's JSON without its
+ * closing `"n":<order>}` (the script appends the creation order: one more than any run's).
+ * Returns {'created', record} | {'exists', record} | {'unfinished', runId, record}.
+ */
+export const CREATE_RUN = new LuaScript(`
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then return {'exists', existing} end
+local newest = 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local run = cjson.decode(entries[i + 1])
+  if run.n > newest then newest = run.n end
+  if ARGV[3] == '1' and run.inputHash == ARGV[2] and run.finishedAt == nil then
+    return {'unfinished', entries[i], entries[i + 1]}
+  end
+end
+local record = ARGV[4] .. string.format('%d', newest + 1) .. '}'
+redis.call('HSET', KEYS[1], ARGV[1], record)
+return {'created', record}
+`);
+
+/**
+ * Compare-and-set of one hash field. KEYS: hash. ARGV: field, expected value ('' = absent), new
+ * value ('' = delete). Returns 1 when it wrote, 0 when the field held something else.
+ */
+export const HASH_CAS = new LuaScript(`
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+return 1
+`);
+
+/** Compare-and-set of one string key; ARGV: expected ('' = absent), new ('' = delete). */
+export const KEY_CAS = new LuaScript(`
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+`);
+
+// The data keys of a run: KEYS[1..4] = rows, order, invalid, tally; KEYS[5] = the import lease.
+
+/** Starts an import: drops whatever a dead import left, takes the lease. ARGV: token, leaseMs. */
+export const BEGIN_IMPORT = new LuaScript(`
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2])
+return 1
+`);
+
+/**
+ * Keeps an import alive: the lease and, longer, the rows written so far (an import killed with
+ * kill -9 thus cleans up after itself). ARGV: token, leaseMs, dataMs. Returns 0 when the lease is
+ * lost (another process took the run over).
+ */
+export const RENEW_IMPORT = new LuaScript(`
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[5], ARGV[2])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return 1
+`);
+
+/**
+ * Imports rows, in order. ARGV: token, seq of the first row, dataMs, n, then n pairs (tally field,
+ * increment) that count the rows as pending or invalid, then triples (kind 'v' valid | 'i' invalid,
+ * user id, value). A valid row whose user id is already in \`rows\` is recorded invalid in its place
+ * and its tally moved. Returns {-1} when the lease is lost, else {seq, first line}* of duplicates.
+ */
+export const IMPORT_ROWS = new LuaScript(`${ROW_HELPERS}
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {-1} end
+local seq = tonumber(ARGV[2]) - 1
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local duplicates, order = {}, {}
+while i <= #ARGV do
+  local kind, user, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  seq = seq + 1
+  order[#order + 1] = user
+  local field = string.format('%d', seq)
+  if kind == 'i' then
+    redis.call('HSET', KEYS[3], field, value)
+    redis.call('HSETNX', KEYS[3], '=' .. user, field)
+  elseif redis.call('HSETNX', KEYS[1], user, value) == 0 then
+    local first_line = split_row(redis.call('HGET', KEYS[1], user))
+    local _, amount, currency = split_row(value)
+    redis.call('HSET', KEYS[3], field,
+      value .. '|user_id: appears twice (first on line ' .. first_line .. ')')
+    redis.call('HSETNX', KEYS[3], '=' .. user, field)
+    move(KEYS[4], 'p', 'i', currency, amount)
+    duplicates[#duplicates + 1] = seq
+    duplicates[#duplicates + 1] = first_line
+  end
+end
+-- unpack() is limited by Lua's C stack (8000): push in slices.
+for from = 1, #order, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(order, from, math.min(from + 999, #order)))
+end
+for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+return duplicates
+`);
+
+/**
+ * Seals an import before it is published: its rows become permanent, and its lease turns into
+ * `<token>:sealed` (still alive, so no other process reaps the import, but no renewal or write can
+ * touch the rows any more). ARGV: token, leaseMs. Returns 0 when the lease is lost.
+ */
+export const SEAL_IMPORT = new LuaScript(`
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
+for i = 1, 4 do redis.call('PERSIST', KEYS[i]) end
+redis.call('SET', KEYS[5], ARGV[1] .. ':sealed', 'PX', ARGV[2])
+return 1
+`);
+
+/**
+ * Deletes what an import wrote, unless another import has taken the run over since. ARGV: the
+ * token of the import to discard. Returns 1 when it deleted.
+ */
+export const DISCARD_IMPORT = new LuaScript(`
+local lease = redis.call('GET', KEYS[5])
+if lease and lease ~= ARGV[1] and lease ~= ARGV[1] .. ':sealed' then return 0 end
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+return 1
+`);
+
+/**
+ * Applies outcomes in order. KEYS: rows, tally. ARGV: pairs (user id, `state|attempts|…`). A user
+ * id without a valid row, and a row turned invalid, are left alone (as SQLite's UPDATE does).
+ */
+export const RECORD_OUTCOMES = new LuaScript(`${ROW_HELPERS}
+for i = 1, #ARGV, 2 do
+  local user, outcome = ARGV[i], ARGV[i + 1]
+  local value = redis.call('HGET', KEYS[1], user)
+  if value then
+    local _, amount, currency, old, base = split_row(value)
+    if old ~= 'i' then
+      redis.call('HSET', KEYS[1], user, base .. '|' .. outcome)
+      local new = string.sub(outcome, 1, 1)
+      if new ~= old then move(KEYS[2], old, new, currency, amount) end
+    end
+  end
+end
+return 1
+`);
+
+/**
+ * Charges that still need an attempt (pending, failed, unknown), in input order. KEYS: rows, order,
+ * invalid. ARGV: rows to skip (= seq to read after), most charges to return, most rows to look at.
+ * Returns {position reached, 1 when the end was reached else 0, then {seq, user id, value}*}.
+ */
+export const PENDING_CHARGES = new LuaScript(`
+local position = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local has_invalid = redis.call('EXISTS', KEYS[3]) == 1
+local out = {0, 0}
+local found = 0
+while budget > 0 do
+  local n = math.min(budget, 500)
+  local users = redis.call('LRANGE', KEYS[2], position, position + n - 1)
+  if #users == 0 then
+    out[1], out[2] = position, 1
+    return out
+  end
+  local values = redis.call('HMGET', KEYS[1], unpack(users))
+  for j = 1, #users do
+    local seq = position + j
+    local value = values[j]
+    if value and not (has_invalid and
+        redis.call('HEXISTS', KEYS[3], string.format('%d', seq)) == 1) then
+      local a = string.find(value, '|', 1, true)
+      local b = string.find(value, '|', a + 1, true)
+      local c = string.find(value, '|', b + 1, true)
+      local d = string.find(value, '|', c + 1, true)
+      local state = d and string.sub(value, d + 1, d + 1) or 'p'
+      if state == 'p' or state == 'f' or state == 'u' then
+        out[#out + 1] = seq
+        out[#out + 1] = users[j]
+        out[#out + 1] = value
+        found = found + 1
+        if found == limit then
+          out[1] = seq
+          return out
+        end
+      end
+    end
+  end
+  position = position + #users
+  budget = budget - #users
+  if #users < n then
+    out[1], out[2] = position, 1
+    return out
+  end
+end
+out[1] = position
+return out
+`);
+
+/**
+ * A page of every row in input order. KEYS: rows, order, invalid. ARGV: rows to skip, page size.
+ * Returns {user id, 'v' | 'i', value}*.
+ */
+export const CHARGES_PAGE = new LuaScript(`
+local start = tonumber(ARGV[1])
+local users = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[2]) - 1)
+local has_invalid = redis.call('EXISTS', KEYS[3]) == 1
+local out = {}
+for j = 1, #users do
+  local invalid = has_invalid and redis.call('HGET', KEYS[3], string.format('%d', start + j))
+  out[#out + 1] = users[j]
+  if invalid then
+    out[#out + 1] = 'i'
+    out[#out + 1] = invalid
+  else
+    out[#out + 1] = 'v'
+    out[#out + 1] = redis.call('HGET', KEYS[1], users[j]) or ''
+  end
+end
+return out
+`);
+
+/**
+ * One user's row: the valid one, else the first invalid one. KEYS: rows, invalid. ARGV: user id.
+ * Returns {'v' | 'i', value} or nil.
+ */
+export const ONE_CHARGE = new LuaScript(`
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value then return {'v', value} end
+local seq = redis.call('HGET', KEYS[2], '=' .. ARGV[1])
+if seq then return {'i', redis.call('HGET', KEYS[2], seq)} end
+return false
+`);

@@ -1,0 +1,996 @@
+import { spawnSync } from 'node:child_process';
+import { hostname } from 'node:os';
+import { afterEach, describe, expect, it } from 'vitest';
+import type {
+  ChargeOutcome,
+  ChargeRecord,
+  DuplicateUser,
+  ImportRow,
+  Ledger,
+  RunRecord,
+} from '../../src/ledger/ledger.js';
+
+/** The two tuning options every ledger takes. */
+export interface LedgerTuning {
+  readonly batchSize?: number;
+  readonly flushIntervalMs?: number;
+}
+
+/** One empty storage (a SQLite file, a Redis key prefix) on which the suite opens ledgers. */
+export interface LedgerStorage {
+  /** A ledger on this storage; ledgers opened on the same storage see the same runs. */
+  open(tuning?: LedgerTuning): Ledger;
+  /** Writes a claim of the run as process `pid` of `host` would have. */
+  claimAs(runId: string, pid: number, host: string): Promise<void>;
+  /** How many things the storage holds about the run (rows, keys, registry entries…): 0 is none. */
+  traces(runId: string): Promise<number>;
+  /** Deletes everything; every ledger opened on it is closed first. */
+  destroy(): Promise<void>;
+}
+
+export type LedgerFactory = () => Promise<LedgerStorage>;
+
+const MAX_AMOUNT = Number.MAX_SAFE_INTEGER; // 2^53 - 1
+
+function row(line: number, userId: string, overrides: Partial<ImportRow> = {}): ImportRow {
+  return { line, userId, amount: 100 * line, currency: 'USD', metadata: {}, ...overrides };
+}
+
+/** `count` valid rows, user ids `u1`…, lines 2… as after a CSV header. */
+function rows(count: number): ImportRow[] {
+  return Array.from({ length: count }, (_, index) => row(index + 2, `u${index + 1}`));
+}
+
+async function* batchesOf(all: readonly ImportRow[], size = 3): AsyncIterable<ImportRow[]> {
+  for (let start = 0; start < all.length; start += size) yield all.slice(start, start + size);
+}
+
+function runOf(runId: string, inputHash = `hash-${runId}`) {
+  return { runId, inputHash, inputPath: 'users.csv', endpoint: 'http://127.0.0.1:1/charge' };
+}
+
+async function create(
+  ledger: Ledger,
+  runId: string,
+  all: readonly ImportRow[],
+  inputHash?: string,
+  batchSize?: number,
+): Promise<{ run: RunRecord; duplicates: DuplicateUser[] }> {
+  const duplicates: DuplicateUser[] = [];
+  const run = await ledger.createRun(
+    runOf(runId, inputHash),
+    batchesOf(all, batchSize),
+    (duplicate) => duplicates.push(duplicate),
+  );
+  return { run, duplicates };
+}
+
+function outcome(userId: string, overrides: Partial<ChargeOutcome> = {}): ChargeOutcome {
+  return {
+    userId,
+    state: 'charged',
+    attempts: 1,
+    ambiguous: false,
+    httpStatus: 200,
+    latencyMs: 12,
+    chargeId: `ch_${userId}`,
+    error: undefined,
+    ...overrides,
+  };
+}
+
+async function collect(iterable: AsyncIterable<ChargeRecord>): Promise<ChargeRecord[]> {
+  const all: ChargeRecord[] = [];
+  for await (const charge of iterable) all.push(charge);
+  return all;
+}
+
+/** Polls `check` until it holds or `timeoutMs` passes: for writes a ledger makes on its own. */
+async function eventually(check: () => Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`not true after ${timeoutMs}ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** The pid of a process that has already exited. */
+function deadPid(): number {
+  const child = spawnSync(process.execPath, ['-e', 'process.pid'], { stdio: 'ignore' });
+  return child.pid as number;
+}
+
+/**
+ * The promises of the `Ledger` interface that do not depend on the storage, run against every
+ * ledger (hono's common.case.test.ts runs one suite against five routers the same way).
+ */
+export function ledgerConformance(name: string, factory: LedgerFactory): void {
+  describe(`${name} keeps the ledger's promises`, () => {
+    let storage: LedgerStorage | undefined;
+    let opened: Ledger[] = [];
+
+    afterEach(async () => {
+      const ledgers = opened;
+      opened = [];
+      // close() writes what is buffered: a test that left outcomes behind fails here, visibly.
+      for (const ledger of ledgers) await ledger.close();
+      await storage?.destroy();
+      storage = undefined;
+    });
+
+    /** A ledger on the test's storage (created on first use); every call opens another one. */
+    async function open(tuning?: LedgerTuning): Promise<Ledger> {
+      storage ??= await factory();
+      const ledger = storage.open(tuning);
+      opened.push(ledger);
+      return ledger;
+    }
+
+    async function storageOf(): Promise<LedgerStorage> {
+      storage ??= await factory();
+      return storage;
+    }
+
+    describe('createRun', () => {
+      it('imports every batch and returns the run with its total', async () => {
+        const ledger = await open();
+        const { run, duplicates } = await create(ledger, 'r1', rows(7));
+        expect(run).toMatchObject({ ...runOf('r1'), total: 7, finishedAt: undefined });
+        expect(Number.isNaN(Date.parse(run.createdAt))).toBe(false);
+        expect(duplicates).toEqual([]);
+        expect(await ledger.findRun('r1')).toEqual(run);
+        expect(await ledger.counts('r1')).toEqual({
+          pending: 7,
+          charged: 0,
+          declined: 0,
+          failed: 0,
+          unknown: 0,
+          invalid: 0,
+        });
+      });
+
+      it('imports a run without rows, which is complete at once', async () => {
+        const ledger = await open();
+        const { run } = await create(ledger, 'empty', []);
+        expect(run.total).toBe(0);
+        expect(await ledger.findRun('empty')).toEqual(run);
+        expect(await collect(ledger.charges('empty'))).toEqual([]);
+        expect(await ledger.pendingCharges('empty', 0, 10)).toEqual([]);
+        expect(await ledger.finishIfComplete('empty')).toBe(true);
+      });
+
+      it('leaves no trace when the batches throw half-way', async () => {
+        const ledger = await open();
+        async function* failing(): AsyncIterable<ImportRow[]> {
+          yield rows(3);
+          yield [row(5, 'u4'), row(6, 'u5', { invalidReason: 'bad' }), row(7, 'u1')];
+          throw new Error('input broke on line 8');
+        }
+        await expect(ledger.createRun(runOf('r1'), failing(), () => {})).rejects.toThrow(
+          'input broke on line 8',
+        );
+        expect(await (await storageOf()).traces('r1')).toBe(0);
+        expect(await ledger.findRun('r1')).toBeUndefined();
+        expect(await ledger.findLatestRun('hash-r1')).toBeUndefined();
+        expect(await ledger.findUnfinishedRun('hash-r1')).toBeUndefined();
+        expect(Object.values(await ledger.counts('r1')).every((n) => n === 0)).toBe(true);
+        expect(await ledger.totals('r1')).toEqual({});
+        expect(await collect(ledger.charges('r1'))).toEqual([]);
+        expect(await ledger.charge('r1', 'u1')).toBeUndefined();
+        expect(await ledger.pendingCharges('r1', 0, 10)).toEqual([]);
+
+        // Nothing is left half-open: the same run id imports cleanly afterwards.
+        const { run } = await create(ledger, 'r1', rows(2));
+        expect(run.total).toBe(2);
+        expect((await collect(ledger.charges('r1'))).map((c) => c.userId)).toEqual(['u1', 'u2']);
+      });
+
+      it('leaves no trace when onDuplicate throws', async () => {
+        const ledger = await open();
+        const all = [row(2, 'a'), row(3, 'a')];
+        await expect(
+          ledger.createRun(runOf('r1'), batchesOf(all), () => {
+            throw new Error('duplicates are fatal here');
+          }),
+        ).rejects.toThrow('duplicates are fatal here');
+        expect(await (await storageOf()).traces('r1')).toBe(0);
+        expect(await ledger.findRun('r1')).toBeUndefined();
+        expect(await collect(ledger.charges('r1'))).toEqual([]);
+      });
+
+      it('refuses a run id that already exists and keeps the first run whole', async () => {
+        const ledger = await open();
+        const { run } = await create(ledger, 'r1', rows(3));
+        await expect(create(ledger, 'r1', rows(5))).rejects.toThrow(
+          expect.objectContaining({
+            name: 'BulkbillError',
+            message: 'run r1 already exists in this ledger',
+          }),
+        );
+        expect(await ledger.findRun('r1')).toEqual(run);
+        expect((await collect(ledger.charges('r1'))).length).toBe(3);
+        expect((await ledger.counts('r1')).pending).toBe(3);
+      });
+
+      it('refuses a second unfinished run of the same input when asked to, from another ledger too', async () => {
+        const first = await open();
+        const second = await open();
+        await first.createRun(runOf('r1', 'same-input'), batchesOf(rows(1)), () => {});
+        await expect(
+          second.createRun(runOf('r2', 'same-input'), batchesOf(rows(1)), () => {}, {
+            soleUnfinished: true,
+          }),
+        ).rejects.toThrow(/already has the unfinished run r1/);
+        expect(await second.findRun('r2')).toBeUndefined();
+        expect(await (await storageOf()).traces('r2')).toBe(0);
+        // A named new cycle of the same file is allowed.
+        await expect(
+          second.createRun(runOf('r3', 'same-input'), batchesOf(rows(1)), () => {}),
+        ).resolves.toMatchObject({ runId: 'r3' });
+        // Once the runs are finished, a sole unfinished run may be created again.
+        for (const runId of ['r1', 'r3']) {
+          second.record(runId, outcome('u1'));
+          expect(await second.finishIfComplete(runId)).toBe(true);
+        }
+        await expect(
+          first.createRun(runOf('r4', 'same-input'), batchesOf(rows(1)), () => {}, {
+            soleUnfinished: true,
+          }),
+        ).resolves.toMatchObject({ runId: 'r4' });
+      });
+
+      it('records a duplicate user id invalid and tells onDuplicate the first line', async () => {
+        const ledger = await open();
+        const all = [row(2, 'a'), row(3, 'b'), row(4, 'a', { amount: 999 }), row(5, 'a')];
+        const { run, duplicates } = await create(ledger, 'r1', all);
+        expect(duplicates).toEqual([
+          { userId: 'a', line: 4, firstLine: 2 },
+          { userId: 'a', line: 5, firstLine: 2 },
+        ]);
+        expect(run.total).toBe(4);
+        const charges = await collect(ledger.charges('r1'));
+        expect(charges.map((c) => [c.userId, c.line, c.state, c.amount])).toEqual([
+          ['a', 2, 'pending', 200],
+          ['b', 3, 'pending', 300],
+          ['a', 4, 'invalid', 999],
+          ['a', 5, 'invalid', 500],
+        ]);
+        expect(charges[2]?.error).toBe('user_id: appears twice (first on line 2)');
+        expect(charges[3]?.error).toBe('user_id: appears twice (first on line 2)');
+        expect(await ledger.counts('r1')).toMatchObject({ pending: 2, invalid: 2 });
+        expect(await ledger.totals('r1', 'invalid')).toEqual({ USD: 1_499 });
+      });
+
+      it('finds duplicates across batches', async () => {
+        const ledger = await open();
+        const all = [...rows(5), row(20, 'u2'), row(21, 'u5')];
+        const { duplicates } = await create(ledger, 'r1', all, undefined, 2);
+        expect(duplicates).toEqual([
+          { userId: 'u2', line: 20, firstLine: 3 },
+          { userId: 'u5', line: 21, firstLine: 6 },
+        ]);
+      });
+
+      it('records rows that failed validation invalid, with their reason, and counts them in total', async () => {
+        const ledger = await open();
+        const all = [
+          row(2, 'a'),
+          row(3, 'b', { amount: 0, invalidReason: 'amount: expected a positive integer' }),
+          row(4, 'c'),
+          // An invalid row is not a duplicate, and does not make a later valid row one.
+          row(5, 'c', { invalidReason: 'currency: expected ISO 4217' }),
+          row(6, 'd', { invalidReason: 'currency: expected ISO 4217' }),
+          row(7, 'd'),
+        ];
+        const { run, duplicates } = await create(ledger, 'r1', all);
+        expect(duplicates).toEqual([]);
+        expect(run.total).toBe(6);
+        const charges = await collect(ledger.charges('r1'));
+        expect(charges.map((c) => [c.userId, c.state, c.error])).toEqual([
+          ['a', 'pending', undefined],
+          ['b', 'invalid', 'amount: expected a positive integer'],
+          ['c', 'pending', undefined],
+          ['c', 'invalid', 'currency: expected ISO 4217'],
+          ['d', 'invalid', 'currency: expected ISO 4217'],
+          ['d', 'pending', undefined],
+        ]);
+        const counts = await ledger.counts('r1');
+        expect(counts).toMatchObject({ pending: 3, invalid: 3 });
+        expect(Object.values(counts).reduce((sum, n) => sum + n, 0)).toBe(run.total);
+      });
+
+      it('keeps invalid rows as they came, empty user id and currency included', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', [
+          row(2, '', { amount: 0, currency: '', invalidReason: 'user_id: is missing' }),
+          row(3, 'ok'),
+        ]);
+        const charges = await collect(ledger.charges('r1'));
+        expect(charges[0]).toMatchObject({
+          userId: '',
+          line: 2,
+          amount: 0,
+          currency: '',
+          state: 'invalid',
+          error: 'user_id: is missing',
+        });
+        expect(await ledger.charge('r1', '')).toMatchObject({ line: 2, state: 'invalid' });
+        expect(await ledger.totals('r1', 'invalid')).toEqual({ '': 0 });
+        expect(await ledger.totals('r1')).toEqual({ USD: 300 });
+      });
+
+      it('keeps metadata, and reads no metadata back as an empty object', async () => {
+        const ledger = await open();
+        const metadata = { plan: 'pro, yearly', note: 'says "hi"\nbye | \\p', emoji: '💳' };
+        await create(ledger, 'r1', [row(2, 'a', { metadata }), row(3, 'b')]);
+        expect((await ledger.charge('r1', 'a'))?.metadata).toEqual(metadata);
+        expect((await ledger.charge('r1', 'b'))?.metadata).toEqual({});
+        const [first] = await collect(ledger.charges('r1'));
+        expect(first?.metadata).toEqual(metadata);
+      });
+    });
+
+    describe('an import in progress', () => {
+      /** An import that yields one batch, then waits for release() and fails or ends. */
+      function heldImport(ledger: Ledger, runId: string, fail: boolean) {
+        let release: () => void = () => {};
+        const gate = new Promise<void>((resolve) => {
+          release = resolve;
+        });
+        let started: () => void = () => {};
+        const yielded = new Promise<void>((resolve) => {
+          started = resolve;
+        });
+        async function* batches(): AsyncIterable<ImportRow[]> {
+          yield rows(2);
+          started();
+          await gate;
+          if (fail) throw new Error('input broke');
+          yield [row(9, 'u9')];
+        }
+        const created = ledger.createRun(runOf(runId), batches(), () => {});
+        created.catch(() => {});
+        return { created, yielded, release };
+      }
+
+      it('is invisible to other ledgers until it ends', async () => {
+        const ledger = await open();
+        const reader = await open();
+        const held = heldImport(ledger, 'r1', false);
+        await held.yielded; // the first batch is written
+        expect(await reader.findRun('r1')).toBeUndefined();
+        expect(await reader.findLatestRun('hash-r1')).toBeUndefined();
+        expect(await reader.findUnfinishedRun('hash-r1')).toBeUndefined();
+        expect(await reader.pendingCharges('r1', 0, 10)).toEqual([]);
+        held.release();
+        expect((await held.created).total).toBe(3);
+        expect((await reader.findRun('r1'))?.total).toBe(3);
+        expect((await reader.pendingCharges('r1', 0, 10)).map((c) => c.userId)).toEqual([
+          'u1',
+          'u2',
+          'u9',
+        ]);
+      });
+
+      it('does not lose outcomes of another run when it fails', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(2));
+        const reader = await open();
+        const held = heldImport(ledger, 'r2', true);
+        await held.yielded;
+
+        ledger.record('r1', outcome('u1'));
+        const flushed = ledger.flush();
+        held.release();
+        await expect(held.created).rejects.toThrow('input broke');
+        await flushed;
+        expect((await reader.charge('r1', 'u1'))?.state).toBe('charged');
+        expect((await ledger.charge('r1', 'u1'))?.state).toBe('charged');
+        expect(await reader.findRun('r2')).toBeUndefined();
+        expect(await (await storageOf()).traces('r2')).toBe(0);
+      });
+
+      it('keeps outcomes of another run recorded meanwhile when it ends', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000, batchSize: 1 });
+        await create(ledger, 'r1', rows(2));
+        const reader = await open();
+        const held = heldImport(ledger, 'r2', false);
+        await held.yielded;
+        ledger.record('r1', outcome('u1'));
+        ledger.record('r1', outcome('u2'));
+        held.release();
+        expect((await held.created).total).toBe(3);
+        await ledger.flush();
+        expect(await reader.counts('r1')).toMatchObject({ charged: 2, pending: 0 });
+        expect((await reader.findRun('r2'))?.total).toBe(3);
+      });
+
+      it('lets a second import of the same ledger run too', async () => {
+        const ledger = await open();
+        const held = heldImport(ledger, 'r1', false);
+        await held.yielded;
+        const second = create(ledger, 'r2', rows(4));
+        held.release();
+        expect((await held.created).total).toBe(3);
+        expect((await second).run.total).toBe(4);
+        expect((await collect(ledger.charges('r2'))).length).toBe(4);
+      });
+    });
+
+    describe('pendingCharges', () => {
+      it('pages in input order after afterSeq', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(10));
+        const first = await ledger.pendingCharges('r1', 0, 4);
+        expect(first.map((c) => c.userId)).toEqual(['u1', 'u2', 'u3', 'u4']);
+        expect(first[0]).toEqual({
+          seq: expect.any(Number),
+          userId: 'u1',
+          amount: 200,
+          currency: 'USD',
+          attempts: 0,
+          ambiguous: false,
+        });
+        const second = await ledger.pendingCharges('r1', first.at(-1)?.seq ?? 0, 4);
+        expect(second.map((c) => c.userId)).toEqual(['u5', 'u6', 'u7', 'u8']);
+        const third = await ledger.pendingCharges('r1', second.at(-1)?.seq ?? 0, 4);
+        expect(third.map((c) => c.userId)).toEqual(['u9', 'u10']);
+        expect(await ledger.pendingCharges('r1', third.at(-1)?.seq ?? 0, 4)).toEqual([]);
+        const seqs = [...first, ...second, ...third].map((c) => c.seq);
+        expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+        expect(new Set(seqs).size).toBe(10);
+      });
+
+      it('returns pending, failed and unknown charges only, with the attempts already counted', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', [
+          ...rows(6),
+          row(8, 'bad', { invalidReason: 'amount: expected a positive integer' }),
+          row(9, 'u6'), // duplicate: invalid
+        ]);
+        ledger.record('r1', outcome('u1'));
+        ledger.record(
+          'r1',
+          outcome('u2', { state: 'declined', httpStatus: 402, chargeId: undefined }),
+        );
+        ledger.record('r1', outcome('u3', { state: 'failed', attempts: 5, httpStatus: 503 }));
+        ledger.record(
+          'r1',
+          outcome('u4', { state: 'unknown', attempts: 5, ambiguous: true, httpStatus: undefined }),
+        );
+        ledger.record('r1', outcome('u5', { state: 'pending', attempts: 2, chargeId: undefined }));
+        await ledger.flush();
+        const pending = await ledger.pendingCharges('r1', 0, 100);
+        expect(pending.map((c) => [c.userId, c.attempts, c.ambiguous])).toEqual([
+          ['u3', 5, false],
+          ['u4', 5, true],
+          ['u5', 2, false],
+          ['u6', 0, false],
+        ]);
+      });
+
+      it('fills every page of a long run where most charges are done', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        const all = rows(2_500);
+        await create(ledger, 'r1', all, undefined, 700);
+        // All but every 100th charge done: a page of 10 spans about 1,000 rows.
+        for (const [index, each] of all.entries()) {
+          if (index % 100 !== 99) ledger.record('r1', outcome(each.userId));
+        }
+        await ledger.flush();
+        const seen: string[] = [];
+        let after = 0;
+        for (;;) {
+          const page = await ledger.pendingCharges('r1', after, 10);
+          seen.push(...page.map((c) => c.userId));
+          const last = page.at(-1);
+          if (!last || page.length < 10) break;
+          expect(page).toHaveLength(10);
+          after = last.seq;
+        }
+        expect(seen).toEqual(all.filter((_, index) => index % 100 === 99).map((r) => r.userId));
+      });
+    });
+
+    describe('record and flush', () => {
+      it('stores every field of an outcome on flush()', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(4));
+        ledger.record('r1', outcome('u1', { latencyMs: 12.5 }));
+        ledger.record(
+          'r1',
+          outcome('u2', {
+            state: 'declined',
+            attempts: 2,
+            httpStatus: 402,
+            latencyMs: 40.4,
+            chargeId: undefined,
+            error: 'card_declined: insufficient funds',
+          }),
+        );
+        ledger.record(
+          'r1',
+          outcome('u3', {
+            state: 'unknown',
+            attempts: 3,
+            ambiguous: true,
+            httpStatus: undefined,
+            latencyMs: undefined,
+            chargeId: undefined,
+            error: 'timeout after request sent',
+          }),
+        );
+        await ledger.flush();
+
+        expect(await ledger.charge('r1', 'u1')).toMatchObject({
+          state: 'charged',
+          attempts: 1,
+          ambiguous: false,
+          httpStatus: 200,
+          latencyMs: 13,
+          chargeId: 'ch_u1',
+          error: undefined,
+        });
+        expect(await ledger.charge('r1', 'u2')).toMatchObject({
+          state: 'declined',
+          attempts: 2,
+          ambiguous: false,
+          httpStatus: 402,
+          latencyMs: 40,
+          chargeId: undefined,
+          error: 'card_declined: insufficient funds',
+        });
+        expect(await ledger.charge('r1', 'u3')).toMatchObject({
+          state: 'unknown',
+          attempts: 3,
+          ambiguous: true,
+          httpStatus: undefined,
+          latencyMs: undefined,
+          chargeId: undefined,
+          error: 'timeout after request sent',
+        });
+        expect(await ledger.counts('r1')).toEqual({
+          pending: 1,
+          charged: 1,
+          declined: 1,
+          failed: 0,
+          unknown: 1,
+          invalid: 0,
+        });
+      });
+
+      it('applies outcomes of the same charge in the order recorded', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(1));
+        ledger.record('r1', outcome('u1', { state: 'failed', attempts: 1, chargeId: undefined }));
+        ledger.record('r1', outcome('u1', { state: 'charged', attempts: 2 }));
+        await ledger.flush();
+        expect(await ledger.charge('r1', 'u1')).toMatchObject({ state: 'charged', attempts: 2 });
+        expect(await ledger.counts('r1')).toMatchObject({ charged: 1, failed: 0, pending: 0 });
+      });
+
+      it('moves counts and sums when a charge changes state again (resume)', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(2));
+        ledger.record('r1', outcome('u1', { state: 'unknown', ambiguous: true }));
+        await ledger.flush();
+        expect(await ledger.totals('r1', 'unknown')).toEqual({ USD: 200 });
+        ledger.record('r1', outcome('u1', { attempts: 2, ambiguous: true }));
+        await ledger.flush();
+        expect(await ledger.totals('r1', 'unknown')).toEqual({});
+        expect(await ledger.totals('r1', 'charged')).toEqual({ USD: 200 });
+        expect(await ledger.counts('r1')).toMatchObject({ pending: 1, unknown: 0, charged: 1 });
+      });
+
+      it('never overwrites an invalid duplicate row with an outcome of the valid one', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', [row(2, 'a'), row(3, 'a')]);
+        ledger.record('r1', outcome('a'));
+        await ledger.flush();
+        const charges = await collect(ledger.charges('r1'));
+        expect(charges.map((c) => [c.line, c.state, c.chargeId])).toEqual([
+          [2, 'charged', 'ch_a'],
+          [3, 'invalid', undefined],
+        ]);
+        expect(await ledger.counts('r1')).toMatchObject({ charged: 1, invalid: 1 });
+      });
+
+      it('ignores an outcome of a user the run does not have', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', [row(2, 'a'), row(3, 'b', { invalidReason: 'bad' })]);
+        ledger.record('r1', outcome('nobody'));
+        ledger.record('r1', outcome('b'));
+        await ledger.flush();
+        expect(await ledger.counts('r1')).toMatchObject({ pending: 1, charged: 0, invalid: 1 });
+        expect(await ledger.charge('r1', 'nobody')).toBeUndefined();
+        expect(await ledger.charge('r1', 'b')).toMatchObject({ state: 'invalid', error: 'bad' });
+      });
+
+      it('writes recorded outcomes on its own after flushIntervalMs', async () => {
+        const writer = await open({ flushIntervalMs: 20, batchSize: 1_000 });
+        await create(writer, 'r1', rows(3));
+        const reader = await open();
+        writer.record('r1', outcome('u1'));
+        writer.record('r1', outcome('u2', { state: 'declined', httpStatus: 402 }));
+        await eventually(async () => (await reader.counts('r1')).pending === 1);
+        expect(await reader.counts('r1')).toMatchObject({ charged: 1, declined: 1, pending: 1 });
+      });
+
+      it('writes on its own when batchSize outcomes are buffered', async () => {
+        const writer = await open({ flushIntervalMs: 60_000, batchSize: 3 });
+        await create(writer, 'r1', rows(5));
+        const reader = await open();
+        writer.record('r1', outcome('u1'));
+        writer.record('r1', outcome('u2'));
+        writer.record('r1', outcome('u3'));
+        await eventually(async () => (await reader.counts('r1')).charged === 3);
+        writer.record('r1', outcome('u4'));
+        await writer.flush();
+        expect((await reader.counts('r1')).charged).toBe(4);
+      });
+
+      it('makes what flush() wrote visible to another ledger on the same storage', async () => {
+        const writer = await open({ flushIntervalMs: 60_000 });
+        await create(writer, 'r1', rows(2));
+        const reader = await open();
+        writer.record('r1', outcome('u1'));
+        expect((await reader.charge('r1', 'u1'))?.state).toBe('pending');
+        await writer.flush();
+        expect((await reader.charge('r1', 'u1'))?.state).toBe('charged');
+        expect(await reader.counts('r1')).toMatchObject({ charged: 1, pending: 1 });
+      });
+
+      it('keeps outcomes of several runs apart in one flush', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'march', rows(3));
+        await create(ledger, 'april', [...rows(3), row(5, 'u4')]);
+        ledger.record('march', outcome('u1'));
+        ledger.record('april', outcome('u1', { state: 'declined', httpStatus: 402 }));
+        ledger.record('april', outcome('u2'));
+        await ledger.flush();
+
+        expect((await ledger.charge('march', 'u1'))?.state).toBe('charged');
+        expect((await ledger.charge('april', 'u1'))?.state).toBe('declined');
+        expect((await ledger.charge('march', 'u2'))?.state).toBe('pending');
+        expect(await ledger.counts('march')).toMatchObject({
+          pending: 2,
+          charged: 1,
+          declined: 0,
+        });
+        expect(await ledger.counts('april')).toMatchObject({
+          pending: 2,
+          charged: 1,
+          declined: 1,
+        });
+        expect((await ledger.pendingCharges('march', 0, 10)).map((c) => c.userId)).toEqual([
+          'u2',
+          'u3',
+        ]);
+        expect((await ledger.pendingCharges('april', 0, 10)).map((c) => c.userId)).toEqual([
+          'u3',
+          'u4',
+        ]);
+        expect((await collect(ledger.charges('march'))).length).toBe(3);
+        expect((await collect(ledger.charges('april'))).length).toBe(4);
+        expect((await ledger.findRun('march'))?.total).toBe(3);
+        expect((await ledger.findRun('april'))?.total).toBe(4);
+      });
+    });
+
+    describe('reading', () => {
+      it('streams every charge of a 2,500-row run in input order, across pages', async () => {
+        const ledger = await open();
+        const all = rows(2_500);
+        await create(ledger, 'r1', all, undefined, 1_000);
+        const charges = await collect(ledger.charges('r1'));
+        expect(charges.length).toBe(2_500);
+        expect(charges.map((c) => c.userId)).toEqual(all.map((r) => r.userId));
+        expect(charges.map((c) => c.line)).toEqual(all.map((r) => r.line));
+        const pending = await ledger.pendingCharges('r1', 0, 3_000);
+        expect(pending.map((c) => c.userId)).toEqual(all.map((r) => r.userId));
+      });
+
+      it('streams a run of exactly one page', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1_000), undefined, 1_000);
+        const charges = await collect(ledger.charges('r1'));
+        expect(charges.length).toBe(1_000);
+        expect(charges.at(-1)?.userId).toBe('u1000');
+      });
+
+      it('finds one charge, or nothing', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', [
+          row(2, 'a', { amount: 1234, currency: 'EUR', metadata: { plan: 'pro' } }),
+        ]);
+        expect(await ledger.charge('r1', 'a')).toEqual({
+          userId: 'a',
+          line: 2,
+          amount: 1234,
+          currency: 'EUR',
+          metadata: { plan: 'pro' },
+          state: 'pending',
+          attempts: 0,
+          ambiguous: false,
+          httpStatus: undefined,
+          latencyMs: undefined,
+          chargeId: undefined,
+          error: undefined,
+        });
+        expect(await ledger.charge('r1', 'nobody')).toBeUndefined();
+        expect(await ledger.charge('other-run', 'a')).toBeUndefined();
+      });
+
+      it('finds the valid row of a user id that also has an invalid row, whichever came first', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', [
+          row(2, 'dup'), // valid, then a duplicate recorded invalid
+          row(3, 'dup'),
+          row(4, 'late', { invalidReason: 'amount: expected a positive integer' }), // invalid, then valid
+          row(5, 'late'),
+        ]);
+        expect(await ledger.charge('r1', 'dup')).toMatchObject({ line: 2, state: 'pending' });
+        expect(await ledger.charge('r1', 'late')).toMatchObject({ line: 5, state: 'pending' });
+        // With no valid row at all, the first invalid one is what there is to show.
+        await create(ledger, 'r2', [
+          row(2, 'only', { invalidReason: 'bad' }),
+          row(3, 'only', { invalidReason: 'worse' }),
+        ]);
+        expect(await ledger.charge('r2', 'only')).toMatchObject({
+          line: 2,
+          state: 'invalid',
+          error: 'bad',
+        });
+      });
+
+      it('sums amounts per currency, over all but invalid rows or over one state', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', [
+          row(2, 'a', { amount: 1_000, currency: 'USD' }),
+          row(3, 'b', { amount: 250, currency: 'EUR' }),
+          row(4, 'c', { amount: 4_000, currency: 'USD' }),
+          row(5, 'd', { amount: 7, currency: 'USD', invalidReason: 'bad' }),
+          row(6, 'a', { amount: 50_000, currency: 'USD' }), // duplicate, recorded invalid
+        ]);
+        expect(await ledger.totals('r1')).toEqual({ EUR: 250, USD: 5_000 });
+        expect(await ledger.totals('r1', 'charged')).toEqual({});
+        ledger.record('r1', outcome('a'));
+        ledger.record('r1', outcome('b'));
+        ledger.record('r1', outcome('c', { state: 'declined', httpStatus: 402 }));
+        await ledger.flush();
+        expect(await ledger.totals('r1', 'charged')).toEqual({ EUR: 250, USD: 1_000 });
+        expect(await ledger.totals('r1', 'declined')).toEqual({ USD: 4_000 });
+        expect(await ledger.totals('r1', 'pending')).toEqual({});
+        expect(await ledger.totals('r1', 'invalid')).toEqual({ USD: 50_007 });
+        expect(await ledger.totals('r1')).toEqual({ EUR: 250, USD: 5_000 });
+      });
+
+      it('keeps amounts up to 2^53-1 exact, one by one and summed', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', [
+          row(2, 'max', { amount: MAX_AMOUNT, currency: 'EUR' }),
+          row(3, 'big', { amount: MAX_AMOUNT - 1, currency: 'USD' }),
+          row(4, 'one', { amount: 1, currency: 'USD' }),
+          row(5, 'max', { amount: MAX_AMOUNT, currency: 'JPY' }), // duplicate, recorded invalid
+        ]);
+        expect((await ledger.charge('r1', 'max'))?.amount).toBe(MAX_AMOUNT);
+        expect((await ledger.pendingCharges('r1', 0, 10)).map((c) => c.amount)).toEqual([
+          MAX_AMOUNT,
+          MAX_AMOUNT - 1,
+          1,
+        ]);
+        expect(await ledger.totals('r1')).toEqual({ EUR: MAX_AMOUNT, USD: MAX_AMOUNT });
+        expect(await ledger.totals('r1', 'invalid')).toEqual({ JPY: MAX_AMOUNT });
+        ledger.record('r1', outcome('big'));
+        ledger.record('r1', outcome('max', { state: 'declined', httpStatus: 402 }));
+        await ledger.flush();
+        expect(await ledger.totals('r1', 'charged')).toEqual({ USD: MAX_AMOUNT - 1 });
+        expect(await ledger.totals('r1', 'pending')).toEqual({ USD: 1 });
+        expect(await ledger.totals('r1', 'declined')).toEqual({ EUR: MAX_AMOUNT });
+        ledger.record('r1', outcome('one'));
+        await ledger.flush();
+        expect(await ledger.totals('r1', 'charged')).toEqual({ USD: MAX_AMOUNT });
+        expect(await ledger.totals('r1', 'pending')).toEqual({});
+        expect((await collect(ledger.charges('r1'))).map((c) => c.amount)).toEqual([
+          MAX_AMOUNT,
+          MAX_AMOUNT - 1,
+          1,
+          MAX_AMOUNT,
+        ]);
+      });
+
+      it('keeps user ids, run ids and texts with separators, braces, quotes and non-ASCII apart', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        const ids = [
+          'a|b',
+          'a:b',
+          '{run}',
+          '}{',
+          ' spaced id ',
+          `"double" and 'single'`,
+          'ünïcødé 💳 用户',
+          'x'.repeat(200),
+          'back\\slash\\p',
+          '=a|b',
+          '#1',
+          '1',
+          'u1',
+        ];
+        const runId = 'r{1}|: "ü"';
+        const all = ids.map((id, index) =>
+          row(index + 2, id, { metadata: index === 0 ? { 'k|ey': 'v|al\\ue' } : {} }),
+        );
+        await create(ledger, runId, [...all, row(99, 'a|b')]);
+        expect((await ledger.findRun(runId))?.total).toBe(ids.length + 1);
+        ledger.record(runId, outcome('a|b', { chargeId: 'ch|1\\2', error: undefined }));
+        ledger.record(
+          runId,
+          outcome('}{', { state: 'declined', chargeId: undefined, error: 'no | way \\p' }),
+        );
+        ledger.record(runId, outcome('ünïcødé 💳 用户', { chargeId: '', error: '' }));
+        await ledger.flush();
+
+        const charges = await collect(ledger.charges(runId));
+        expect(charges.map((c) => c.userId)).toEqual([...ids, 'a|b']);
+        const ended: Record<string, string> = {
+          'a|b': 'charged',
+          '}{': 'declined',
+          'ünïcødé 💳 用户': 'charged',
+        };
+        expect(charges.map((c) => c.state)).toEqual([
+          ...ids.map((id) => ended[id] ?? 'pending'),
+          'invalid',
+        ]);
+        for (const id of ids) expect((await ledger.charge(runId, id))?.userId).toBe(id);
+        expect(await ledger.charge(runId, 'a|b')).toMatchObject({
+          line: 2,
+          chargeId: 'ch|1\\2',
+          metadata: { 'k|ey': 'v|al\\ue' },
+        });
+        expect(await ledger.charge(runId, '}{')).toMatchObject({ error: 'no | way \\p' });
+        expect(await ledger.charge(runId, 'ünïcødé 💳 用户')).toMatchObject({
+          chargeId: '',
+          error: '',
+        });
+        expect(charges.at(-1)?.error).toBe('user_id: appears twice (first on line 2)');
+        expect((await ledger.pendingCharges(runId, 0, 100)).map((c) => c.userId)).toEqual(
+          ids.filter((id) => !['a|b', '}{', 'ünïcødé 💳 用户'].includes(id)),
+        );
+        expect(await ledger.counts(runId)).toMatchObject({
+          charged: 2,
+          declined: 1,
+          invalid: 1,
+          pending: ids.length - 3,
+        });
+      });
+    });
+
+    describe('runs', () => {
+      it('finds the newest unfinished and the newest run of an input', async () => {
+        const ledger = await open();
+        await create(ledger, 'old', rows(1), 'same-input');
+        await create(ledger, 'mid', rows(1), 'same-input');
+        await create(ledger, 'other', rows(1), 'other-input');
+        await create(ledger, 'new', rows(1), 'same-input');
+        expect((await ledger.findUnfinishedRun('same-input'))?.runId).toBe('new');
+        expect((await ledger.findLatestRun('same-input'))?.runId).toBe('new');
+
+        ledger.record('new', outcome('u1'));
+        expect(await ledger.finishIfComplete('new')).toBe(true);
+        expect((await ledger.findUnfinishedRun('same-input'))?.runId).toBe('mid');
+        expect((await ledger.findLatestRun('same-input'))?.runId).toBe('new');
+        expect((await ledger.findLatestRun('same-input'))?.finishedAt).toEqual(expect.any(String));
+
+        expect((await ledger.findUnfinishedRun('other-input'))?.runId).toBe('other');
+        expect(await ledger.findUnfinishedRun('no-such-input')).toBeUndefined();
+        expect(await ledger.findLatestRun('no-such-input')).toBeUndefined();
+      });
+
+      it('finishes a run only when nothing is pending, failed or unknown', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', [...rows(3), row(9, 'bad', { invalidReason: 'bad' })]);
+        expect(await ledger.finishIfComplete('r1')).toBe(false);
+
+        ledger.record('r1', outcome('u1'));
+        ledger.record('r1', outcome('u2', { state: 'failed', httpStatus: 503 }));
+        ledger.record('r1', outcome('u3', { state: 'unknown', ambiguous: true }));
+        expect(await ledger.finishIfComplete('r1')).toBe(false);
+        expect((await ledger.findRun('r1'))?.finishedAt).toBeUndefined();
+
+        ledger.record('r1', outcome('u2', { state: 'charged', attempts: 2 }));
+        expect(await ledger.finishIfComplete('r1')).toBe(false);
+
+        // finishIfComplete() sees outcomes still in the buffer.
+        ledger.record('r1', outcome('u3', { state: 'declined', attempts: 2, httpStatus: 402 }));
+        expect(await ledger.finishIfComplete('r1')).toBe(true);
+        const finishedAt = (await ledger.findRun('r1'))?.finishedAt;
+        expect(Number.isNaN(Date.parse(finishedAt ?? ''))).toBe(false);
+
+        // Finishing again keeps the first finish time.
+        expect(await ledger.finishIfComplete('r1')).toBe(true);
+        expect((await ledger.findRun('r1'))?.finishedAt).toBe(finishedAt);
+        expect((await (await open()).findRun('r1'))?.finishedAt).toBe(finishedAt);
+      });
+
+      it('sees everything from a second ledger after close, including outcomes never flushed', async () => {
+        const first = await open({ flushIntervalMs: 60_000 });
+        const { run } = await create(first, 'r1', [
+          ...rows(3),
+          row(5, 'u1'),
+          row(6, 'x', { invalidReason: 'bad', metadata: { why: 'test' } }),
+        ]);
+        first.record('r1', outcome('u1', { latencyMs: 99.6 }));
+        first.record('r1', outcome('u2', { state: 'unknown', ambiguous: true, attempts: 4 }));
+        await first.finishIfComplete('r1');
+        first.record('r1', outcome('u3', { state: 'declined', httpStatus: 402, error: 'no' }));
+        const before = await collect(first.charges('r1'));
+        await first.close();
+        opened = opened.filter((ledger) => ledger !== first);
+
+        const second = await open();
+        expect(await second.findRun('r1')).toEqual(run);
+        const after = await collect(second.charges('r1'));
+        expect(after.map((c) => [c.userId, c.state])).toEqual([
+          ['u1', 'charged'],
+          ['u2', 'unknown'],
+          ['u3', 'declined'],
+          ['u1', 'invalid'],
+          ['x', 'invalid'],
+        ]);
+        expect(after.slice(0, 2)).toEqual(before.slice(0, 2));
+        expect(after[0]?.latencyMs).toBe(100);
+        expect(after[4]?.metadata).toEqual({ why: 'test' });
+        expect(await second.counts('r1')).toEqual({
+          pending: 0,
+          charged: 1,
+          declined: 1,
+          failed: 0,
+          unknown: 1,
+          invalid: 2,
+        });
+        expect(await second.totals('r1', 'unknown')).toEqual({ USD: 300 });
+      });
+    });
+
+    describe('run claims', () => {
+      it('refuses a run claimed by a live process, naming it', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1));
+        await (await storageOf()).claimAs('r1', process.ppid, hostname());
+        await expect(ledger.claimRun('r1')).rejects.toThrow(
+          new RegExp(`run r1 is being billed by process ${process.ppid} on `),
+        );
+      });
+
+      it('takes over a claim left by a process that died (kill -9)', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1));
+        await (await storageOf()).claimAs('r1', deadPid(), hostname());
+        await expect(ledger.claimRun('r1')).resolves.toBeUndefined();
+        // Ours now: another ledger of this process may claim it again, another process may not.
+        await expect((await open()).claimRun('r1')).resolves.toBeUndefined();
+        await ledger.releaseRun('r1');
+        await (await storageOf()).claimAs('r1', process.ppid, hostname());
+        await expect(ledger.claimRun('r1')).rejects.toThrow(/being billed/);
+      });
+
+      it('frees the run on release, and keeps somebody else’s claim', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1));
+        await ledger.claimRun('r1');
+        await ledger.releaseRun('r1');
+        await ledger.releaseRun('r1'); // releasing twice is harmless
+        await (await storageOf()).claimAs('r1', process.ppid, hostname());
+        await ledger.releaseRun('r1');
+        await expect(ledger.claimRun('r1')).rejects.toThrow(/being billed/);
+      });
+
+      it('respects a claim from another host, which it cannot check', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1));
+        await (await storageOf()).claimAs('r1', deadPid(), 'another-host');
+        await expect(ledger.claimRun('r1')).rejects.toThrow(/on another-host/);
+      });
+    });
+  });
+}
