@@ -10,6 +10,8 @@
  *   npm run bench -- --only provider-throughput --concurrency 128
  *   npm run bench -- --only client-concurrency   how the default concurrency of 64 was chosen
  *   npm run bench -- --server-cpu-prof .tmp/prof   servers write V8 CPU profiles there
+ *   npm run bench -- --only engine-100k-throughput --engine-cpu-prof .tmp/prof
+ *                                              every `bulkbill run` process writes one there
  *
  * Progress goes to stderr, the markdown report to stdout. Exit status 1 when a scenario fails.
  */
@@ -19,6 +21,12 @@ import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { type BenchSettings, markdownTable, type ScenarioReport } from './lib/report.js';
 import { CLIENT_CONCURRENCY, runClientConcurrency } from './scenarios/client-concurrency.js';
+import { ENGINE_1M_IMPORT, runEngine1mImport } from './scenarios/engine-1m-import.js';
+import { ENGINE_10K_LATENCY, runEngine10kLatency } from './scenarios/engine-10k-latency.js';
+import {
+  ENGINE_100K_THROUGHPUT,
+  runEngine100kThroughput,
+} from './scenarios/engine-100k-throughput.js';
 import {
   PROVIDER_10K_CONNECTIONS,
   runProvider10kConnections,
@@ -34,6 +42,9 @@ interface Scenario {
 const SCENARIOS: Readonly<Record<string, Scenario>> = {
   [PROVIDER_THROUGHPUT]: { run: runProviderThroughput, byDefault: true },
   [PROVIDER_10K_CONNECTIONS]: { run: runProvider10kConnections, byDefault: true },
+  [ENGINE_10K_LATENCY]: { run: runEngine10kLatency, byDefault: true },
+  [ENGINE_100K_THROUGHPUT]: { run: runEngine100kThroughput, byDefault: true },
+  [ENGINE_1M_IMPORT]: { run: runEngine1mImport, byDefault: true },
   [CLIENT_CONCURRENCY]: { run: runClientConcurrency, byDefault: false },
 };
 
@@ -43,6 +54,7 @@ interface BenchFlags {
   readonly json: string | undefined;
   readonly concurrency: number | undefined;
   readonly serverCpuProf: string | undefined;
+  readonly engineCpuProf: string | undefined;
 }
 
 /** Where and when the figures were measured: they mean nothing without it. */
@@ -66,6 +78,7 @@ function parseFlags(argv: readonly string[]): BenchFlags {
       json: { type: 'string' },
       concurrency: { type: 'string' },
       'server-cpu-prof': { type: 'string' },
+      'engine-cpu-prof': { type: 'string' },
     },
     strict: true,
     allowPositionals: false,
@@ -90,6 +103,7 @@ function parseFlags(argv: readonly string[]): BenchFlags {
     json: values.json,
     concurrency,
     serverCpuProf: values['server-cpu-prof'],
+    engineCpuProf: values['engine-cpu-prof'],
   };
 }
 
@@ -119,6 +133,10 @@ function header(machine: Machine, quick: boolean): string {
   ].join('\n');
 }
 
+function cpuProfArgs(directory: string | undefined): string[] {
+  return directory === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${resolve(directory)}`];
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   const flags = parseFlags(argv);
@@ -127,10 +145,8 @@ async function main(): Promise<void> {
   const settings: BenchSettings = {
     quick: flags.quick,
     concurrency: flags.concurrency,
-    serverNodeArgs:
-      flags.serverCpuProf === undefined
-        ? []
-        : ['--cpu-prof', `--cpu-prof-dir=${resolve(flags.serverCpuProf)}`],
+    serverNodeArgs: cpuProfArgs(flags.serverCpuProf),
+    engineNodeArgs: cpuProfArgs(flags.engineCpuProf),
     progress,
   };
 
@@ -146,7 +162,11 @@ async function main(): Promise<void> {
     reports[name] = await scenario.run(settings);
   }
 
-  const summaries = Object.values(reports).map(({ summary }) => [
+  const rows = Object.values(reports).flatMap(({ summary, moreSummaries = [] }) => [
+    summary,
+    ...moreSummaries,
+  ]);
+  const summaries = rows.map((summary) => [
     summary.scenario,
     summary.measure,
     summary.baseline,
@@ -170,7 +190,11 @@ async function main(): Promise<void> {
     const raw = Object.fromEntries(
       Object.entries(reports).map(([name, report]) => [
         name,
-        { summary: report.summary, raw: report.raw },
+        {
+          summary: report.summary,
+          ...(report.moreSummaries ? { moreSummaries: report.moreSummaries } : {}),
+          raw: report.raw,
+        },
       ]),
     );
     await writeFile(
@@ -179,7 +203,7 @@ async function main(): Promise<void> {
     );
     progress(`raw results written to ${path}`);
   }
-  if (Object.values(reports).some(({ summary }) => summary.verdict === 'FAIL')) {
+  if (rows.some((summary) => summary.verdict === 'FAIL')) {
     process.exitCode = 1;
   }
 }

@@ -41,3 +41,12 @@ export function formatPercent(share: number): string {
 export function formatCpuShare(cpuMs: number | undefined, wallMs: number): string {
   return cpuMs === undefined ? 'n/a' : formatPercent(cpuMs / wallMs);
 }
+
+/** `181 MiB`, or `0.14 MiB` under 10 MiB, from bytes (1 MiB = 1,048,576 bytes). */
+export function formatMebibytes(bytes: number | undefined): string {
+  if (bytes === undefined || !Number.isFinite(bytes)) return 'n/a';
+  const mebibytes = bytes / 1_048_576;
+  return mebibytes < 10
+    ? `${mebibytes.toFixed(2)} MiB`
+    : `${Math.round(mebibytes).toLocaleString('en-US')} MiB`;
+}

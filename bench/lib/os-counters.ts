@@ -92,3 +92,49 @@ export function machineBusyCpuMs(): number | undefined {
   const busyTicks = busy.reduce<number>((sum, value) => sum + (value ?? 0), 0);
   return (busyTicks * 1_000) / clockTicksPerSecond;
 }
+
+/**
+ * CPU time (user + system) used so far by this process's children that have exited and been
+ * waited for, with their own waited-for children, in ms: how a child that is gone is measured.
+ */
+export function exitedChildrenCpuMs(): number | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync('/proc/self/stat', 'utf8');
+  } catch {
+    return undefined;
+  }
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // cutime and cstime, fields 16 and 17 of proc(5).
+  const user = Number(fields[13]);
+  const system = Number(fields[14]);
+  if (!Number.isFinite(user) || !Number.isFinite(system)) return undefined;
+  clockTicksPerSecond ??= readClockTicks();
+  return ((user + system) * 1_000) / clockTicksPerSecond;
+}
+
+/** A process's resident memory now and at its peak, in bytes. */
+export interface ProcessMemory {
+  /** VmRSS. */
+  readonly rssBytes: number;
+  /** VmHWM: the most it has been resident since it started. */
+  readonly peakRssBytes: number;
+}
+
+/** A live process's memory from /proc/<pid>/status; undefined where /proc is absent. */
+export function processMemory(pid: number): ProcessMemory | undefined {
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const kibibytes = (name: string) => {
+    const match = new RegExp(`^${name}:\\s+(\\d+) kB$`, 'm').exec(status);
+    return match ? Number(match[1]) * 1_024 : Number.NaN;
+  };
+  const rssBytes = kibibytes('VmRSS');
+  const peakRssBytes = kibibytes('VmHWM');
+  if (!Number.isFinite(rssBytes) || !Number.isFinite(peakRssBytes)) return undefined;
+  return { rssBytes, peakRssBytes };
+}

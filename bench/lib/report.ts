@@ -6,6 +6,8 @@ export interface BenchSettings {
   readonly concurrency: number | undefined;
   /** Node flags for every server process, e.g. `--cpu-prof`. */
   readonly serverNodeArgs: readonly string[];
+  /** Node flags for every `bulkbill run` process of the engine scenarios, e.g. `--cpu-prof`. */
+  readonly engineNodeArgs: readonly string[];
   /** Writes one line of progress to stderr. */
   readonly progress: (line: string) => void;
 }
@@ -30,6 +32,8 @@ export interface SummaryRow {
 /** What a scenario hands back: a summary row, a markdown section of detail, raw figures. */
 export interface ScenarioReport<Raw> {
   readonly summary: SummaryRow;
+  /** Further summary rows, for a scenario with more than one target. Default: none. */
+  readonly moreSummaries?: readonly SummaryRow[];
   readonly details: string;
   readonly raw: Raw;
 }

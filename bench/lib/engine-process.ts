@@ -1,0 +1,129 @@
+import { spawn } from 'node:child_process';
+import type { RunSummary } from '../../src/report/summary.js';
+import { exitedChildrenCpuMs } from './os-counters.js';
+import { REPO_ROOT } from './server-process.js';
+
+/** One `bulkbill run` in its own process, started exactly as a user would start it. */
+export interface EngineProcessOptions {
+  /** The input file (CSV or NDJSON). Required. */
+  readonly input: string;
+  /** Where charges are POSTed, e.g. `http://127.0.0.1:4010/charge`. Required. */
+  readonly endpoint: string;
+  /** `--concurrency`, an integer >= 1. Required. */
+  readonly concurrency: number;
+  /** `--run-id`. Required, so that a run never resumes another. */
+  readonly runId: string;
+  /** `--ledger`: a file that does not exist yet. Required. */
+  readonly ledger: string;
+  /** `--report`. Required. */
+  readonly report: string;
+  /** Node flags before `--import tsx`, e.g. `--cpu-prof`. Default: none. */
+  readonly nodeArgs?: readonly string[];
+  /** SIGKILL the run after this long, in ms. Default 15 minutes. */
+  readonly timeoutMs?: number;
+}
+
+/** What one engine process did, as seen from outside and from its `--json` summary. */
+export interface EngineProcessResult {
+  readonly runId: string;
+  /** The summary it printed with `--json`; undefined when it printed none (see stderrTail). */
+  readonly summary: RunSummary | undefined;
+  /** From spawn to exit, in ms: the run's own wallMs plus Node and tsx startup and shutdown. */
+  readonly elapsedMs: number;
+  /** CPU time the process (and its children) used, in ms; undefined where /proc is absent. */
+  readonly cpuMs: number | undefined;
+  readonly exitCode: number | null;
+  readonly signal: NodeJS.Signals | null;
+  /** Its last lines on stderr (progress, or why it failed). */
+  readonly stderrTail: string;
+}
+
+const STDERR_TAIL_CHARS = 2_000;
+
+/**
+ * Runs `node --import tsx src/cli/main.ts run <input> --endpoint … --json` from the repository
+ * root and resolves when it has exited. Never rejects for the run's own failure: the exit
+ * status, the summary (if any) and the end of stderr say what happened.
+ */
+export async function runEngineProcess(
+  options: EngineProcessOptions,
+): Promise<EngineProcessResult> {
+  const { input, endpoint, concurrency, runId, ledger, report, nodeArgs = [] } = options;
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+    throw new TypeError(
+      `Expected \`concurrency\` to be an integer >= 1, got \`${String(concurrency)}\` (${typeof concurrency})`,
+    );
+  }
+  const timeoutMs = options.timeoutMs ?? 15 * 60_000;
+  const args = [
+    ...nodeArgs,
+    '--import',
+    'tsx',
+    'src/cli/main.ts',
+    'run',
+    input,
+    '--endpoint',
+    endpoint,
+    '--concurrency',
+    String(concurrency),
+    '--run-id',
+    runId,
+    '--ledger',
+    ledger,
+    '--report',
+    report,
+    '--json',
+  ];
+  // The children's CPU counters grow only once a child has been waited for, so read them around it.
+  const cpuBefore = exitedChildrenCpuMs();
+  const started = performance.now();
+  const child = spawn(process.execPath, args, {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    stdout += chunk;
+  });
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr = (stderr + chunk).slice(-STDERR_TAIL_CHARS);
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  let elapsedMs = Number.NaN;
+  const { exitCode, signal } = await new Promise<{
+    exitCode: number | null;
+    signal: NodeJS.Signals | null;
+  }>((resolve, reject) => {
+    child.once('exit', () => {
+      elapsedMs = performance.now() - started;
+    });
+    // 'close' comes after 'exit' once stdout and stderr are fully read.
+    child.once('close', (code, closeSignal) => resolve({ exitCode: code, signal: closeSignal }));
+    child.once('error', reject);
+  }).finally(() => clearTimeout(timer));
+  const cpuAfter = exitedChildrenCpuMs();
+
+  return {
+    runId,
+    summary: parseSummary(stdout),
+    elapsedMs,
+    cpuMs: cpuBefore === undefined || cpuAfter === undefined ? undefined : cpuAfter - cpuBefore,
+    exitCode,
+    signal,
+    stderrTail: stderr.trim(),
+  };
+}
+
+function parseSummary(stdout: string): RunSummary | undefined {
+  const line = stdout.trim().split('\n').at(-1);
+  if (!line) return undefined;
+  try {
+    const parsed: unknown = JSON.parse(line);
+    return typeof parsed === 'object' && parsed !== null && 'wallMs' in parsed
+      ? (parsed as RunSummary)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
