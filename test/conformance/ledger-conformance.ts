@@ -1,14 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { hostname } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
-import type {
-  ChargeOutcome,
-  ChargeRecord,
-  DuplicateUser,
-  ImportRow,
-  Ledger,
-  RunRecord,
-} from '../../src/ledger/ledger.js';
+import type { ChargeOutcome, ChargeRecord, ImportRow, Ledger } from '../../src/ledger/ledger.js';
+import { batchesOf, create, heldImport, row, rows, runOf } from '../helpers/ledger-rows.js';
 
 /** The two tuning options every ledger takes. */
 export interface LedgerTuning {
@@ -31,39 +25,6 @@ export interface LedgerStorage {
 export type LedgerFactory = () => Promise<LedgerStorage>;
 
 const MAX_AMOUNT = Number.MAX_SAFE_INTEGER; // 2^53 - 1
-
-function row(line: number, userId: string, overrides: Partial<ImportRow> = {}): ImportRow {
-  return { line, userId, amount: 100 * line, currency: 'USD', metadata: {}, ...overrides };
-}
-
-/** `count` valid rows, user ids `u1`…, lines 2… as after a CSV header. */
-function rows(count: number): ImportRow[] {
-  return Array.from({ length: count }, (_, index) => row(index + 2, `u${index + 1}`));
-}
-
-async function* batchesOf(all: readonly ImportRow[], size = 3): AsyncIterable<ImportRow[]> {
-  for (let start = 0; start < all.length; start += size) yield all.slice(start, start + size);
-}
-
-function runOf(runId: string, inputHash = `hash-${runId}`) {
-  return { runId, inputHash, inputPath: 'users.csv', endpoint: 'http://127.0.0.1:1/charge' };
-}
-
-async function create(
-  ledger: Ledger,
-  runId: string,
-  all: readonly ImportRow[],
-  inputHash?: string,
-  batchSize?: number,
-): Promise<{ run: RunRecord; duplicates: DuplicateUser[] }> {
-  const duplicates: DuplicateUser[] = [];
-  const run = await ledger.createRun(
-    runOf(runId, inputHash),
-    batchesOf(all, batchSize),
-    (duplicate) => duplicates.push(duplicate),
-  );
-  return { run, duplicates };
-}
 
 function outcome(userId: string, overrides: Partial<ChargeOutcome> = {}): ChargeOutcome {
   return {
@@ -331,28 +292,6 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
     });
 
     describe('an import in progress', () => {
-      /** An import that yields one batch, then waits for release() and fails or ends. */
-      function heldImport(ledger: Ledger, runId: string, fail: boolean) {
-        let release: () => void = () => {};
-        const gate = new Promise<void>((resolve) => {
-          release = resolve;
-        });
-        let started: () => void = () => {};
-        const yielded = new Promise<void>((resolve) => {
-          started = resolve;
-        });
-        async function* batches(): AsyncIterable<ImportRow[]> {
-          yield rows(2);
-          started();
-          await gate;
-          if (fail) throw new Error('input broke');
-          yield [row(9, 'u9')];
-        }
-        const created = ledger.createRun(runOf(runId), batches(), () => {});
-        created.catch(() => {});
-        return { created, yielded, release };
-      }
-
       it('is invisible to other ledgers until it ends', async () => {
         const ledger = await open();
         const reader = await open();

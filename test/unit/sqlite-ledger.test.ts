@@ -3,13 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BulkbillError } from '../../src/domain/errors.js';
-import type {
-  ChargeOutcome,
-  DuplicateUser,
-  ImportRow,
-  RunRecord,
-} from '../../src/ledger/ledger.js';
+import type { ChargeOutcome } from '../../src/ledger/ledger.js';
 import { SqliteLedger, type SqliteLedgerOptions } from '../../src/ledger/sqlite-ledger.js';
+import { create, heldImport, row, rows } from '../helpers/ledger-rows.js';
 
 let dir: string;
 let opened: SqliteLedger[];
@@ -28,36 +24,6 @@ function open(options: Partial<SqliteLedgerOptions> = {}): SqliteLedger {
   const ledger = new SqliteLedger({ path: join(dir, 'ledger.db'), ...options });
   opened.push(ledger);
   return ledger;
-}
-
-function row(line: number, userId: string, overrides: Partial<ImportRow> = {}): ImportRow {
-  return { line, userId, amount: 100 * line, currency: 'USD', metadata: {}, ...overrides };
-}
-
-/** `count` valid rows, user ids `u1`…, lines 2… as after a CSV header. */
-function rows(count: number): ImportRow[] {
-  return Array.from({ length: count }, (_, index) => row(index + 2, `u${index + 1}`));
-}
-
-async function* batchesOf(all: readonly ImportRow[], size = 3): AsyncIterable<ImportRow[]> {
-  for (let start = 0; start < all.length; start += size) yield all.slice(start, start + size);
-}
-
-function runOf(runId: string, inputHash = `hash-${runId}`) {
-  return { runId, inputHash, inputPath: 'users.csv', endpoint: 'http://127.0.0.1:1/charge' };
-}
-
-async function create(
-  ledger: SqliteLedger,
-  runId: string,
-  all: readonly ImportRow[],
-  inputHash?: string,
-): Promise<{ run: RunRecord; duplicates: DuplicateUser[] }> {
-  const duplicates: DuplicateUser[] = [];
-  const run = await ledger.createRun(runOf(runId, inputHash), batchesOf(all), (duplicate) =>
-    duplicates.push(duplicate),
-  );
-  return { run, duplicates };
 }
 
 function outcome(userId: string, overrides: Partial<ChargeOutcome> = {}): ChargeOutcome {
@@ -133,28 +99,6 @@ describe('SqliteLedger: the file', () => {
 // What the Ledger interface promises is checked against every ledger in
 // test/conformance/ledger-conformance.ts; this file keeps what only SQLite's one transaction does.
 describe('SqliteLedger: one connection, one transaction', () => {
-  /** An import that yields one batch, then waits for release() and fails or ends. */
-  function heldImport(ledger: SqliteLedger, runId: string, fail: boolean) {
-    let release: () => void = () => {};
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let started: () => void = () => {};
-    const yielded = new Promise<void>((resolve) => {
-      started = resolve;
-    });
-    async function* batches(): AsyncIterable<ImportRow[]> {
-      yield rows(2);
-      started();
-      await gate;
-      if (fail) throw new Error('input broke');
-      yield [row(9, 'u9')];
-    }
-    const created = ledger.createRun(runOf(runId), batches(), () => {});
-    created.catch(() => {});
-    return { created, yielded, release };
-  }
-
   it('commits outcomes recorded during an import when the import ends', async () => {
     const path = join(dir, 'ledger.db');
     const ledger = open({ path, flushIntervalMs: 60_000, batchSize: 1 });
