@@ -1,13 +1,6 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Agent } from 'undici';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  type MockProvider,
-  type MockProviderOptions,
-  startMockProvider,
-} from '../../src/mock-provider/index.js';
+import { describe, expect, it } from 'vitest';
+import type { MockProviderOptions } from '../../src/mock-provider/index.js';
 import { mulberry32 } from '../../src/mock-provider/random.js';
 import {
   expectedExitStatus,
@@ -17,43 +10,18 @@ import {
   providerStats,
   runStateSum,
   statusJson,
+  useCliWorkspace,
   waitForNewRun,
   waitForStderr,
   writeCsvInput,
 } from '../helpers/billing-cycle.js';
 import { runCli, spawnCli } from '../helpers/cli.js';
-import { testAgent } from '../helpers/http.js';
 
 // `kill -9` and Ctrl-C on the real CLI mid-run, then the same command again: it must find the
 // unfinished run by the input's hash and finish it with the same keys, charging nobody twice.
 
-let agent: Agent;
-let dir: string;
-let ledger: string;
-let report: string;
-const providers: MockProvider[] = [];
-
-beforeAll(() => {
-  agent = testAgent(64);
-});
-afterAll(async () => {
-  await agent.close();
-});
-beforeEach(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'bulkbill-e2e-crash-'));
-  ledger = join(dir, 'l.db');
-  report = join(dir, 'r.csv');
-});
-afterEach(async () => {
-  await Promise.all(providers.splice(0).map((provider) => provider.close({ graceMs: 0 })));
-  await rm(dir, { recursive: true, force: true });
-});
-
-async function provider(options: MockProviderOptions): Promise<MockProvider> {
-  const started = await startMockProvider({ port: 0, ...options });
-  providers.push(started);
-  return started;
-}
+const ws = useCliWorkspace('bulkbill-e2e-crash-');
+const provider = (options?: MockProviderOptions) => ws.provider(options);
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -83,15 +51,15 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
     'kill -9 $delayMs ms into a run (seed $seed), then the same command finishes it exactly once',
     async ({ seed, delayMs }) => {
       const rows = crashInput();
-      const input = await writeCsvInput(join(dir, 'cycle.csv'), rows);
+      const input = await writeCsvInput(join(ws.dir, 'cycle.csv'), rows);
       const mock = await provider({ latencyMs: 50, failRate: 0.02, lostRate: 0.01, seed });
-      const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ledger];
-      args.push('--report', report, '--concurrency', '40', '--max-attempts', '10');
+      const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ws.ledger];
+      args.push('--report', ws.report, '--concurrency', '40', '--max-attempts', '10');
 
       const first = spawnCli(args);
       const runId = await waitForNewRun(first);
       await sleep(delayMs);
-      const atKill = await providerStats(agent, mock.url);
+      const atKill = await providerStats(ws.agent, mock.url);
       first.child.kill('SIGKILL');
       // 137 = killed: the run had not ended on its own before the kill.
       expect(await first.exited, first.stderr()).toBe(137);
@@ -99,20 +67,20 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
       expect(atKill.charges).toBeLessThan(USERS);
 
       // The ledger a kill -9 left behind opens, adds up, and claims no charge the provider lacks.
-      const left = await statusJson(ledger, runId);
+      const left = await statusJson(ws.ledger, runId);
       expect(runStateSum(left)).toBe(USERS);
       expect(left.finishedAt).toBeUndefined();
       expect(left.counts.pending).toBeGreaterThan(0);
       expect(left.counts.charged).toBeLessThanOrEqual(
-        (await providerStats(agent, mock.url)).charges,
+        (await providerStats(ws.agent, mock.url)).charges,
       );
 
       const second = await runCli(args);
       expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
       const byUser = await expectReportAgreesWithProvider({
-        agent,
+        agent: ws.agent,
         providerUrl: mock.url,
-        reportPath: report,
+        reportPath: ws.report,
         userIds: rows.map((row) => row.userId),
       });
       expect(second.code, second.stderr).toBe(expectedExitStatus(byUser.values()));
@@ -122,10 +90,10 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
 
   it('Ctrl-C stops gracefully (exit 130, charges left pending), and the same command completes', async () => {
     const rows = crashInput();
-    const input = await writeCsvInput(join(dir, 'cycle.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'cycle.csv'), rows);
     const mock = await provider({ latencyMs: 50, seed: 5 });
-    const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ledger];
-    args.push('--report', report, '--concurrency', '40');
+    const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ws.ledger];
+    args.push('--report', ws.report, '--concurrency', '40');
 
     const first = spawnCli(args);
     const runId = await waitForNewRun(first);
@@ -135,14 +103,14 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
     expect(first.stderr()).toMatch(/stopping/);
     expect(first.stdout()).toContain(`bulkbill run ${runId}: interrupted`);
 
-    const stopped = await statusJson(ledger, runId);
+    const stopped = await statusJson(ws.ledger, runId);
     expect(runStateSum(stopped)).toBe(USERS);
     expect(stopped.finishedAt).toBeUndefined();
     expect(stopped.counts.pending).toBeGreaterThan(0);
     expect(stopped.counts.charged).toBeGreaterThan(0);
     // A graceful stop waits for the requests in flight and records their answers: the ledger
     // knows every charge the provider made, so the resume needs no replay to learn of them.
-    const stats = await providerStats(agent, mock.url);
+    const stats = await providerStats(ws.agent, mock.url);
     expect(stats.in_flight).toBe(0);
     expect(stopped.counts.charged).toBe(stats.charges);
 
@@ -150,22 +118,22 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
     expect(second.code, second.stderr).toBe(0);
     expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
     const byUser = await expectReportAgreesWithProvider({
-      agent,
+      agent: ws.agent,
       providerUrl: mock.url,
-      reportPath: report,
+      reportPath: ws.report,
       userIds: rows.map((row) => row.userId),
     });
     expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
-    expect((await providerStats(agent, mock.url)).replays).toBe(0);
+    expect((await providerStats(ws.agent, mock.url)).replays).toBe(0);
   }, 60_000);
 
   it('a second signal quits at once; the charges it left unanswered are settled by replays on resume', async () => {
     const rows = plainUsers(200);
-    const input = await writeCsvInput(join(dir, 'cycle.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'cycle.csv'), rows);
     // Slow answers, so that requests are surely in flight when the second signal lands.
     const mock = await provider({ latencyMs: 600, jitter: 0, seed: 6 });
-    const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ledger];
-    args.push('--report', report, '--concurrency', '50');
+    const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ws.ledger];
+    args.push('--report', ws.report, '--concurrency', '50');
 
     const first = spawnCli(args);
     const runId = await waitForNewRun(first);
@@ -177,25 +145,25 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
     expect(first.stderr()).toMatch(/quitting at once/);
 
     // The provider finishes what was in flight: charges the quit process never heard of.
-    for (let waited = 0; (await providerStats(agent, mock.url)).in_flight > 0; waited += 50) {
+    for (let waited = 0; (await providerStats(ws.agent, mock.url)).in_flight > 0; waited += 50) {
       if (waited > 5_000) throw new Error('the provider never finished the requests in flight');
       await sleep(50);
     }
-    const left = await statusJson(ledger, runId);
+    const left = await statusJson(ws.ledger, runId);
     expect(runStateSum(left)).toBe(rows.length);
     expect(left.counts.pending).toBeGreaterThan(0);
-    const unheardOf = (await providerStats(agent, mock.url)).charges - left.counts.charged;
+    const unheardOf = (await providerStats(ws.agent, mock.url)).charges - left.counts.charged;
     expect(unheardOf).toBeGreaterThan(0);
 
     const second = await runCli(args);
     expect(second.code, second.stderr).toBe(0);
     expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
     await expectReportAgreesWithProvider({
-      agent,
+      agent: ws.agent,
       providerUrl: mock.url,
-      reportPath: report,
+      reportPath: ws.report,
       userIds: rows.map((row) => row.userId),
     });
-    expect((await providerStats(agent, mock.url)).replays).toBeGreaterThanOrEqual(unheardOf);
+    expect((await providerStats(ws.agent, mock.url)).replays).toBeGreaterThanOrEqual(unheardOf);
   }, 60_000);
 });

@@ -1,13 +1,7 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Agent } from 'undici';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  type MockProvider,
-  type MockProviderOptions,
-  startMockProvider,
-} from '../../src/mock-provider/index.js';
+import { describe, expect, it } from 'vitest';
+import type { MockProvider, MockProviderOptions } from '../../src/mock-provider/index.js';
 import {
   announcedRunId,
   expectedExitStatus,
@@ -21,46 +15,21 @@ import {
   statusJson,
   TERMINAL_STATES,
   unescapeCell,
+  useCliWorkspace,
   writeCsvInput,
 } from '../helpers/billing-cycle.js';
 import { runCli } from '../helpers/cli.js';
-import { testAgent } from '../helpers/http.js';
 
 // The real CLI as a child process (from the TypeScript sources) against a real mock provider
 // on port 0; engine-level promises are in test/conformance, these are the command's promises.
 
-let agent: Agent;
-let dir: string;
-let ledger: string;
-let report: string;
-const providers: MockProvider[] = [];
-
-beforeAll(() => {
-  agent = testAgent(64);
-});
-afterAll(async () => {
-  await agent.close();
-});
-beforeEach(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'bulkbill-e2e-run-'));
-  ledger = join(dir, 'l.db');
-  report = join(dir, 'r.csv');
-});
-afterEach(async () => {
-  await Promise.all(providers.splice(0).map((provider) => provider.close({ graceMs: 0 })));
-  await rm(dir, { recursive: true, force: true });
-});
-
-async function provider(options: MockProviderOptions = {}): Promise<MockProvider> {
-  const started = await startMockProvider({ port: 0, latencyMs: 10, seed: 1, ...options });
-  providers.push(started);
-  return started;
-}
+const ws = useCliWorkspace('bulkbill-e2e-run-', { latencyMs: 10, seed: 1 });
+const provider = (options?: MockProviderOptions) => ws.provider(options);
 
 /** `bulkbill run <input> --endpoint <mock>/charge --ledger <tmp> --report <tmp> ...flags`. */
 function runArgs(input: string, mock: MockProvider, ...flags: string[]): string[] {
-  const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ledger];
-  return [...args, '--report', report, ...flags];
+  const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ws.ledger];
+  return [...args, '--report', ws.report, ...flags];
 }
 
 /** What a usage-error case builds its command line from; `run` is a working command. */
@@ -94,7 +63,7 @@ describe('bulkbill run (end to end)', () => {
     // The last row's metadata spans lines: line numbers count the row's first line.
     rows.push({ userId: 'last', amount: 1, currency: 'JPY', note: 'two\r\nlines' });
     const userIds = rows.map((row) => row.userId);
-    const input = await writeCsvInput(join(dir, 'cycle.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'cycle.csv'), rows);
     const mock = await provider({
       latencyMs: 20,
       capacity: 10,
@@ -121,15 +90,15 @@ describe('bulkbill run (end to end)', () => {
     ];
     const result = await runCli(runArgs(input, mock, ...flags));
     const byUser = await expectReportAgreesWithProvider({
-      agent,
+      agent: ws.agent,
       providerUrl: mock.url,
-      reportPath: report,
+      reportPath: ws.report,
       userIds,
     });
     expect(result.code, result.stderr).toBe(expectedExitStatus(byUser.values()));
 
     // Every fault the seed draws was met, and the statuses are what the provider made them.
-    const stats = await providerStats(agent, mock.url);
+    const stats = await providerStats(ws.agent, mock.url);
     expect(stats.failed_503).toBeGreaterThan(0);
     expect(stats.lost).toBeGreaterThan(0);
     expect(stats.slow).toBeGreaterThan(0);
@@ -149,7 +118,7 @@ describe('bulkbill run (end to end)', () => {
     for (const row of notDeclined) expect(['charged', 'failed', 'unknown']).toContain(row.status);
 
     // Input order, line numbers, amounts and metadata come back as they went in.
-    const reportRows = await readReport(report);
+    const reportRows = await readReport(ws.report);
     expect(reportRows.map((row) => unescapeCell(row.user_id))).toEqual(userIds);
     rows.forEach((row, index) => {
       const out = reportRows[index];
@@ -188,18 +157,18 @@ describe('bulkbill run (end to end)', () => {
     },
   ])('exits 1 when charges end $name', async ({ mock: options, flags, state }) => {
     const rows = plainUsers(3);
-    const input = await writeCsvInput(join(dir, 'few.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'few.csv'), rows);
     const mock = await provider(options);
     const result = await runCli(runArgs(input, mock, ...flags));
     expect(result.code, result.stderr).toBe(1);
-    const reportRows = await readReport(report);
+    const reportRows = await readReport(ws.report);
     expect(reportRows.map((row) => row.status)).toEqual([state, state, state]);
     expect(reportRows.map((row) => row.attempts)).toEqual(['2', '2', '2']);
     if (state === 'unknown') {
       expect(reportRows.every((row) => row.ambiguous === 'true')).toBe(true);
       return;
     }
-    expect((await providerStats(agent, mock.url)).charges).toBe(0);
+    expect((await providerStats(ws.agent, mock.url)).charges).toBe(0);
   });
 
   it('--json prints one JSON summary that adds up; status agrees with the report', async () => {
@@ -209,7 +178,7 @@ describe('bulkbill run (end to end)', () => {
       { userId: 'a:b, "c" ü', amount: 700, currency: 'EUR', note: 'odd' },
       { userId: '-lead', amount: 1, currency: 'GBP' },
     ];
-    const input = await writeCsvInput(join(dir, 'json.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'json.csv'), rows);
     const mock = await provider({ declineSuffix: '_x' });
 
     const result = await runCli(runArgs(input, mock, '--json'));
@@ -231,15 +200,15 @@ describe('bulkbill run (end to end)', () => {
     expect(summary.chargedAmounts).toEqual({ USD: usd, EUR: 700, GBP: 1 });
 
     const byUser = await expectReportAgreesWithProvider({
-      agent,
+      agent: ws.agent,
       providerUrl: mock.url,
-      reportPath: report,
+      reportPath: ws.report,
       userIds: rows.map((row) => row.userId),
     });
     const tally: Record<string, number> = {};
     for (const row of byUser.values()) tally[row.status] = (tally[row.status] ?? 0) + 1;
 
-    const status = await statusJson(ledger, summary.runId);
+    const status = await statusJson(ws.ledger, summary.runId);
     expect(status.total).toBe(rows.length);
     expect(status.finishedAt).toEqual(expect.any(String));
     expect(status.counts).toEqual(summary.counts);
@@ -254,7 +223,7 @@ describe('bulkbill run (end to end)', () => {
           '--run-id',
           summary.runId,
           '--ledger',
-          ledger,
+          ws.ledger,
           '--user',
           userId,
           '--json',
@@ -270,13 +239,13 @@ describe('bulkbill run (end to end)', () => {
       expect(charge.chargeId ?? '').toBe(row?.charge_id);
       expect(String(charge.attempts)).toBe(row?.attempts);
     });
-    const human = await runCli(['status', '--run-id', summary.runId, '--ledger', ledger]);
+    const human = await runCli(['status', '--run-id', summary.runId, '--ledger', ws.ledger]);
     expect(human.code).toBe(0);
     expect(human.stdout).toContain('52 charged · 10 declined · 0 failed');
   }, 60_000);
 
   it('refuses bad input before any request, naming file:line: field; --skip-invalid bills the rest', async () => {
-    const input = join(dir, 'bad.csv');
+    const input = join(ws.dir, 'bad.csv');
     await writeCsvInput(input, [
       { userId: 'ok-1', amount: 100, currency: 'USD' },
       { userId: 'bad-amount', amount: '19.99', currency: 'USD' },
@@ -300,11 +269,11 @@ describe('bulkbill run (end to end)', () => {
       expect.stringMatching(/^6: user_id: /),
     ]);
     expect(refused.stderr).toContain('nothing was charged');
-    expect((await providerStats(agent, mock.url)).requests).toBe(0);
+    expect((await providerStats(ws.agent, mock.url)).requests).toBe(0);
 
     const skipped = await runCli(runArgs(input, mock, '--skip-invalid'));
     expect(skipped.code, skipped.stderr).toBe(0);
-    const rows = await readReport(report);
+    const rows = await readReport(ws.report);
     expect(rows.map((row) => [row.line, row.user_id, row.status])).toEqual([
       ['2', 'ok-1', 'charged'],
       ['3', 'bad-amount', 'invalid'],
@@ -316,9 +285,9 @@ describe('bulkbill run (end to end)', () => {
     for (const row of rows.filter((row) => row.status === 'invalid')) {
       expect(row.error, row.line).not.toBe('');
     }
-    const stats = await providerStats(agent, mock.url);
+    const stats = await providerStats(ws.agent, mock.url);
     expect(stats).toMatchObject({ requests: 2, charges: 2, duplicate_charges: 0 });
-    const atProvider = await providerCharges(agent, mock.url, ['ok-1', 'ok-3', 'bad-amount']);
+    const atProvider = await providerCharges(ws.agent, mock.url, ['ok-1', 'ok-3', 'bad-amount']);
     expect(atProvider.get('ok-1')).toEqual([rows[0]?.charge_id]);
     expect(atProvider.get('ok-3')).toEqual([rows[5]?.charge_id]);
     expect(atProvider.get('bad-amount')).toEqual([]);
@@ -328,7 +297,7 @@ describe('bulkbill run (end to end)', () => {
     const wrongToken = 'sk_test_wrong_4f9a1c77e2';
     const rightToken = 'sk_test_right_9b3d5e11a0';
     const rows = plainUsers(40);
-    const input = await writeCsvInput(join(dir, 'auth.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'auth.csv'), rows);
     const mock = await provider({ apiKey: rightToken });
     const args = runArgs(input, mock, '--header', 'Authorization: Bearer ${BILLING_TOKEN}');
 
@@ -337,27 +306,27 @@ describe('bulkbill run (end to end)', () => {
     expect(wrong.stderr).toMatch(/401 Unauthorized.*Authorization/);
     expect(wrong.stdout + wrong.stderr).not.toContain(wrongToken);
     const runId = announcedRunId(wrong.stderr);
-    const stopped = await statusJson(ledger, runId);
+    const stopped = await statusJson(ws.ledger, runId);
     expect(stopped.counts).toMatchObject({ pending: 40, charged: 0, declined: 0, failed: 0 });
-    const stats = await providerStats(agent, mock.url);
+    const stats = await providerStats(ws.agent, mock.url);
     expect(stats.charges).toBe(0);
     expect(stats.unauthorized).toBeGreaterThan(0);
-    expect((await ledgerBytes(dir, 'l.db')).includes(wrongToken)).toBe(false);
-    expect(await readFile(report, 'utf8')).not.toContain(wrongToken);
+    expect((await ledgerBytes(ws.dir, 'l.db')).includes(wrongToken)).toBe(false);
+    expect(await readFile(ws.report, 'utf8')).not.toContain(wrongToken);
 
     const right = await runCli(args, { env: { BILLING_TOKEN: rightToken } });
     expect(right.code, right.stderr).toBe(0);
     expect(right.stderr).toContain(`resuming unfinished run ${runId}`);
     expect(right.stdout + right.stderr).not.toContain(rightToken);
     const byUser = await expectReportAgreesWithProvider({
-      agent,
+      agent: ws.agent,
       providerUrl: mock.url,
-      reportPath: report,
+      reportPath: ws.report,
       userIds: rows.map((row) => row.userId),
     });
     expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
-    const bytes = await ledgerBytes(dir, 'l.db');
-    const reportText = await readFile(report, 'utf8');
+    const bytes = await ledgerBytes(ws.dir, 'l.db');
+    const reportText = await readFile(ws.report, 'utf8');
     for (const secret of [wrongToken, rightToken, 'Bearer']) {
       expect(bytes.includes(secret), secret).toBe(false);
       expect(reportText, secret).not.toContain(secret);
@@ -369,7 +338,7 @@ describe('bulkbill run (end to end)', () => {
       ...plainUsers(20),
       ...plainUsers(10, 'eu').map((row) => ({ ...row, currency: 'EUR', amount: 1_000 })),
     ];
-    const input = await writeCsvInput(join(dir, 'dry.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'dry.csv'), rows);
     const mock = await provider();
 
     const dry = await runCli(runArgs(input, mock, '--dry-run', '--concurrency', '10'));
@@ -381,17 +350,17 @@ describe('bulkbill run (end to end)', () => {
     expect(dry.stdout).toContain('EUR 10,000');
     // 30 charges, 10 at a time, at the assumed 1.6 s each: three waves.
     expect(dry.stdout).toMatch(/concurrency 10.*about 4\.8s/);
-    expect((await providerStats(agent, mock.url)).requests).toBe(0);
+    expect((await providerStats(ws.agent, mock.url)).requests).toBe(0);
     const runId = announcedRunId(dry.stderr);
-    expect((await statusJson(ledger, runId)).counts.pending).toBe(30);
+    expect((await statusJson(ws.ledger, runId)).counts.pending).toBe(30);
 
     const real = await runCli(runArgs(input, mock));
     expect(real.code, real.stderr).toBe(0);
     expect(real.stderr).toContain(`resuming unfinished run ${runId}`);
     const byUser = await expectReportAgreesWithProvider({
-      agent,
+      agent: ws.agent,
       providerUrl: mock.url,
-      reportPath: report,
+      reportPath: ws.report,
       userIds: rows.map((row) => row.userId),
     });
     expect([...byUser.values()].filter((row) => row.status === 'charged')).toHaveLength(30);
@@ -400,29 +369,29 @@ describe('bulkbill run (end to end)', () => {
   it('bills nobody when the file was already billed, and a new --run-id bills a new cycle', async () => {
     const rows = plainUsers(10);
     const userIds = rows.map((row) => row.userId);
-    const input = await writeCsvInput(join(dir, 'done.csv'), rows);
+    const input = await writeCsvInput(join(ws.dir, 'done.csv'), rows);
     const mock = await provider();
 
     const first = await runCli(runArgs(input, mock));
     expect(first.code, first.stderr).toBe(0);
     const runId = announcedRunId(first.stderr);
-    const firstRows = await readReport(report);
-    const requests = (await providerStats(agent, mock.url)).requests;
+    const firstRows = await readReport(ws.report);
+    const requests = (await providerStats(ws.agent, mock.url)).requests;
 
     const again = await runCli(runArgs(input, mock));
     expect(again.code, again.stderr).toBe(0);
     expect(again.stderr).toContain(`run ${runId} already finished`);
     expect(again.stdout + again.stderr).toMatch(/nobody (will be|was )?billed/);
-    expect((await providerStats(agent, mock.url)).requests).toBe(requests);
+    expect((await providerStats(ws.agent, mock.url)).requests).toBe(requests);
 
     const next = await runCli(runArgs(input, mock, '--run-id', 'cycle-2')); // new cycle
     expect(next.code, next.stderr).toBe(0);
     expect(next.stderr).toContain('new run cycle-2');
-    const nextRows = await readReport(report);
-    const stats = await providerStats(agent, mock.url);
+    const nextRows = await readReport(ws.report);
+    const stats = await providerStats(ws.agent, mock.url);
     // The mock counts a user's second charge as a duplicate whatever its key: here, one per user.
     expect(stats).toMatchObject({ charges: 20, users_charged: 10, duplicate_charges: 10 });
-    const atProvider = await providerCharges(agent, mock.url, userIds);
+    const atProvider = await providerCharges(ws.agent, mock.url, userIds);
     nextRows.forEach((row, index) => {
       const before = firstRows[index];
       expect(row.status).toBe('charged');
@@ -435,8 +404,8 @@ describe('bulkbill run (end to end)', () => {
   }, 30_000);
 
   it('refuses to resume a run id with another input file or another endpoint (exit 2, nobody charged)', async () => {
-    const first = await writeCsvInput(join(dir, 'first.csv'), plainUsers(5));
-    const other = await writeCsvInput(join(dir, 'other.csv'), plainUsers(6));
+    const first = await writeCsvInput(join(ws.dir, 'first.csv'), plainUsers(5));
+    const other = await writeCsvInput(join(ws.dir, 'other.csv'), plainUsers(6));
     const mock = await provider();
     const planned = await runCli(runArgs(first, mock, '--run-id', 'cycle-a', '--dry-run'));
     expect(planned.code, planned.stderr).toBe(0);
@@ -445,13 +414,13 @@ describe('bulkbill run (end to end)', () => {
     expect(otherFile.code).toBe(2);
     expect(otherFile.stderr).toMatch(/cycle-a was created from another input/);
     const otherEndpoint = await runCli([
-      ...['run', first, '--endpoint', `${mock.url}/v2/charge`, '--ledger', ledger],
+      ...['run', first, '--endpoint', `${mock.url}/v2/charge`, '--ledger', ws.ledger],
       ...['--run-id', 'cycle-a'],
     ]);
     expect(otherEndpoint.code).toBe(2);
     expect(otherEndpoint.stderr).toContain(`bills ${mock.url}/charge`);
-    expect((await providerStats(agent, mock.url)).requests).toBe(0);
-    expect((await statusJson(ledger, 'cycle-a')).counts.pending).toBe(5);
+    expect((await providerStats(ws.agent, mock.url)).requests).toBe(0);
+    expect((await statusJson(ws.ledger, 'cycle-a')).counts.pending).toBe(5);
   }, 30_000);
 
   it.each<{ name: string; args: (at: UsageFiles) => string[]; names: RegExp }>([
@@ -474,23 +443,23 @@ describe('bulkbill run (end to end)', () => {
     { name: '--timeout 5', args: (at) => [...at.run, '--timeout', '5'], names: /--timeout.*"5"/ },
     {
       name: 'a missing input file',
-      args: (at) => ['run', join(dir, 'missing.csv'), ...at.run.slice(2)],
+      args: (at) => ['run', join(ws.dir, 'missing.csv'), ...at.run.slice(2)],
       names: /missing\.csv/,
     },
     {
       // The report is written after billing: a path that cannot take it must be refused before.
       name: 'a --report in a missing directory',
-      args: (at) => [...at.run, '--report', join(dir, 'no-such-dir', 'r.csv')],
-      names: /no-such-dir/,
+      args: (at) => [...at.run, '--report', join(ws.dir, 'no-such-dir', 'r.csv')],
+      names: /no-such-ws.dir/,
     },
   ])('exits 2 on a usage error ($name), naming it, charging nobody', async ({ args, names }) => {
-    const input = await writeCsvInput(join(dir, 'users.csv'), plainUsers(5));
+    const input = await writeCsvInput(join(ws.dir, 'users.csv'), plainUsers(5));
     const mock = await provider();
     const run = runArgs(input, mock);
-    const result = await runCli(args({ input, ledger, report, run }));
+    const result = await runCli(args({ input, ledger: ws.ledger, report: ws.report, run }));
     expect(result.code, result.stderr).toBe(2);
     expect(result.stderr).toMatch(names);
     expect(result.stdout).toBe('');
-    expect((await providerStats(agent, mock.url)).requests).toBe(0);
+    expect((await providerStats(ws.agent, mock.url)).requests).toBe(0);
   });
 });

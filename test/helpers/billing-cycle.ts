@@ -1,12 +1,18 @@
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import type { Agent } from 'undici';
-import { expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, expect } from 'vitest';
 import type { StateCounts } from '../../src/ledger/ledger.js';
-import type { MockProviderStats } from '../../src/mock-provider/index.js';
+import {
+  type MockProvider,
+  type MockProviderOptions,
+  type MockProviderStats,
+  startMockProvider,
+} from '../../src/mock-provider/index.js';
 import { type CliProcess, runCli, waitForOutput } from './cli.js';
-import { getJson } from './http.js';
+import { getJson, testAgent } from './http.js';
 
 /** One row of `bulkbill run --report`, as csv-parse reads it (every cell a string). */
 export interface ReportRow {
@@ -216,4 +222,57 @@ export async function ledgerBytes(dir: string, ledgerName: string): Promise<Buff
 /** The sum of a run's counts per state: every input row is in exactly one. */
 export function runStateSum(status: StatusJson): number {
   return Object.values(status.counts).reduce((total, count) => total + count, 0);
+}
+
+/** A test file's workspace: an undici agent, a fresh temp dir per test, its mock providers. */
+export interface CliWorkspace {
+  readonly agent: Agent;
+  /** This test's temp dir, removed after it. */
+  readonly dir: string;
+  /** `<dir>/l.db`, for `--ledger`. */
+  readonly ledger: string;
+  /** `<dir>/r.csv`, for `--report`. */
+  readonly report: string;
+  /** Starts a mock provider on port 0 (closed after the test), `defaults` under `options`. */
+  provider(options?: MockProviderOptions): Promise<MockProvider>;
+}
+
+/** Registers the hooks of a CLI test file and gives it its workspace. */
+export function useCliWorkspace(prefix: string, defaults: MockProviderOptions = {}): CliWorkspace {
+  let agent: Agent | undefined;
+  let dir = '';
+  const providers: MockProvider[] = [];
+  beforeAll(() => {
+    agent = testAgent(64);
+  });
+  afterAll(async () => {
+    await agent?.close();
+  });
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), prefix));
+  });
+  afterEach(async () => {
+    await Promise.all(providers.splice(0).map((provider) => provider.close({ graceMs: 0 })));
+    await rm(dir, { recursive: true, force: true });
+  });
+  return {
+    get agent() {
+      if (!agent) throw new Error('the workspace agent exists only inside tests');
+      return agent;
+    },
+    get dir() {
+      return dir;
+    },
+    get ledger() {
+      return join(dir, 'l.db');
+    },
+    get report() {
+      return join(dir, 'r.csv');
+    },
+    async provider(options = {}) {
+      const started = await startMockProvider({ port: 0, ...defaults, ...options });
+      providers.push(started);
+      return started;
+    },
+  };
 }
