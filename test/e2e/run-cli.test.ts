@@ -450,7 +450,7 @@ describe('bulkbill run (end to end)', () => {
       // The report is written after billing: a path that cannot take it must be refused before.
       name: 'a --report in a missing directory',
       args: (at) => [...at.run, '--report', join(ws.dir, 'no-such-dir', 'r.csv')],
-      names: /no-such-ws.dir/,
+      names: /no-such-dir/,
     },
   ])('exits 2 on a usage error ($name), naming it, charging nobody', async ({ args, names }) => {
     const input = await writeCsvInput(join(ws.dir, 'users.csv'), plainUsers(5));
