@@ -1,11 +1,10 @@
-import { randomBytes } from 'node:crypto';
 import { access, constants, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import type { Random } from '../control/backoff.js';
 import { resolveRetryPolicy } from '../control/retry-policy.js';
 import { type Clock, systemClock } from '../domain/clock.js';
-import { BulkbillError, describeValue, ErrorCode, UsageError } from '../domain/errors.js';
+import { describeValue, UsageError } from '../domain/errors.js';
 import { runIdProblem } from '../domain/idempotency-key.js';
 import { hashInput, type InputFormat } from '../input/index.js';
 import type { Ledger, RunRecord, StateCounts } from '../ledger/ledger.js';
@@ -14,6 +13,10 @@ import type { ProgressEvent } from '../observe/progress.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
 import { writeReport } from '../report/report.js';
 import { importRun } from './import.js';
+import { chooseRun, freshRunId, type RunChoice } from './run-choice.js';
+
+export type { RunChoice } from './run-choice.js';
+
 import { type ChargeSender, Scheduler, systemTimers, type Timers } from './scheduler.js';
 
 const positiveInteger = z.number().int().min(1);
@@ -73,13 +76,6 @@ export type BillOptions = z.input<typeof billOptionsSchema> & {
 };
 
 type ResolvedBillOptions = z.output<typeof billOptionsSchema>;
-
-/** Which run a call bills and how it was found. */
-export interface RunChoice {
-  readonly run: RunRecord;
-  /** `created`: a new run; `resumed`: an unfinished one; `finished`: nothing left to bill. */
-  readonly how: 'created' | 'resumed' | 'finished';
-}
 
 /** The dry run's plan. */
 export interface BillPlan {
@@ -142,7 +138,19 @@ function checkOptions(options: BillOptions, label: (name: string) => string): Re
     sender: _sender,
     ...plain
   } = options;
-  const parsed = billOptionsSchema.safeParse(plain);
+  return parseOptions(billOptionsSchema, plain, label);
+}
+
+/**
+ * Checks plain options against an engine's schema and fills in defaults; the error names the
+ * option as `label` spells it (the CLI: its flag) and the value received.
+ */
+export function parseOptions<Schema extends z.ZodType<{ runId?: string | undefined }>>(
+  schema: Schema,
+  plain: object,
+  label: (name: string) => string,
+): z.output<Schema> {
+  const parsed = schema.safeParse(plain);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const name = String(issue?.path[0] ?? 'options');
@@ -155,38 +163,6 @@ function checkOptions(options: BillOptions, label: (name: string) => string): Re
     if (problem) throw new UsageError(`${label('runId')} ${problem}`);
   }
   return parsed.data;
-}
-
-/** A fresh run id: the date and time, then four random hex digits, e.g. `2026-11-30T1712-a3f9`. */
-export function freshRunId(now = new Date()): string {
-  const stamp = now.toISOString().slice(0, 16).replace(':', '');
-  return `${stamp}-${randomBytes(2).toString('hex')}`;
-}
-
-async function chooseRun(
-  ledger: Ledger,
-  options: ResolvedBillOptions,
-  inputHash: string,
-  endpoint: string,
-): Promise<RunChoice | undefined> {
-  const existing =
-    options.runId === undefined
-      ? ((await ledger.findUnfinishedRun(inputHash)) ?? (await ledger.findLatestRun(inputHash)))
-      : await ledger.findRun(options.runId);
-  if (existing === undefined) return undefined;
-  if (existing.inputHash !== inputHash) {
-    throw new BulkbillError(
-      ErrorCode.Usage,
-      `run ${existing.runId} was created from another input (${existing.inputPath}); resuming it with ${options.input} is refused. Pass the original file, or a new --run-id`,
-    );
-  }
-  if (existing.endpoint !== endpoint) {
-    throw new BulkbillError(
-      ErrorCode.Usage,
-      `run ${existing.runId} bills ${existing.endpoint}; resuming it against ${endpoint} is refused (its idempotency keys live at the first provider). Pass a new --run-id to bill elsewhere`,
-    );
-  }
-  return { run: existing, how: existing.finishedAt === undefined ? 'resumed' : 'finished' };
 }
 
 /** Where a charge stands in terms of "done" (terminal and not to be retried). */
@@ -269,7 +245,7 @@ export async function bill(
       stoppedBecause: undefined,
     };
     if (choice.how === 'finished') {
-      const reportPath = await report(ledger, run.runId, options.reportPath);
+      const reportPath = await writeRunReport(ledger, run.runId, options.reportPath);
       return {
         ...base,
         outcome: 'finished-before',
@@ -313,7 +289,7 @@ export async function bill(
     const counts = await ledger.counts(run.runId);
     const ended = scheduler.snapshot().ended;
     const finalRun = (await ledger.findRun(run.runId)) ?? run;
-    const reportPath = await report(ledger, run.runId, options.reportPath);
+    const reportPath = await writeRunReport(ledger, run.runId, options.reportPath);
     return {
       outcome:
         result.fatal !== undefined ? 'stopped' : result.interrupted ? 'interrupted' : 'completed',
@@ -338,7 +314,7 @@ export async function bill(
 }
 
 /** Fails with a usage error when `path` cannot be created or written. */
-async function checkWritable(path: string, name: string): Promise<void> {
+export async function checkWritable(path: string, name: string): Promise<void> {
   const existing = await stat(path).catch(() => undefined);
   try {
     await access(existing ? path : dirname(resolve(path)), constants.W_OK);
@@ -351,7 +327,7 @@ async function checkWritable(path: string, name: string): Promise<void> {
   }
 }
 
-async function report(
+export async function writeRunReport(
   ledger: Ledger,
   runId: string,
   pathOf: ((runId: string) => string) | undefined,
@@ -362,11 +338,11 @@ async function report(
   return path;
 }
 
-async function planRun(
+export async function planRun(
   ledger: Ledger,
   run: RunRecord,
   counts: StateCounts,
-  config: ResolvedBillOptions,
+  config: Pick<ResolvedBillOptions, 'concurrency' | 'rate' | 'assumedLatencyMs'>,
 ): Promise<BillPlan> {
   const charges = counts.pending + counts.failed + counts.unknown;
   const latency = config.assumedLatencyMs;

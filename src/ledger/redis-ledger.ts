@@ -236,7 +236,7 @@ function checkOptions(options: RedisLedgerOptions): Required<Omit<RedisLedgerOpt
 }
 
 /** The URL without its password, for messages. */
-function redactedUrl(url: string): string {
+export function redactedUrl(url: string): string {
   const parsed = new URL(url);
   parsed.password = '';
   return parsed.toString().replace(/\/$/, '');
@@ -257,6 +257,7 @@ function redactedUrl(url: string): string {
  *   (HINCRBY: exact in 64 bits), moved by the same script that records an outcome, so counts() and
  *   totals() read one small hash.
  * - `…:import` string: the lease of the import in progress; `…:owner` string: the run's claim.
+ * - `…:stopped` string: why a worker stopped billing the run (distributed engine), until re-enqueued.
  *
  * Measured on Redis 7.0 (MEMORY USAGE, 100,000 users): about 97 bytes per pending user, 132 per
  * user charged with a 24-character charge id; 115 for a run half charged (test/unit/redis-ledger.test.ts).
@@ -549,6 +550,38 @@ export class RedisLedger implements Ledger {
     }
   }
 
+  /**
+   * Binds a run enqueued without an endpoint to `endpoint`, atomically: the first worker's
+   * endpoint wins. Returns the endpoint the run bills (maybe another one, for the caller to refuse).
+   */
+  async bindEndpoint(runId: string, endpoint: string): Promise<string> {
+    for (;;) {
+      const text = await this.#call(() => this.#redis.hget(this.#runsKey, runId));
+      if (text === null) throw new BulkbillError(ErrorCode.Usage, `no run ${runId} in this ledger`);
+      const stored = JSON.parse(text) as StoredRun;
+      if (stored.endpoint !== '') return stored.endpoint;
+      const bound = storedText({ ...stored, endpoint });
+      if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, text, bound])) === 1)
+        return endpoint;
+    }
+  }
+
+  /**
+   * Notes why a worker stopped billing the run (the provider refused it: 401, a misconfiguration);
+   * the first note stands until clearStop(), which the next enqueue of the run calls.
+   */
+  async noteStop(runId: string, reason: string): Promise<void> {
+    await this.#call(() => this.#redis.set(this.#runKeys(runId).stopped, reason, 'NX'));
+  }
+
+  async stopNote(runId: string): Promise<string | undefined> {
+    return (await this.#call(() => this.#redis.get(this.#runKeys(runId).stopped))) ?? undefined;
+  }
+
+  async clearStop(runId: string): Promise<void> {
+    await this.#call(() => this.#redis.del(this.#runKeys(runId).stopped));
+  }
+
   async close(): Promise<void> {
     try {
       await this.#write();
@@ -569,6 +602,7 @@ export class RedisLedger implements Ledger {
       tally: `${base}tally`,
       lease: `${base}import`,
       owner: `${base}owner`,
+      stopped: `${base}stopped`,
     };
   }
 

@@ -149,6 +149,16 @@ function captureResolve(resolve: (result: AttemptResult) => void): void {
   capturedResolve = resolve;
 }
 
+/**
+ * The endpoint as a ledger records it and a person may read it: origin and path, `?…` for a
+ * query string. Fails with a usage error naming `label` for anything but a credential-free
+ * http(s) URL.
+ */
+export function printableEndpoint(endpoint: string, label = 'endpoint'): string {
+  const url = parseEndpoint(endpoint, label);
+  return `${url.origin}${url.pathname}${url.search ? '?…' : ''}`;
+}
+
 function parseEndpoint(endpoint: string, label: string): URL {
   // A value that may hold a password (user:pass@host) is never echoed.
   const got = endpoint.includes('@') ? '' : `, got ${JSON.stringify(endpoint)}`;

@@ -12,6 +12,7 @@ export {
   PROVIDER_CLIENT_DEFAULTS,
   ProviderClient,
   type ProviderClientOptions,
+  printableEndpoint,
 } from './client.js';
 export {
   describeHeaders,

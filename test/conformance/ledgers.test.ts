@@ -3,10 +3,17 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { Redis } from 'ioredis';
 import { afterAll, expect } from 'vitest';
 import { RedisLedger } from '../../src/ledger/redis-ledger.js';
 import { SqliteLedger } from '../../src/ledger/sqlite-ledger.js';
+import {
+  closeRedisAdmin,
+  deleteKeysUnder,
+  globEscape,
+  REDIS_URL,
+  redisAdmin,
+  scanKeys,
+} from '../helpers/redis.js';
 import { ledgerConformance } from './ledger-conformance.js';
 
 ledgerConformance('SqliteLedger', async () => {
@@ -53,32 +60,9 @@ ledgerConformance('SqliteLedger', async () => {
   };
 });
 
-const REDIS_URL = 'redis://127.0.0.1:6379';
 // Every key of this file starts with it; each test adds its own number.
 const suitePrefix = `bbtest:${randomBytes(6).toString('hex')}`;
-let admin: Redis | undefined;
 let storages = 0;
-
-function adminClient(): Redis {
-  admin ??= new Redis(REDIS_URL, { maxRetriesPerRequest: 3 });
-  return admin;
-}
-
-/** Keys matching a glob pattern, by SCAN (never KEYS: other tests share this Redis). */
-async function scanKeys(pattern: string): Promise<string[]> {
-  const keys: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, found] = await adminClient().scan(cursor, 'MATCH', pattern, 'COUNT', 1_000);
-    keys.push(...found);
-    cursor = next;
-  } while (cursor !== '0');
-  return keys;
-}
-
-function globEscape(text: string): string {
-  return text.replace(/[*?[\]\\]/g, '\\$&');
-}
 
 ledgerConformance('RedisLedger', async () => {
   const prefix = `${suitePrefix}:${++storages}`;
@@ -87,18 +71,17 @@ ledgerConformance('RedisLedger', async () => {
       return new RedisLedger({ redis: REDIS_URL, prefix, ...tuning });
     },
     async claimAs(runId, pid, host) {
-      await adminClient().set(
+      await redisAdmin().set(
         `${prefix}:{${runId}}:owner`,
         JSON.stringify({ pid, host, since: '2026-11-30T00:00:00.000Z' }),
       );
     },
     async traces(runId) {
       const keys = await scanKeys(`${globEscape(prefix)}:{${globEscape(runId)}}:*`);
-      return keys.length + (await adminClient().hexists(`${prefix}:runs`, runId));
+      return keys.length + (await redisAdmin().hexists(`${prefix}:runs`, runId));
     },
     async destroy() {
-      const keys = await scanKeys(`${globEscape(prefix)}:*`);
-      if (keys.length > 0) await adminClient().unlink(...keys);
+      await deleteKeysUnder(prefix);
     },
   };
 });
@@ -106,5 +89,5 @@ ledgerConformance('RedisLedger', async () => {
 afterAll(async () => {
   // Each test deleted its keys: nothing of this file is left in Redis.
   expect(await scanKeys(`${suitePrefix}:*`)).toEqual([]);
-  await admin?.quit();
+  await closeRedisAdmin();
 });

@@ -1,0 +1,284 @@
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { z } from 'zod';
+import type { Random } from '../../control/backoff.js';
+import { resolveRetryPolicy } from '../../control/retry-policy.js';
+import type { InputFormat } from '../../input/index.js';
+import type { StateCounts } from '../../ledger/ledger.js';
+import { RedisLedger } from '../../ledger/redis-ledger.js';
+import type { ProgressEvent } from '../../observe/progress.js';
+import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../../provider/index.js';
+import {
+  type BillResult,
+  billOptionsSchema,
+  checkWritable,
+  parseOptions,
+  planRun,
+  writeRunReport,
+} from '../local-engine.js';
+import type { RunChoice } from '../run-choice.js';
+import type { ChargeSender } from '../scheduler.js';
+import { checkReachable, closeRedis, connectRedis } from './connection.js';
+import { enqueue } from './enqueue.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
+import { BillingWorker } from './worker.js';
+
+const positiveInteger = z.number().int().min(1);
+
+/** The distributed engine's options: the local engine's, with Redis in place of the SQLite file. */
+export const distributedBillOptionsSchema = billOptionsSchema
+  .omit({ ledger: true })
+  .extend({
+    /** Redis, as a `redis://` or `rediss://` URL. Required. */
+    redis: z.string().min(1),
+    /** Start of every key (the queue's and the ledger's). Default `bulkbill`. */
+    prefix: z.string().min(1).default(DEFAULT_PREFIX),
+    /** The BullMQ queue. Default `bulkbill`. */
+    queue: z.string().min(1).default(DEFAULT_QUEUE),
+    /** Jobs in flight across every worker of the queue. Default: no such limit. */
+    globalConcurrency: positiveInteger.optional(),
+    /** A dead worker's jobs are taken over within one to two of these, in ms. Default 30 s. */
+    lockDurationMs: z.number().int().min(1_000).default(30_000),
+  })
+  .strict();
+
+export type DistributedBillOptions = z.input<typeof distributedBillOptionsSchema> & {
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  readonly signal?: AbortSignal;
+  readonly onProgress?: (event: ProgressEvent) => void;
+  readonly onRun?: (run: RunChoice) => void;
+  readonly reportPath?: (runId: string) => string;
+  /** Told what the in-process worker logs. */
+  readonly onLog?: (level: 'info' | 'warn' | 'error', message: string) => void;
+  /** Test seams. */
+  readonly random?: Random;
+  readonly sender?: ChargeSender;
+};
+
+/**
+ * Bills a billing cycle on the distributed engine, the way `bill()` does on the local one:
+ * enqueues it (validating and importing it into the Redis ledger, or resuming it), runs one
+ * worker in this process, and waits until every charge has ended, whichever worker of the queue
+ * ended it. Other workers started with `bulkbill worker` on the same queue share the work.
+ */
+export async function billDistributed(
+  options: DistributedBillOptions,
+  label: (name: string) => string = (name) => `\`${name}\``,
+): Promise<BillResult> {
+  const {
+    env,
+    signal,
+    onProgress,
+    onRun,
+    reportPath: reportPathOf,
+    onLog,
+    random,
+    sender,
+    ...plain
+  } = options;
+  const config = parseOptions(distributedBillOptionsSchema, plain, label);
+  const started = performance.now();
+  const headers = resolveHeaders(
+    parseHeaderFlags(config.headers, label('headers')),
+    env ?? process.env,
+  );
+  const policy = resolveRetryPolicy({ maxAttempts: config.maxAttempts });
+  const client = new ProviderClient({
+    endpoint: config.endpoint,
+    headers,
+    connections: config.concurrency,
+    timeoutMs: config.timeoutMs,
+    endpointLabel: label('endpoint'),
+  });
+  const redis = connectRedis(config.redis, 'short', label('redis'));
+  const ledger = new RedisLedger({ redis, prefix: ledgerPrefix(config.prefix) });
+  let patient: Redis | undefined;
+  let worker: BillingWorker | undefined;
+  try {
+    await checkReachable(redis, config.redis, label('redis'));
+    const queued = await enqueue({
+      input: config.input,
+      redis,
+      prefix: config.prefix,
+      queue: config.queue,
+      runId: config.runId,
+      endpoint: client.endpoint,
+      skipInvalid: config.skipInvalid,
+      format: config.format as InputFormat | undefined,
+      dryRun: config.dryRun,
+      signal,
+      onRun: async (choice) => {
+        if (reportPathOf && !config.dryRun && choice.how !== 'finished') {
+          await checkWritable(reportPathOf(choice.run.runId), label('reportPath'));
+        }
+        onRun?.(choice);
+      },
+    });
+    const { run } = queued.choice;
+    const before = await ledger.counts(run.runId);
+    const base = {
+      run,
+      importMs: queued.importMs,
+      counts: before,
+      chargedAmounts: await ledger.totals(run.runId, 'charged'),
+      ended: 0,
+      attempts: 0,
+      latencies: new Float64Array(0),
+      serialMs: 0,
+      stoppedBecause: undefined,
+    };
+    if (queued.choice.how === 'finished') {
+      return {
+        ...base,
+        outcome: 'finished-before',
+        wallMs: performance.now() - started,
+        plan: undefined,
+        reportPath: await writeRunReport(ledger, run.runId, reportPathOf),
+      };
+    }
+    if (config.dryRun) {
+      return {
+        ...base,
+        outcome: 'planned',
+        wallMs: performance.now() - started,
+        plan: await planRun(ledger, run, before, config),
+        reportPath: undefined,
+      };
+    }
+
+    patient = connectRedis(config.redis, 'patient', label('redis'));
+    worker = await BillingWorker.start({
+      redis: patient,
+      prefix: config.prefix,
+      queue: config.queue,
+      endpoint: client.endpoint,
+      sender: sender ?? client,
+      policy,
+      concurrency: config.concurrency,
+      rate: config.rate,
+      globalConcurrency: config.globalConcurrency,
+      lockDurationMs: config.lockDurationMs,
+      random,
+      onLog,
+    });
+    const outcome = await waitForRun({
+      ledger,
+      redis,
+      prefix: config.prefix,
+      queueName: config.queue,
+      runId: run.runId,
+      total: run.total,
+      before,
+      worker,
+      signal: signal ?? (queued.interrupted ? AbortSignal.abort() : undefined),
+      intervalMs: config.progressIntervalMs,
+      onProgress,
+    });
+    const end = await worker.close();
+    await ledger.finishIfComplete(run.runId);
+    const snapshot = worker.snapshot();
+    const { latencies, serialMs } = worker.latencies();
+    const { charged, declined, failed, unknown } = snapshot.ended;
+    return {
+      outcome: outcome === 'completed' || end.reason !== 'stopped' ? outcome : 'stopped',
+      run: (await ledger.findRun(run.runId)) ?? run,
+      counts: await ledger.counts(run.runId),
+      chargedAmounts: await ledger.totals(run.runId, 'charged'),
+      wallMs: performance.now() - started,
+      ended: charged + declined + failed + unknown,
+      attempts: snapshot.attempts,
+      latencies,
+      serialMs,
+      stoppedBecause: end.stoppedBecause,
+      plan: undefined,
+      reportPath: await writeRunReport(ledger, run.runId, reportPathOf),
+      importMs: queued.importMs,
+    };
+  } finally {
+    await worker?.close();
+    await client.close();
+    await ledger.close();
+    await closeRedis(redis);
+    if (patient) await closeRedis(patient);
+  }
+}
+
+function doneOf(counts: StateCounts): number {
+  return counts.charged + counts.declined + counts.failed + counts.unknown + counts.invalid;
+}
+
+/**
+ * Polls the ledger until every charge of the run has ended (`completed`), the worker stopped
+ * (`stopped`), or the signal aborted (`interrupted`); reports progress on the way.
+ */
+async function waitForRun(args: {
+  ledger: RedisLedger;
+  redis: Redis;
+  prefix: string;
+  queueName: string;
+  runId: string;
+  total: number;
+  before: StateCounts;
+  worker: BillingWorker;
+  signal: AbortSignal | undefined;
+  intervalMs: number;
+  onProgress: ((event: ProgressEvent) => void) | undefined;
+}): Promise<'completed' | 'stopped' | 'interrupted'> {
+  const { ledger, runId, worker, signal, onProgress } = args;
+  const queue = new Queue(args.queueName, { connection: args.redis, prefix: args.prefix });
+  queue.on('error', () => {});
+  const started = performance.now();
+  const window: Array<{ at: number; done: number }> = [];
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  void worker.done.then((end) => {
+    stopped = end.reason === 'stopped';
+    wake?.();
+  });
+  const onAbort = () => wake?.();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    for (;;) {
+      const counts = await ledger.counts(runId);
+      const done = doneOf(counts);
+      if (onProgress) {
+        const now = performance.now();
+        window.push({ at: now, done });
+        while (window.length > 2 && now - (window[0]?.at ?? now) > 5_000) window.shift();
+        const oldest = window[0] ?? { at: now, done };
+        const perSecond = now > oldest.at ? ((done - oldest.done) * 1_000) / (now - oldest.at) : 0;
+        const delayed = await queue.getDelayedCount();
+        onProgress({
+          runId,
+          total: args.total,
+          done,
+          charged: counts.charged,
+          declined: counts.declined,
+          failed: counts.failed,
+          unknown: counts.unknown,
+          invalid: counts.invalid,
+          inFlight: worker.snapshot().inFlight,
+          retrying: delayed,
+          perSecond,
+          etaMs: perSecond > 0 ? ((args.total - done) / perSecond) * 1_000 : undefined,
+          elapsedMs: now - started,
+          pausedMs: 0,
+        });
+      }
+      if (counts.pending === 0) return 'completed';
+      if (stopped) return 'stopped';
+      if (signal?.aborted) return 'interrupted';
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => wake?.(), args.intervalMs);
+        wake = () => {
+          clearTimeout(timer);
+          wake = undefined;
+          resolve();
+        };
+      });
+    }
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    await queue.close().catch(() => {});
+  }
+}

@@ -1,0 +1,433 @@
+import { hostname } from 'node:os';
+import { DelayedError, type Job, Queue, RateLimitError, UnrecoverableError, Worker } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Random } from '../../control/backoff.js';
+import { decideRetry, type RetryPolicy } from '../../control/retry-policy.js';
+import { idempotencyKey } from '../../domain/idempotency-key.js';
+import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
+import type { ChargeOutcome } from '../../ledger/ledger.js';
+import { RedisLedger } from '../../ledger/redis-ledger.js';
+import { endpointMismatch } from '../run-choice.js';
+import type { ChargeSender } from '../scheduler.js';
+import {
+  type ChargeJobData,
+  DEFAULT_PREFIX,
+  DEFAULT_QUEUE,
+  ledgerPrefix,
+  limiterOf,
+  UNLIMITED,
+} from './jobs.js';
+
+export interface BillingWorkerOptions {
+  /** A connection that waits for Redis to come back (connectRedis(url, 'patient')); the caller closes it. */
+  readonly redis: Redis;
+  readonly prefix?: string | undefined;
+  readonly queue?: string | undefined;
+  /** The endpoint as printed and bound to runs (printableEndpoint). */
+  readonly endpoint: string;
+  /** Sends attempts: a ProviderClient on the endpoint, with its headers and timeout. */
+  readonly sender: ChargeSender;
+  readonly policy: RetryPolicy;
+  /** Jobs this worker runs at once. */
+  readonly concurrency: number;
+  /** Requests per second across every worker of the queue. Default: unlimited. */
+  readonly rate?: number | undefined;
+  /** Jobs in flight across every worker of the queue; set on the queue and kept there. */
+  readonly globalConcurrency?: number | undefined;
+  /**
+   * How long a job's lock lasts without renewal: a worker that dies (kill -9) has its jobs taken
+   * over by another worker between one and two of these later. Default 30 s (BullMQ's).
+   */
+  readonly lockDurationMs?: number | undefined;
+  /** Ends the worker once the queue holds no job (waiting, delayed or active). Default false. */
+  readonly exitWhenIdle?: boolean | undefined;
+  /** Names the worker in `status` (default host:pid). */
+  readonly name?: string | undefined;
+  readonly random?: Random | undefined;
+  /** Told of what a person running the worker wants to know. */
+  readonly onLog?: ((level: 'info' | 'warn' | 'error', message: string) => void) | undefined;
+}
+
+/** How a worker ended. */
+export interface WorkerEnd {
+  /** `closed`: close() was called; `idle`: exitWhenIdle and nothing left; `stopped`: a run was refused. */
+  readonly reason: 'closed' | 'idle' | 'stopped';
+  /** Why, for `stopped`. */
+  readonly stoppedBecause: string | undefined;
+}
+
+/** Live figures of one worker. */
+export interface WorkerSnapshot {
+  readonly inFlight: number;
+  readonly attempts: number;
+  /** Charges this worker ended, by state. */
+  readonly ended: Readonly<Record<Exclude<TerminalChargeState, 'invalid'>, number>>;
+  /** Jobs waiting for a retry this worker scheduled, in delayed. */
+  readonly retries: number;
+}
+
+/** A charge's attempt ends in a retry later: carries our backoff to BullMQ's backoff strategy. */
+class RetryLater extends Error {
+  override readonly name = 'RetryLater';
+  constructor(
+    message: string,
+    readonly delayMs: number,
+  ) {
+    super(message);
+  }
+}
+
+// The first answers of a worker that are all the same 400 or 422 mean a misconfigured run, not
+// that many bad cards: the local engine's rule, kept per worker.
+const MISCONFIG_SAMPLE = 20;
+// A decline held back while the watch decides. A crashed worker's held jobs come back after this.
+const HOLD_MS = 60_000;
+// A job whose worker died this many times (a charge that crashes workers) ends `unknown` rather
+// than being retried again. BullMQ's own limit is set far above, so it never drops a job unrecorded.
+const MAX_STALLS = 10;
+
+/**
+ * A BullMQ worker that bills the charges of any run on its queue: the same idempotency key on
+ * every attempt, every retry and after every stall; retries through BullMQ attempts with the
+ * retry policy's full-jitter backoff; a provider's Retry-After pauses the whole queue without
+ * using up attempts; outcomes are written to the Redis ledger before a job completes, and
+ * finished jobs are removed so Redis holds one compact record per user.
+ */
+export class BillingWorker {
+  readonly #options: BillingWorkerOptions;
+  readonly #ledger: RedisLedger;
+  readonly #queue: Queue<ChargeJobData>;
+  readonly #worker: Worker<ChargeJobData>;
+  readonly #random: Random;
+  /** Runs whose endpoint was checked: run id → refusal, or undefined when it bills ours. */
+  readonly #runs = new Map<string, Promise<string | undefined>>();
+  readonly #touched = new Set<string>();
+  #inFlight = 0;
+  #attempts = 0;
+  #retries = 0;
+  readonly #ended = { charged: 0, declined: 0, failed: 0, unknown: 0 };
+  #latencies = new Float64Array(1024);
+  #latencyCount = 0;
+  #serialMs = 0;
+  #stoppedBecause: string | undefined;
+  #closing: Promise<void> | undefined;
+  #end: WorkerEnd | undefined;
+  readonly #done: Promise<WorkerEnd>;
+  #resolveDone!: (end: WorkerEnd) => void;
+  #idleTimer: NodeJS.Timeout | undefined;
+  // The misconfiguration watch.
+  #watching = true;
+  #misconfigured = false;
+  #sampleStatus: number | undefined;
+  #held: Array<{ job: Job<ChargeJobData>; outcome: ChargeOutcome }> = [];
+
+  private constructor(options: BillingWorkerOptions) {
+    this.#options = options;
+    this.#random = options.random ?? Math.random;
+    const prefix = options.prefix ?? DEFAULT_PREFIX;
+    const queueName = options.queue ?? DEFAULT_QUEUE;
+    this.#ledger = new RedisLedger({
+      redis: options.redis,
+      prefix: ledgerPrefix(prefix),
+      // Every outcome is flushed before its job completes; the batch gathers concurrent ones.
+      flushIntervalMs: 5,
+    });
+    this.#queue = new Queue<ChargeJobData>(queueName, { connection: options.redis, prefix });
+    this.#queue.on('error', () => {});
+    const lockDuration = options.lockDurationMs ?? 30_000;
+    this.#worker = new Worker<ChargeJobData>(queueName, (job, token) => this.#process(job, token), {
+      connection: options.redis,
+      prefix,
+      autorun: false,
+      concurrency: options.concurrency,
+      limiter: options.rate === undefined ? UNLIMITED : limiterOf(options.rate),
+      lockDuration,
+      stalledInterval: lockDuration,
+      maxStalledCount: 1_000_000,
+      name: options.name ?? `${hostname()}:${process.pid}`,
+      settings: {
+        backoffStrategy: (_attempts, _type, error) =>
+          error instanceof RetryLater ? error.delayMs : 1_000,
+      },
+    });
+    this.#worker.on('error', (error) => this.#log('error', `worker: ${error.message}`));
+    this.#done = new Promise((resolve) => {
+      this.#resolveDone = resolve;
+    });
+  }
+
+  /** Starts a worker: sets the queue's global concurrency when asked, then takes jobs. */
+  static async start(options: BillingWorkerOptions): Promise<BillingWorker> {
+    const worker = new BillingWorker(options);
+    await worker.#begin();
+    return worker;
+  }
+
+  async #begin(): Promise<void> {
+    const { globalConcurrency, exitWhenIdle } = this.#options;
+    if (globalConcurrency !== undefined) await this.#queue.setGlobalConcurrency(globalConcurrency);
+    void this.#worker.run().catch((error: unknown) => {
+      this.#log('error', `worker: ${(error as Error).message}`);
+    });
+    if (exitWhenIdle) {
+      this.#idleTimer = setInterval(() => void this.#closeIfIdle(), 500);
+      this.#worker.on('drained', () => void this.#closeIfIdle());
+    }
+  }
+
+  /** Resolves when the worker has ended and every job it ran is settled. */
+  get done(): Promise<WorkerEnd> {
+    return this.#done;
+  }
+
+  snapshot(): WorkerSnapshot {
+    return {
+      inFlight: this.#inFlight,
+      attempts: this.#attempts,
+      ended: { ...this.#ended },
+      retries: this.#retries,
+    };
+  }
+
+  /** Latency of every attempt this worker sent, in ms, and their sum. */
+  latencies(): { latencies: Float64Array; serialMs: number } {
+    return { latencies: this.#latencies.slice(0, this.#latencyCount), serialMs: this.#serialMs };
+  }
+
+  /** Takes no more jobs, finishes those in flight, gives back held ones; resolves when done. */
+  close(): Promise<WorkerEnd> {
+    this.#beginClose('closed');
+    return this.#done;
+  }
+
+  #beginClose(reason: WorkerEnd['reason']): void {
+    if (this.#closing) return;
+    this.#end = { reason, stoppedBecause: this.#stoppedBecause };
+    if (this.#idleTimer) clearInterval(this.#idleTimer);
+    this.#closing = (async () => {
+      try {
+        await this.#worker.close();
+        await this.#giveBackHeld();
+        for (const runId of this.#touched) await this.#ledger.finishIfComplete(runId);
+      } catch (error) {
+        this.#log('error', `closing: ${(error as Error).message}`);
+      } finally {
+        await this.#ledger.close().catch(() => {});
+        await this.#queue.close().catch(() => {});
+        this.#resolveDone(this.#end as WorkerEnd);
+      }
+    })();
+  }
+
+  async #closeIfIdle(): Promise<void> {
+    if (this.#closing || this.#inFlight > 0 || this.#held.length > 0) return;
+    try {
+      const counts = await this.#queue.getJobCounts(
+        'active',
+        'waiting',
+        'delayed',
+        'prioritized',
+        'waiting-children',
+      );
+      const left = Object.values(counts).reduce((sum, count) => sum + count, 0);
+      if (left === 0 && this.#inFlight === 0) this.#beginClose('idle');
+    } catch {
+      // Redis is away: try again at the next tick.
+    }
+  }
+
+  #log(level: 'info' | 'warn' | 'error', message: string): void {
+    this.#options.onLog?.(level, message);
+  }
+
+  /** The refusal of a run this worker must not bill, or undefined when it may. */
+  #refusal(runId: string): Promise<string | undefined> {
+    let checked = this.#runs.get(runId);
+    if (checked === undefined) {
+      checked = (async () => {
+        const run = await this.#ledger.findRun(runId);
+        if (run === undefined) return undefined;
+        const bound = await this.#ledger.bindEndpoint(runId, this.#options.endpoint);
+        return bound === this.#options.endpoint
+          ? undefined
+          : endpointMismatch({ ...run, endpoint: bound }, this.#options.endpoint).message;
+      })();
+      this.#runs.set(runId, checked);
+      checked.catch(() => this.#runs.delete(runId));
+    }
+    return checked;
+  }
+
+  async #process(job: Job<ChargeJobData>, token: string | undefined): Promise<string> {
+    const data = job.data;
+    const refusal = await this.#refusal(data.r);
+    if (refusal !== undefined) {
+      await this.#stop(data.r, refusal);
+      return this.#giveBack(job, token);
+    }
+    if (this.#stoppedBecause !== undefined) return this.#giveBack(job, token);
+    const current = await this.#ledger.charge(data.r, data.u);
+    if (current === undefined) {
+      throw new UnrecoverableError(`run ${data.r} has no user ${data.u} in the ledger`);
+    }
+    if (
+      current.state === 'charged' ||
+      current.state === 'declined' ||
+      current.state === 'invalid'
+    ) {
+      return `already ${current.state}`;
+    }
+    this.#touched.add(data.r);
+    if (job.stalledCounter >= MAX_STALLS) {
+      await this.#settle(data.r, {
+        userId: data.u,
+        state: 'unknown',
+        attempts: data.n + job.attemptsMade,
+        ambiguous: true,
+        httpStatus: current.httpStatus,
+        latencyMs: undefined,
+        chargeId: undefined,
+        error: `its worker died ${job.stalledCounter} times while billing it`,
+      });
+      throw new UnrecoverableError('unknown: stalled too often');
+    }
+    // A stalled job's last attempt was cut off in a dead worker: it may have reached the provider.
+    const before = {
+      attempts: job.attemptsMade,
+      ambiguous: data.x || current.ambiguous || job.stalledCounter > 0,
+    };
+    this.#inFlight++;
+    this.#attempts++;
+    const started = performance.now();
+    let result: AttemptResult;
+    try {
+      result = await this.#options.sender.attempt({
+        userId: data.u,
+        amount: data.a,
+        currency: data.c,
+        idempotencyKey: idempotencyKey(data.r, data.u),
+      });
+    } finally {
+      this.#inFlight--;
+    }
+    const latencyMs = performance.now() - started;
+    this.#recordLatency(latencyMs);
+    if (this.#misconfigured && this.#suspicious(result)) return this.#giveBack(job, token);
+    const decision = decideRetry(this.#options.policy, before, result, this.#random);
+    const outcome: ChargeOutcome = {
+      userId: data.u,
+      state: decision.action === 'finish' ? decision.state : 'pending',
+      attempts: data.n + decision.attempts,
+      ambiguous: decision.ambiguous,
+      httpStatus: result.status,
+      latencyMs,
+      chargeId: result.kind === 'charged' ? result.chargeId : undefined,
+      error: result.kind === 'charged' ? undefined : result.reason,
+    };
+    if (this.#watching) {
+      if (this.#suspicious(result)) return this.#hold(job, token, outcome, result);
+      if (result.status !== undefined) await this.#release();
+    }
+    switch (decision.action) {
+      case 'stop':
+        await this.#stop(data.r, decision.reason);
+        return this.#giveBack(job, token);
+      case 'retry':
+        if (decision.ambiguous !== data.x) await job.updateData({ ...data, x: decision.ambiguous });
+        if (decision.throttled) {
+          // The provider asked everyone to slow down: the whole queue waits, no attempt is used.
+          const pause = result.kind === 'retry' ? (result.retryAfterMs ?? decision.delayMs) : 0;
+          await this.#queue.rateLimit(Math.max(1, Math.round(pause)));
+          throw new RateLimitError();
+        }
+        this.#retries++;
+        throw new RetryLater(outcome.error ?? 'retry', decision.delayMs);
+      case 'finish':
+        await this.#settle(data.r, outcome);
+        if (decision.state === 'charged') return 'charged';
+        // Declined, failed and unknown end the job at once: BullMQ must not retry them.
+        throw new UnrecoverableError(`${decision.state}: ${outcome.error ?? ''}`);
+    }
+  }
+
+  /** Writes a terminal outcome to the ledger, durably, before its job is let go. */
+  async #settle(runId: string, outcome: ChargeOutcome): Promise<void> {
+    this.#ledger.record(runId, outcome);
+    await this.#ledger.flush();
+    if (outcome.state !== 'pending' && outcome.state !== 'invalid') this.#ended[outcome.state]++;
+  }
+
+  /** Puts a job back untouched (no attempt used), for another worker or a later run. */
+  async #giveBack(job: Job<ChargeJobData>, token: string | undefined): Promise<never> {
+    await job.moveToDelayed(Date.now(), token);
+    throw new DelayedError();
+  }
+
+  async #stop(runId: string, reason: string): Promise<void> {
+    if (this.#stoppedBecause === undefined) {
+      this.#stoppedBecause = reason;
+      this.#log('error', `run ${runId}: stopping: ${reason}`);
+      await this.#ledger.noteStop(runId, reason).catch(() => {});
+      this.#beginClose('stopped');
+    }
+  }
+
+  #suspicious(result: AttemptResult): boolean {
+    return (
+      result.kind === 'declined' &&
+      (result.status === 400 || result.status === 422) &&
+      (this.#sampleStatus === undefined || this.#sampleStatus === result.status)
+    );
+  }
+
+  /** Holds a decline back (in delayed, no slot kept) while the first answers might all be alike. */
+  async #hold(
+    job: Job<ChargeJobData>,
+    token: string | undefined,
+    outcome: ChargeOutcome,
+    result: AttemptResult,
+  ): Promise<never> {
+    this.#sampleStatus = result.status;
+    this.#held.push({ job, outcome });
+    if (this.#held.length >= MISCONFIG_SAMPLE) {
+      this.#watching = false;
+      this.#misconfigured = true;
+      await this.#stop(
+        job.data.r,
+        `the first ${MISCONFIG_SAMPLE} answers were all ${result.status} (${outcome.error}): the requests look malformed for this provider, so nobody was declined; check --endpoint and --header`,
+      );
+      await job.moveToDelayed(Date.now(), token);
+      throw new DelayedError();
+    }
+    await job.moveToDelayed(Date.now() + HOLD_MS, token);
+    throw new DelayedError();
+  }
+
+  /** The watch is over, the run is sound: held declines are recorded and their jobs removed. */
+  async #release(): Promise<void> {
+    this.#watching = false;
+    const held = this.#held;
+    this.#held = [];
+    for (const { job, outcome } of held) {
+      await this.#settle(job.data.r, outcome);
+      await job.remove().catch(() => {});
+    }
+  }
+
+  /** Held declines go back to waiting: the run stopped or this worker closes. */
+  async #giveBackHeld(): Promise<void> {
+    const held = this.#held;
+    this.#held = [];
+    for (const { job } of held) await job.promote().catch(() => {});
+  }
+
+  #recordLatency(ms: number): void {
+    if (this.#latencyCount === this.#latencies.length) {
+      const grown = new Float64Array(this.#latencies.length * 2);
+      grown.set(this.#latencies);
+      this.#latencies = grown;
+    }
+    this.#latencies[this.#latencyCount++] = ms;
+    this.#serialMs += ms;
+  }
+}
