@@ -1,4 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
 import { ExitStatus, exitStatusFor } from './exit-codes.js';
 import { durationFlag, integerFlag, numberFlag } from './parse.js';
 
@@ -84,6 +85,22 @@ program
   .option('--skip-invalid', 'record invalid rows as invalid and bill the rest')
   .option('--dry-run', 'validate, import and plan; charge nobody')
   .option('--json', 'print the summary as one JSON object on stdout')
+  .option(
+    '--redis <url>',
+    'bill on the distributed engine: enqueue on this Redis, run one worker here, wait for every worker',
+  )
+  .option('--queue <name>', 'BullMQ queue, with --redis', DEFAULT_QUEUE)
+  .option('--prefix <prefix>', 'start of every Redis key, with --redis', DEFAULT_PREFIX)
+  .option(
+    '--global-concurrency <n>',
+    'most requests in flight across every worker of the queue, with --redis',
+    integerFlag('--global-concurrency'),
+  )
+  .option(
+    '--lock-duration <duration>',
+    "a dead worker's jobs are taken over within one to two of these, with --redis (default 30s)",
+    durationFlag('--lock-duration'),
+  )
   .action(async (input: string, flags) => {
     const { runCommand } = await import('./run.js');
     process.exitCode = await runCommand(input, flags);
@@ -96,6 +113,13 @@ program
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .option('--user <user_id>', "show this user's charge")
   .option('--json', 'print JSON')
+  .option('--redis <url>', 'read a run of the distributed engine from this Redis')
+  .option('--queue <name>', 'BullMQ queue, with --redis', DEFAULT_QUEUE)
+  .option('--prefix <prefix>', 'start of every Redis key, with --redis', DEFAULT_PREFIX)
+  .option(
+    '--wait',
+    'with --redis: follow the run until every charge has ended; exit as `run` would',
+  )
   .action(async (flags) => {
     const { statusCommand } = await import('./status.js');
     process.exitCode = await statusCommand(flags);
@@ -107,9 +131,73 @@ program
   .requiredOption('--run-id <id>', 'the run')
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .requiredOption('--out <path>', 'where to write the report')
+  .option('--redis <url>', 'read a run of the distributed engine from this Redis')
+  .option('--prefix <prefix>', 'start of every Redis key, with --redis', DEFAULT_PREFIX)
   .action(async (flags) => {
     const { reportCommand } = await import('./report.js');
     process.exitCode = await reportCommand(flags);
+  });
+
+program
+  .command('enqueue')
+  .description(
+    'Validate a billing cycle into the Redis ledger and queue one job per charge for `bulkbill worker` (prints the run id; running it again adds only what is missing).',
+  )
+  .argument('<input>', 'CSV (header user_id,amount,currency) or NDJSON file')
+  .requiredOption('--redis <url>', 'Redis, e.g. redis://127.0.0.1:6379')
+  .option('--run-id <id>', 'names the billing cycle (default: resume, or a fresh id)')
+  .option('--queue <name>', 'BullMQ queue', DEFAULT_QUEUE)
+  .option('--prefix <prefix>', 'start of every Redis key', DEFAULT_PREFIX)
+  .option(
+    '--endpoint <url>',
+    'bind the run to this endpoint now (default: its first worker binds it)',
+  )
+  .option('--skip-invalid', 'record invalid rows as invalid and queue the rest')
+  .option('--json', 'print the outcome as one JSON object on stdout')
+  .action(async (input: string, flags) => {
+    const { enqueueCommand } = await import('./enqueue.js');
+    process.exitCode = await enqueueCommand(input, flags);
+  });
+
+program
+  .command('worker')
+  .description(
+    'Bill charges of any run on the queue until stopped (SIGTERM finishes the jobs in flight); run as many as needed, on any machine.',
+  )
+  .requiredOption('--redis <url>', 'Redis, e.g. redis://127.0.0.1:6379')
+  .requiredOption('--endpoint <url>', 'billing API endpoint that charges are POSTed to')
+  .option('--queue <name>', 'BullMQ queue', DEFAULT_QUEUE)
+  .option('--prefix <prefix>', 'start of every Redis key', DEFAULT_PREFIX)
+  .option('--concurrency <n>', 'jobs this worker runs at once', integerFlag('--concurrency'), 64)
+  .option(
+    '--rate <n>',
+    'most requests per second across every worker of the queue (default: unlimited)',
+    numberFlag('--rate'),
+  )
+  .option(
+    '--global-concurrency <n>',
+    'most jobs in flight across every worker of the queue (kept on the queue)',
+    integerFlag('--global-concurrency'),
+  )
+  .option('--timeout <duration>', 'deadline of one request', durationFlag('--timeout'), 30_000)
+  .option('--max-attempts <n>', 'attempts per charge', integerFlag('--max-attempts'), 5)
+  .option(
+    '--header <"Name: value">',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the help names a literal ${NAME}.
+    'extra request header; ${NAME} is read from the environment (repeatable)',
+    collect,
+    [],
+  )
+  .option('--exit-when-idle', 'exit once the queue holds no job')
+  .option(
+    '--lock-duration <duration>',
+    "a dead worker's jobs are taken over within one to two of these",
+    durationFlag('--lock-duration'),
+    30_000,
+  )
+  .action(async (flags) => {
+    const { workerCommand } = await import('./worker.js');
+    process.exitCode = await workerCommand(flags);
   });
 
 program

@@ -1,6 +1,9 @@
 import { formatDuration } from '../domain/duration.js';
+import { billDistributed } from '../engine/distributed/distributed-engine.js';
+import { DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
 import { type BillResult, bill, type RunChoice } from '../engine/local-engine.js';
-import { ProgressDisplay } from '../observe/progress.js';
+import { redactedUrl } from '../ledger/redis-ledger.js';
+import { ProgressDisplay, type ProgressEvent } from '../observe/progress.js';
 import { formatAmounts, formatSummary } from '../report/format.js';
 import { latencyPercentiles, type RunSummary } from '../report/summary.js';
 import { ExitStatus } from './exit-codes.js';
@@ -20,6 +23,12 @@ export interface RunFlags {
   skipInvalid?: boolean;
   dryRun?: boolean;
   json?: boolean;
+  /** The distributed engine: the run goes through this Redis instead of the SQLite ledger. */
+  redis?: string;
+  queue?: string;
+  prefix?: string;
+  globalConcurrency?: number;
+  lockDuration?: number;
 }
 
 const FLAG_OF_OPTION: Record<string, string> = {
@@ -28,6 +37,7 @@ const FLAG_OF_OPTION: Record<string, string> = {
   headers: '--header',
   ledgerInstance: '--ledger',
   reportPath: '--report',
+  lockDurationMs: '--lock-duration',
 };
 
 export function billLabel(name: string): string {
@@ -105,26 +115,57 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       ),
   );
   try {
-    const result = await bill(
-      {
-        input,
-        endpoint: flags.endpoint,
-        ledger: flags.ledger,
-        headers: flags.header,
-        ...(flags.runId === undefined ? {} : { runId: flags.runId }),
-        ...(flags.concurrency === undefined ? {} : { concurrency: flags.concurrency }),
-        ...(flags.rate === undefined ? {} : { rate: flags.rate }),
-        ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout }),
-        ...(flags.maxAttempts === undefined ? {} : { maxAttempts: flags.maxAttempts }),
-        skipInvalid: flags.skipInvalid === true,
-        dryRun: flags.dryRun === true,
-        signal: controller.signal,
-        reportPath: (runId) => flags.report ?? `${runId}.report.csv`,
-        onRun: (choice) => stderr.write(announce(choice, flags.ledger)),
-        onProgress: (event) => display.update(event),
-      },
-      billLabel,
-    );
+    const common = {
+      input,
+      endpoint: flags.endpoint,
+      headers: flags.header,
+      ...(flags.runId === undefined ? {} : { runId: flags.runId }),
+      ...(flags.concurrency === undefined ? {} : { concurrency: flags.concurrency }),
+      ...(flags.rate === undefined ? {} : { rate: flags.rate }),
+      ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout }),
+      ...(flags.maxAttempts === undefined ? {} : { maxAttempts: flags.maxAttempts }),
+      skipInvalid: flags.skipInvalid === true,
+      dryRun: flags.dryRun === true,
+      signal: controller.signal,
+      reportPath: (runId: string) => flags.report ?? `${runId}.report.csv`,
+      onProgress: (event: ProgressEvent) => display.update(event),
+    };
+    const result =
+      flags.redis === undefined
+        ? await bill(
+            {
+              ...common,
+              ledger: flags.ledger,
+              onRun: (choice) => stderr.write(announce(choice, flags.ledger)),
+            },
+            billLabel,
+          )
+        : await billDistributed(
+            {
+              ...common,
+              redis: flags.redis,
+              ...(flags.queue === undefined ? {} : { queue: flags.queue }),
+              ...(flags.prefix === undefined ? {} : { prefix: flags.prefix }),
+              ...(flags.globalConcurrency === undefined
+                ? {}
+                : { globalConcurrency: flags.globalConcurrency }),
+              ...(flags.lockDuration === undefined ? {} : { lockDurationMs: flags.lockDuration }),
+              onRun: (choice) =>
+                stderr.write(
+                  announce(
+                    choice,
+                    `${redactedUrl(flags.redis ?? '')} (queue ${flags.queue ?? DEFAULT_QUEUE})`,
+                  ),
+                ),
+              onLog: (level, message) => {
+                if (level !== 'info') {
+                  display.finish();
+                  stderr.write(`bulkbill: ${message}\n`);
+                }
+              },
+            },
+            billLabel,
+          );
     display.finish();
     if (result.outcome === 'planned' && result.plan) {
       const { plan } = result;

@@ -1,41 +1,38 @@
+import { formatDuration } from '../domain/duration.js';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
+import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
+import { type DistributedStatus, DistributedStatusReader } from '../engine/distributed/status.js';
+import type { ChargeRecord, Ledger, RunRecord } from '../ledger/ledger.js';
+import { ProgressDisplay } from '../observe/progress.js';
 import { formatAmounts, formatCounts } from '../report/format.js';
 import { ExitStatus } from './exit-codes.js';
 import { openRun } from './ledger-access.js';
+import { onStopSignals } from './signals.js';
 
 export interface StatusFlags {
   runId: string;
   ledger: string;
   user?: string;
   json?: boolean;
+  redis?: string;
+  queue: string;
+  prefix: string;
+  wait?: boolean;
 }
 
+const number = new Intl.NumberFormat('en-US');
+
 export async function statusCommand(flags: StatusFlags): Promise<number> {
+  if (flags.redis !== undefined) return redisStatusCommand(flags, flags.redis);
+  if (flags.wait) {
+    throw new BulkbillError(
+      ErrorCode.Usage,
+      '--wait: follows a run on Redis (--redis); a local run is followed by its own `bulkbill run`',
+    );
+  }
   const { ledger, run } = await openRun(flags.ledger, flags.runId);
   try {
-    if (flags.user !== undefined) {
-      const charge = await ledger.charge(run.runId, flags.user);
-      if (!charge) {
-        throw new BulkbillError(
-          ErrorCode.Usage,
-          `--user: no user ${flags.user} in run ${run.runId}`,
-        );
-      }
-      if (flags.json) {
-        process.stdout.write(`${JSON.stringify({ runId: run.runId, ...charge })}\n`);
-      } else {
-        const parts = [
-          `${charge.userId} in run ${run.runId}: ${charge.state}`,
-          `  line ${charge.line} · ${charge.amount} ${charge.currency} (minor units) · ${charge.attempts} attempt${charge.attempts === 1 ? '' : 's'}`,
-        ];
-        if (charge.httpStatus !== undefined) parts.push(`  last answer: HTTP ${charge.httpStatus}`);
-        if (charge.chargeId) parts.push(`  provider charge id: ${charge.chargeId}`);
-        if (charge.ambiguous) parts.push('  an attempt may have reached the provider unanswered');
-        if (charge.error) parts.push(`  reason: ${charge.error}`);
-        process.stdout.write(`${parts.join('\n')}\n`);
-      }
-      return ExitStatus.Ok;
-    }
+    if (flags.user !== undefined) return await printCharge(ledger, run, flags.user, flags.json);
     const counts = await ledger.counts(run.runId);
     const charged = await ledger.totals(run.runId, 'charged');
     if (flags.json) {
@@ -54,5 +51,162 @@ export async function statusCommand(flags: StatusFlags): Promise<number> {
     return ExitStatus.Ok;
   } finally {
     await ledger.close();
+  }
+}
+
+/** "What happened to user X?" */
+async function printCharge(
+  ledger: Ledger,
+  run: RunRecord,
+  userId: string,
+  json: boolean | undefined,
+): Promise<number> {
+  const charge: ChargeRecord | undefined = await ledger.charge(run.runId, userId);
+  if (!charge) {
+    throw new BulkbillError(ErrorCode.Usage, `--user: no user ${userId} in run ${run.runId}`);
+  }
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ runId: run.runId, ...charge })}\n`);
+    return ExitStatus.Ok;
+  }
+  const parts = [
+    `${charge.userId} in run ${run.runId}: ${charge.state}`,
+    `  line ${charge.line} · ${charge.amount} ${charge.currency} (minor units) · ${charge.attempts} attempt${charge.attempts === 1 ? '' : 's'}`,
+  ];
+  if (charge.httpStatus !== undefined) parts.push(`  last answer: HTTP ${charge.httpStatus}`);
+  if (charge.chargeId) parts.push(`  provider charge id: ${charge.chargeId}`);
+  if (charge.ambiguous) parts.push('  an attempt may have reached the provider unanswered');
+  if (charge.error) parts.push(`  reason: ${charge.error}`);
+  process.stdout.write(`${parts.join('\n')}\n`);
+  return ExitStatus.Ok;
+}
+
+async function redisStatusCommand(flags: StatusFlags, url: string): Promise<number> {
+  const redis = connectRedis(url, 'short');
+  let reader: DistributedStatusReader | undefined;
+  try {
+    await checkReachable(redis, url);
+    reader = new DistributedStatusReader({ redis, prefix: flags.prefix, queue: flags.queue });
+    const run = await reader.run(flags.runId);
+    if (flags.user !== undefined)
+      return await printCharge(reader.ledger, run, flags.user, flags.json);
+    if (flags.wait) return await waitForEnd(reader, flags);
+    const status = await reader.read(run.runId, 1_000);
+    printStatus(status, flags.json);
+    return ExitStatus.Ok;
+  } finally {
+    await reader?.close();
+    await closeRedis(redis);
+  }
+}
+
+function printStatus(status: DistributedStatus, json: boolean | undefined): void {
+  const { run, counts } = status;
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ ...run, ...status, run: undefined })}\n`);
+    return;
+  }
+  const state = run.finishedAt ? `finished ${run.finishedAt}` : 'not finished';
+  const lines = [
+    `run ${run.runId}: ${state} (created ${run.createdAt})`,
+    `  input ${run.inputPath} · endpoint ${run.endpoint || '(bound by its first worker)'}`,
+    `  ${number.format(run.total)} rows: ${formatCounts(counts)}`,
+    `  charged: ${formatAmounts(status.chargedAmounts)}`,
+  ];
+  if (status.perSecond !== undefined) {
+    lines.push(
+      `  pace: ${number.format(Math.round(status.perSecond))} charges/s · ETA ${status.etaMs === undefined ? '?' : formatDuration(status.etaMs)}`,
+    );
+  }
+  const { waiting, active, delayed } = status.queue;
+  lines.push(
+    `  queue (every run on it): ${number.format(waiting)} waiting · ${number.format(active)} active · ${number.format(delayed)} delayed`,
+  );
+  lines.push(
+    status.workers.length === 0
+      ? '  workers: none live'
+      : `  workers (${status.workers.length}): ${status.workers.map((worker) => worker.name).join(', ')}`,
+  );
+  if (status.stoppedBecause) lines.push(`  stopped: ${status.stoppedBecause}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/**
+ * Follows the run until every charge has ended, with the run command's exit statuses: 0 when
+ * all ended charged or declined, 1 when some failed or are unknown, 2 when the run was stopped
+ * (the provider refused it) and no worker is left, 130 when interrupted.
+ */
+async function waitForEnd(reader: DistributedStatusReader, flags: StatusFlags): Promise<number> {
+  const display = new ProgressDisplay(process.stderr, { now: () => performance.now() });
+  let interrupted = false;
+  let wake: (() => void) | undefined;
+  const removeSignals = onStopSignals(
+    () => {
+      interrupted = true;
+      wake?.();
+    },
+    () => {},
+  );
+  const started = performance.now();
+  const window: Array<{ at: number; done: number }> = [];
+  try {
+    for (;;) {
+      const status = await reader.read(flags.runId);
+      const { counts, run } = status;
+      const done = run.total - counts.pending;
+      const now = performance.now();
+      window.push({ at: now, done });
+      while (window.length > 2 && now - (window[0]?.at ?? now) > 5_000) window.shift();
+      const oldest = window[0] ?? { at: now, done };
+      const perSecond = now > oldest.at ? ((done - oldest.done) * 1_000) / (now - oldest.at) : 0;
+      display.update({
+        runId: run.runId,
+        total: run.total,
+        done,
+        charged: counts.charged,
+        declined: counts.declined,
+        failed: counts.failed,
+        unknown: counts.unknown,
+        invalid: counts.invalid,
+        inFlight: status.queue.active,
+        retrying: status.queue.delayed,
+        perSecond,
+        etaMs: perSecond > 0 ? (counts.pending / perSecond) * 1_000 : undefined,
+        elapsedMs: now - started,
+        pausedMs: 0,
+      });
+      if (counts.pending === 0) {
+        await reader.ledger.finishIfComplete(run.runId);
+        display.finish();
+        printStatus(
+          { ...status, run: await reader.run(run.runId), perSecond: undefined },
+          flags.json,
+        );
+        return counts.failed + counts.unknown > 0 ? ExitStatus.Failed : ExitStatus.Ok;
+      }
+      if (status.stoppedBecause !== undefined && status.workers.length === 0) {
+        display.finish();
+        printStatus(status, flags.json);
+        process.stderr.write(
+          `bulkbill: run ${run.runId} was stopped with charges left pending: ${status.stoppedBecause}\n`,
+        );
+        return ExitStatus.Usage;
+      }
+      if (interrupted) {
+        display.finish();
+        return ExitStatus.Interrupted;
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => wake?.(), 1_000);
+        wake = () => {
+          clearTimeout(timer);
+          wake = undefined;
+          resolve();
+        };
+      });
+    }
+  } finally {
+    display.finish();
+    removeSignals();
   }
 }

@@ -1,0 +1,87 @@
+import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
+import { enqueue } from '../engine/distributed/enqueue.js';
+import { redactedUrl } from '../ledger/redis-ledger.js';
+import { printableEndpoint } from '../provider/index.js';
+import { ExitStatus } from './exit-codes.js';
+import { onStopSignals } from './signals.js';
+
+export interface EnqueueFlags {
+  redis: string;
+  queue: string;
+  prefix: string;
+  runId?: string;
+  endpoint?: string;
+  skipInvalid?: boolean;
+  json?: boolean;
+}
+
+const number = new Intl.NumberFormat('en-US');
+
+export async function enqueueCommand(input: string, flags: EnqueueFlags): Promise<number> {
+  const stderr = process.stderr;
+  const endpoint =
+    flags.endpoint === undefined ? undefined : printableEndpoint(flags.endpoint, '--endpoint');
+  const redis = connectRedis(flags.redis, 'short');
+  const controller = new AbortController();
+  const removeSignals = onStopSignals(
+    () => {
+      stderr.write('bulkbill: stopping after this batch; enqueue again to add the rest\n');
+      controller.abort();
+    },
+    () => stderr.write('bulkbill: quitting at once; enqueue again to add the rest\n'),
+  );
+  let lastShown = 0;
+  try {
+    await checkReachable(redis, flags.redis);
+    const result = await enqueue({
+      input,
+      redis,
+      prefix: flags.prefix,
+      queue: flags.queue,
+      runId: flags.runId,
+      endpoint,
+      skipInvalid: flags.skipInvalid === true,
+      signal: controller.signal,
+      onRun: ({ run, how }) => {
+        const what =
+          how === 'created'
+            ? `new run ${run.runId}`
+            : how === 'resumed'
+              ? `resuming unfinished run ${run.runId}`
+              : `run ${run.runId} already finished on ${run.finishedAt}: nothing to queue (a new cycle needs a new --run-id)`;
+        stderr.write(
+          `bulkbill: ${what} · ${number.format(run.total)} rows · queue ${flags.queue} on ${redactedUrl(flags.redis)}\n`,
+        );
+      },
+      onQueued: (queued) => {
+        if (queued - lastShown >= 100_000) {
+          lastShown = queued;
+          stderr.write(`bulkbill: ${number.format(queued)} charges queued…\n`);
+        }
+      },
+    });
+    const { run } = result.choice;
+    if (flags.json) {
+      process.stdout.write(
+        `${JSON.stringify({
+          runId: run.runId,
+          how: result.choice.how,
+          total: run.total,
+          queued: result.queued,
+          interrupted: result.interrupted,
+          importMs: Math.round(result.importMs),
+          enqueueMs: Math.round(result.enqueueMs),
+        })}\n`,
+      );
+    } else {
+      process.stdout.write(`${run.runId}\n`);
+      stderr.write(
+        `bulkbill: ${number.format(result.queued)} charges queued for run ${run.runId}${result.interrupted ? ' before the stop' : ''}; follow it with: bulkbill status --redis <url> --run-id ${run.runId} --wait\n`,
+      );
+    }
+    return result.interrupted ? ExitStatus.Interrupted : ExitStatus.Ok;
+  } finally {
+    removeSignals();
+    await closeRedis(redis);
+  }
+}

@@ -1,0 +1,125 @@
+import { pino } from 'pino';
+import { resolveRetryPolicy } from '../control/retry-policy.js';
+import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
+import { redisWarnings } from '../engine/distributed/redis-checks.js';
+import { BillingWorker } from '../engine/distributed/worker.js';
+import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
+import { ExitStatus } from './exit-codes.js';
+import { onStopSignals } from './signals.js';
+
+export interface WorkerFlags {
+  redis: string;
+  endpoint: string;
+  queue: string;
+  prefix: string;
+  concurrency: number;
+  rate?: number;
+  globalConcurrency?: number;
+  timeout: number;
+  maxAttempts: number;
+  header: string[];
+  exitWhenIdle?: boolean;
+  lockDuration: number;
+}
+
+/** How often a worker logs its figures. */
+const REPORT_EVERY_MS = 5_000;
+
+export async function workerCommand(flags: WorkerFlags): Promise<number> {
+  // JSON lines on stderr, for a service's log collector; headers are never handed to the logger.
+  const log = pino(
+    { name: 'bulkbill-worker', base: { pid: process.pid } },
+    pino.destination({ dest: 2, sync: true }),
+  );
+  const headers = resolveHeaders(parseHeaderFlags(flags.header), process.env);
+  const policy = resolveRetryPolicy({ maxAttempts: flags.maxAttempts });
+  const client = new ProviderClient({
+    endpoint: flags.endpoint,
+    headers,
+    connections: flags.concurrency,
+    timeoutMs: flags.timeout,
+    endpointLabel: '--endpoint',
+  });
+  const probe = connectRedis(flags.redis, 'short');
+  try {
+    await checkReachable(probe, flags.redis);
+    for (const warning of await redisWarnings(probe)) log.warn(warning);
+  } catch (error) {
+    await client.close();
+    throw error;
+  } finally {
+    await closeRedis(probe);
+  }
+  const redis = connectRedis(flags.redis, 'patient');
+  let worker: BillingWorker | undefined;
+  let signalled = false;
+  const removeSignals = onStopSignals(
+    () => {
+      signalled = true;
+      log.info('stopping: no new jobs; finishing those in flight (signal again to quit at once)');
+      void worker?.close();
+    },
+    () =>
+      log.warn(
+        'quitting at once: jobs in flight are taken over by other workers once their lock expires',
+      ),
+  );
+  try {
+    worker = await BillingWorker.start({
+      redis,
+      prefix: flags.prefix,
+      queue: flags.queue,
+      endpoint: client.endpoint,
+      sender: client,
+      policy,
+      concurrency: flags.concurrency,
+      rate: flags.rate,
+      globalConcurrency: flags.globalConcurrency,
+      lockDurationMs: flags.lockDuration,
+      exitWhenIdle: flags.exitWhenIdle === true,
+      onLog: (level, message) => log[level](message),
+    });
+    log.info(
+      {
+        queue: flags.queue,
+        endpoint: client.endpoint,
+        concurrency: flags.concurrency,
+        rate: flags.rate ?? null,
+        globalConcurrency: flags.globalConcurrency ?? null,
+      },
+      'worker started',
+    );
+    if (signalled) void worker.close();
+    const started = worker;
+    let lastAttempts = 0;
+    const timer = setInterval(() => {
+      const snapshot = started.snapshot();
+      log.info(
+        {
+          ...snapshot.ended,
+          inFlight: snapshot.inFlight,
+          attempts: snapshot.attempts,
+          perSecond: Math.round(((snapshot.attempts - lastAttempts) * 1_000) / REPORT_EVERY_MS),
+        },
+        'progress',
+      );
+      lastAttempts = snapshot.attempts;
+    }, REPORT_EVERY_MS);
+    const end = await worker.done;
+    clearInterval(timer);
+    log.info(
+      { ...worker.snapshot().ended, attempts: worker.snapshot().attempts, reason: end.reason },
+      'worker ended',
+    );
+    if (end.reason === 'stopped') {
+      log.error(`stopped: ${end.stoppedBecause}`);
+      return ExitStatus.Usage;
+    }
+    return ExitStatus.Ok;
+  } finally {
+    removeSignals();
+    await worker?.close();
+    await client.close();
+    await closeRedis(redis);
+  }
+}

@@ -1,0 +1,126 @@
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { BulkbillError, ErrorCode } from '../../domain/errors.js';
+import type { RunRecord, StateCounts } from '../../ledger/ledger.js';
+import { RedisLedger } from '../../ledger/redis-ledger.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
+
+/** A live worker of the queue, as Redis sees its connection. */
+export interface LiveWorker {
+  /** host:pid unless the worker was named otherwise. */
+  readonly name: string;
+  /** Its address as Redis sees it. */
+  readonly address: string;
+  /** Seconds since it connected. */
+  readonly ageSeconds: number;
+}
+
+/** Where a run on the distributed engine stands. */
+export interface DistributedStatus {
+  readonly run: RunRecord;
+  readonly counts: StateCounts;
+  readonly chargedAmounts: Readonly<Record<string, number>>;
+  /** Charges ended per second over the sample (undefined for a finished run). */
+  readonly perSecond: number | undefined;
+  /** Estimated time to the end at that pace, in ms. */
+  readonly etaMs: number | undefined;
+  /** Jobs in the queue by state (every run of the queue). */
+  readonly queue: Readonly<Record<'waiting' | 'active' | 'delayed', number>>;
+  readonly workers: readonly LiveWorker[];
+  /** Why a worker stopped billing the run, when one did. */
+  readonly stoppedBecause: string | undefined;
+}
+
+export interface StatusSource {
+  readonly redis: Redis;
+  readonly prefix?: string | undefined;
+  readonly queue?: string | undefined;
+}
+
+/**
+ * Reads a run's status from the Redis ledger and the queue. The ledger and queue handles are
+ * opened once and reused by every read until close().
+ */
+export class DistributedStatusReader {
+  readonly ledger: RedisLedger;
+  readonly #queue: Queue;
+
+  constructor(source: StatusSource) {
+    const prefix = source.prefix ?? DEFAULT_PREFIX;
+    this.ledger = new RedisLedger({ redis: source.redis, prefix: ledgerPrefix(prefix) });
+    this.#queue = new Queue(source.queue ?? DEFAULT_QUEUE, { connection: source.redis, prefix });
+    this.#queue.on('error', () => {});
+  }
+
+  /** The run, or a usage error naming it. */
+  async run(runId: string): Promise<RunRecord> {
+    const run = await this.ledger.findRun(runId);
+    if (!run) throw new BulkbillError(ErrorCode.Usage, `--run-id: no run ${runId} in this Redis`);
+    return run;
+  }
+
+  /**
+   * The run's status. With `sampleMs`, counts are read twice that far apart to measure the pace
+   * (only while the run is unfinished).
+   */
+  async read(runId: string, sampleMs = 0): Promise<DistributedStatus> {
+    let run = await this.run(runId);
+    let counts = await this.ledger.counts(runId);
+    let perSecond: number | undefined;
+    if (sampleMs > 0 && counts.pending > 0) {
+      const first = doneOf(counts);
+      const started = performance.now();
+      await new Promise((resolve) => setTimeout(resolve, sampleMs));
+      counts = await this.ledger.counts(runId);
+      perSecond = ((doneOf(counts) - first) * 1_000) / (performance.now() - started);
+      run = await this.run(runId);
+    }
+    const [jobCounts, workers, stoppedBecause, chargedAmounts] = await Promise.all([
+      this.#queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
+      this.workers(),
+      this.ledger.stopNote(runId),
+      this.ledger.totals(runId, 'charged'),
+    ]);
+    return {
+      run,
+      counts,
+      chargedAmounts,
+      perSecond,
+      etaMs:
+        perSecond !== undefined && perSecond > 0 ? (counts.pending / perSecond) * 1_000 : undefined,
+      queue: {
+        waiting: (jobCounts.waiting ?? 0) + (jobCounts.prioritized ?? 0),
+        active: jobCounts.active ?? 0,
+        delayed: jobCounts.delayed ?? 0,
+      },
+      workers,
+      stoppedBecause,
+    };
+  }
+
+  /** The queue's live workers, one entry per worker (not per connection). */
+  async workers(): Promise<LiveWorker[]> {
+    const clients = (await this.#queue.getWorkers()) as Array<Record<string, string>>;
+    const byName = new Map<string, LiveWorker>();
+    for (const client of clients) {
+      const raw = client.rawname ?? '';
+      const marker = raw.indexOf(':w:');
+      const name = marker >= 0 ? raw.slice(marker + 3) : '(unnamed)';
+      const ageSeconds = Number(client.age ?? 0);
+      const known = byName.get(name);
+      if (!known || known.ageSeconds < ageSeconds) {
+        byName.set(name, { name, address: client.addr ?? '', ageSeconds });
+      }
+    }
+    return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async close(): Promise<void> {
+    await this.#queue.close().catch(() => {});
+    await this.ledger.close();
+  }
+}
+
+function doneOf(counts: StateCounts): number {
+  return counts.charged + counts.declined + counts.failed + counts.unknown + counts.invalid;
+}
