@@ -4,6 +4,7 @@ import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/
 import { redisWarnings } from '../engine/distributed/redis-checks.js';
 import { BillingWorker } from '../engine/distributed/worker.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
+import { UsageError } from '../domain/errors.js';
 import { ExitStatus } from './exit-codes.js';
 import { onStopSignals } from './signals.js';
 
@@ -25,7 +26,29 @@ export interface WorkerFlags {
 /** How often a worker logs its figures. */
 const REPORT_EVERY_MS = 5_000;
 
+/** Flags' ranges, as the local run checks them; the message names the flag. */
+function checkFlags(flags: WorkerFlags): void {
+  const wholeAtLeastOne = (flag: string, value: number | undefined, max: number) => {
+    if (value !== undefined && !(Number.isSafeInteger(value) && value >= 1 && value <= max)) {
+      throw new UsageError(`${flag}: expected a whole number from 1 to ${max}, got ${value}`);
+    }
+  };
+  wholeAtLeastOne('--concurrency', flags.concurrency, 100_000);
+  wholeAtLeastOne('--global-concurrency', flags.globalConcurrency, 1_000_000);
+  wholeAtLeastOne('--max-attempts', flags.maxAttempts, 100);
+  if (flags.rate !== undefined && !(flags.rate > 0)) {
+    throw new UsageError(`--rate: expected a number above 0, got ${flags.rate}`);
+  }
+  if (!(flags.timeout > 0)) {
+    throw new UsageError(`--timeout: expected a duration above 0, got ${flags.timeout} ms`);
+  }
+  if (!(flags.lockDuration >= 1_000)) {
+    throw new UsageError(`--lock-duration: expected at least 1s, got ${flags.lockDuration} ms`);
+  }
+}
+
 export async function workerCommand(flags: WorkerFlags): Promise<number> {
+  checkFlags(flags);
   // JSON lines on stderr, for a service's log collector; headers are never handed to the logger.
   const log = pino(
     { name: 'bulkbill-worker', base: { pid: process.pid } },

@@ -72,8 +72,11 @@ export class DistributedStatusReader {
       const started = performance.now();
       await new Promise((resolve) => setTimeout(resolve, sampleMs));
       counts = await this.ledger.counts(runId);
-      perSecond = ((doneOf(counts) - first) * 1_000) / (performance.now() - started);
       run = await this.run(runId);
+      // A pace is only news while the run goes on.
+      if (counts.pending > 0) {
+        perSecond = ((doneOf(counts) - first) * 1_000) / (performance.now() - started);
+      }
     }
     const [jobCounts, workers, stoppedBecause, chargedAmounts] = await Promise.all([
       this.#queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
