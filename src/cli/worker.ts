@@ -1,10 +1,10 @@
 import { pino } from 'pino';
 import { resolveRetryPolicy } from '../control/retry-policy.js';
+import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { redisWarnings } from '../engine/distributed/redis-checks.js';
 import { BillingWorker } from '../engine/distributed/worker.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
-import { UsageError } from '../domain/errors.js';
 import { ExitStatus } from './exit-codes.js';
 import { onStopSignals } from './signals.js';
 

@@ -289,6 +289,30 @@ export function engineConformance(name: string, factory: EngineFactory): void {
       expect(result.counts.pending).toBe(100);
     });
 
+    it('declines users answered 400 when too few answers came to call the run misconfigured', async () => {
+      const server = createServer((req, res) => {
+        req.resume().on('end', () => {
+          res.writeHead(400, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ error: 'card_invalid', message: 'Card number is invalid' }));
+        });
+      });
+      servers.push(server);
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const { port } = server.address() as AddressInfo;
+      const under = await engine();
+      const result = await under.bill({
+        input: await inputOf(users(5)),
+        endpoint: `http://127.0.0.1:${port}/charge`,
+        concurrency: 2,
+      });
+      expect(result.outcome).toBe('completed');
+      expect(result.counts).toMatchObject({ declined: 5, pending: 0 });
+      const charges = await under.charges(result.runId);
+      expect(charges.every((charge) => charge.httpStatus === 400 && charge.attempts === 1)).toBe(
+        true,
+      );
+    });
+
     it('resumes an interrupted run with the same keys', async () => {
       const mock = await provider({ latencyMs: 40 });
       const under = await engine();

@@ -115,6 +115,7 @@ export class BillingWorker {
   readonly #done: Promise<WorkerEnd>;
   #resolveDone!: (end: WorkerEnd) => void;
   #idleTimer: NodeJS.Timeout | undefined;
+  #quietCheck = false;
   // The misconfiguration watch.
   #watching = true;
   #misconfigured = false;
@@ -169,10 +170,8 @@ export class BillingWorker {
     void this.#worker.run().catch((error: unknown) => {
       this.#log('error', `worker: ${(error as Error).message}`);
     });
-    if (exitWhenIdle) {
-      this.#idleTimer = setInterval(() => void this.#closeIfIdle(), 500);
-      this.#worker.on('drained', () => void this.#closeIfIdle());
-    }
+    this.#idleTimer = setInterval(() => void this.#whenQuiet(), 500);
+    if (exitWhenIdle) this.#worker.on('drained', () => void this.#whenQuiet());
   }
 
   /** Resolves when the worker has ended and every job it ran is settled. */
@@ -219,8 +218,14 @@ export class BillingWorker {
     })();
   }
 
-  async #closeIfIdle(): Promise<void> {
-    if (this.#closing || this.#inFlight > 0 || this.#held.length > 0) return;
+  /**
+   * When the queue has nothing for this worker to do: declines held by the watch are recorded
+   * (fewer than 20 answers came, all alike: they are declines, as the local engine rules at the
+   * end of a run); and with exitWhenIdle, once nothing at all is left, the worker ends.
+   */
+  async #whenQuiet(): Promise<void> {
+    if (this.#closing || this.#quietCheck || this.#inFlight > 0) return;
+    this.#quietCheck = true;
     try {
       const counts = await this.#queue.getJobCounts(
         'active',
@@ -229,10 +234,20 @@ export class BillingWorker {
         'prioritized',
         'waiting-children',
       );
+      const busy = (counts.active ?? 0) + (counts.waiting ?? 0) + (counts.prioritized ?? 0);
+      if (this.#inFlight > 0 || busy > 0) return;
+      if (this.#watching && this.#held.length > 0) {
+        await this.#release();
+        return;
+      }
       const left = Object.values(counts).reduce((sum, count) => sum + count, 0);
-      if (left === 0 && this.#inFlight === 0) this.#beginClose('idle');
+      if (this.#options.exitWhenIdle && left === 0 && this.#held.length === 0) {
+        this.#beginClose('idle');
+      }
     } catch {
       // Redis is away: try again at the next tick.
+    } finally {
+      this.#quietCheck = false;
     }
   }
 
@@ -262,7 +277,8 @@ export class BillingWorker {
     const data = job.data;
     const refusal = await this.#refusal(data.r);
     if (refusal !== undefined) {
-      await this.#stop(data.r, refusal);
+      // This worker is misconfigured, not the run: it stops, the run waits for the right workers.
+      await this.#stop(data.r, refusal, { noteOnRun: false });
       return this.#giveBack(job, token);
     }
     if (this.#stoppedBecause !== undefined) return this.#giveBack(job, token);
@@ -363,11 +379,11 @@ export class BillingWorker {
     throw new DelayedError();
   }
 
-  async #stop(runId: string, reason: string): Promise<void> {
+  async #stop(runId: string, reason: string, options = { noteOnRun: true }): Promise<void> {
     if (this.#stoppedBecause === undefined) {
       this.#stoppedBecause = reason;
       this.#log('error', `run ${runId}: stopping: ${reason}`);
-      await this.#ledger.noteStop(runId, reason).catch(() => {});
+      if (options.noteOnRun) await this.#ledger.noteStop(runId, reason).catch(() => {});
       this.#beginClose('stopped');
     }
   }
