@@ -9,6 +9,17 @@ export {
   ProviderFatalError,
   type TerminalChargeState,
 } from './domain/outcome.js';
+export { connectRedis } from './engine/distributed/connection.js';
+export {
+  billDistributed,
+  type DistributedBillOptions,
+} from './engine/distributed/distributed-engine.js';
+export { type EnqueueOptions, type EnqueueResult, enqueue } from './engine/distributed/enqueue.js';
+export {
+  BillingWorker,
+  type BillingWorkerOptions,
+  type WorkerEnd,
+} from './engine/distributed/worker.js';
 export { InputInvalidError } from './engine/import.js';
 export {
   type BillOptions,
@@ -18,6 +29,7 @@ export {
   type RunChoice,
 } from './engine/local-engine.js';
 export type { ChargeRecord, Ledger, RunRecord, StateCounts } from './ledger/ledger.js';
+export { RedisLedger, type RedisLedgerOptions } from './ledger/redis-ledger.js';
 export { SqliteLedger, type SqliteLedgerOptions } from './ledger/sqlite-ledger.js';
 export {
   type MockProvider,

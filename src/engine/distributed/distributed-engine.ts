@@ -158,6 +158,7 @@ export async function billDistributed(
       rate: config.rate,
       globalConcurrency: config.globalConcurrency,
       lockDurationMs: config.lockDurationMs,
+      keepLatencies: true,
       random,
       onLog,
     });

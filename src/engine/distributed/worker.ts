@@ -41,6 +41,8 @@ export interface BillingWorkerOptions {
   readonly lockDurationMs?: number | undefined;
   /** Ends the worker once the queue holds no job (waiting, delayed or active). Default false. */
   readonly exitWhenIdle?: boolean | undefined;
+  /** Keep every attempt's latency for latencies() (a run's summary); a long-lived worker does not. */
+  readonly keepLatencies?: boolean | undefined;
   /** Names the worker in `status` (default host:pid). */
   readonly name?: string | undefined;
   readonly random?: Random | undefined;
@@ -438,12 +440,13 @@ export class BillingWorker {
   }
 
   #recordLatency(ms: number): void {
+    this.#serialMs += ms;
+    if (!this.#options.keepLatencies) return;
     if (this.#latencyCount === this.#latencies.length) {
       const grown = new Float64Array(this.#latencies.length * 2);
       grown.set(this.#latencies);
       this.#latencies = grown;
     }
     this.#latencies[this.#latencyCount++] = ms;
-    this.#serialMs += ms;
   }
 }
