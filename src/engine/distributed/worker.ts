@@ -118,6 +118,8 @@ export class BillingWorker {
   #resolveDone!: (end: WorkerEnd) => void;
   #idleTimer: NodeJS.Timeout | undefined;
   #quietCheck = false;
+  #lastError: string | undefined;
+  #lastErrorAt = 0;
   // The misconfiguration watch.
   #watching = true;
   #misconfigured = false;
@@ -153,7 +155,7 @@ export class BillingWorker {
           error instanceof RetryLater ? error.delayMs : 1_000,
       },
     });
-    this.#worker.on('error', (error) => this.#log('error', `worker: ${error.message}`));
+    this.#worker.on('error', (error) => this.#logConnectionError(error));
     this.#done = new Promise((resolve) => {
       this.#resolveDone = resolve;
     });
@@ -255,6 +257,15 @@ export class BillingWorker {
 
   #log(level: 'info' | 'warn' | 'error', message: string): void {
     this.#options.onLog?.(level, message);
+  }
+
+  /** While Redis is away every reconnection fails alike: say so once every 10 s, not 10 times a second. */
+  #logConnectionError(error: Error): void {
+    const now = performance.now();
+    if (error.message === this.#lastError && now - this.#lastErrorAt < 10_000) return;
+    this.#lastError = error.message;
+    this.#lastErrorAt = now;
+    this.#log('error', `worker: ${error.message} (the worker carries on once Redis answers)`);
   }
 
   /** The refusal of a run this worker must not bill, or undefined when it may. */
