@@ -172,7 +172,8 @@ describe('bulkbill worker (distributed engine, end to end)', () => {
     });
     const tally: Record<string, number> = {};
     for (const row of byUser.values()) tally[row.status] = (tally[row.status] ?? 0) + 1;
-    for (const state of TERMINAL_STATES) expect(status.counts[state], state).toBe(tally[state] ?? 0);
+    for (const state of TERMINAL_STATES)
+      expect(status.counts[state], state).toBe(tally[state] ?? 0);
     const stats = mock.stats();
     expect(stats.charges).toBe(status.counts.charged);
     expect(stats.duplicate_charges).toBe(0);
@@ -195,7 +196,7 @@ describe('bulkbill worker (distributed engine, end to end)', () => {
 
   it('holds --rate across workers: three workers at the provider own rate get no 429', async () => {
     const RATE = 150;
-    const rows = plainUsers(600);
+    const rows = plainUsers(450);
     const input = await writeCsvInput(join(ws.dir, 'rate.csv'), rows);
     // The provider's token bucket holds RATE (burst = RATE): three workers pacing themselves
     // each at RATE would empty it within a second and be answered 429.
@@ -223,7 +224,7 @@ describe('bulkbill worker (distributed engine, end to end)', () => {
   it('SIGTERM mid-run: the worker finishes the jobs in flight, records them and exits 0', async () => {
     const rows = plainUsers(300);
     const input = await writeCsvInput(join(ws.dir, 'term.csv'), rows);
-    const mock = await ws.provider({ latencyMs: 400, jitter: 0, seed: 8 });
+    const mock = await ws.provider({ latencyMs: 300, jitter: 0, seed: 8 });
     const runId = await enqueue(input);
     const worker = spawnWorker(mock, '--concurrency', '20', '--lock-duration', '2s');
     await waitForStderr(worker, /worker started/);

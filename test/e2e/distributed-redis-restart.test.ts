@@ -1,0 +1,179 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  expectedExitStatus,
+  expectReportAgreesWithProvider,
+  plainUsers,
+  useCliWorkspace,
+  waitForStderr,
+  writeCsvInput,
+} from '../helpers/billing-cycle.js';
+import { type CliProcess, runCli } from '../helpers/cli.js';
+import {
+  countsSum,
+  placeFlags,
+  pollUntil,
+  type RedisPlace,
+  redisStatus,
+  useChildren,
+} from '../helpers/distributed.js';
+import { globEscape, uniquePrefix } from '../helpers/redis.js';
+
+// Redis stopped and started again under running workers. This file runs its own redis-server
+// (append-only file, fsync on every write, no snapshots) on a free port, so that it can stop
+// it without touching the Redis other tests share.
+
+/** A free TCP port on 127.0.0.1 (free when asked; nothing else here takes ports by number). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const address = server.address();
+  server.close();
+  await once(server, 'close');
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  return address.port;
+}
+
+let port = 0;
+let dataDir = '';
+let server: ChildProcess | undefined;
+
+/** Starts redis-server on `port` with its data in `dataDir`; resolves once it accepts connections. */
+async function startRedis(): Promise<void> {
+  const child = spawn(
+    'redis-server',
+    [
+      ...['--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir],
+      ...['--appendonly', 'yes', '--appendfsync', 'always', '--save', ''],
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  server = child;
+  let log = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    log += chunk;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    log += chunk;
+  });
+  await pollUntil(
+    'redis-server ready',
+    async () => {
+      if (child.exitCode !== null) throw new Error(`redis-server ended: ${log}`);
+      return /Ready to accept connections/.test(log) ? true : undefined;
+    },
+    10_000,
+  );
+}
+
+/** Stops the server as an operator would (SIGTERM: it syncs its append-only file and exits). */
+async function stopRedis(): Promise<void> {
+  const child = server;
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  await exited;
+}
+
+const ws = useCliWorkspace('bulkbill-e2e-restart-');
+let admin: Redis | undefined;
+let place: RedisPlace;
+
+beforeAll(async () => {
+  port = await freePort();
+  dataDir = await mkdtemp(join(tmpdir(), 'bulkbill-redis-'));
+  await startRedis();
+  admin = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 3 });
+  admin.on('error', () => {});
+  place = { url: `redis://127.0.0.1:${port}`, prefix: uniquePrefix(), queue: 'charges' };
+});
+afterAll(async () => {
+  admin?.disconnect();
+  // Whatever happened in the test: the server must not outlive the file.
+  if (server && server.exitCode === null && server.signalCode === null) {
+    const exited = once(server, 'exit');
+    server.kill('SIGKILL');
+    await exited;
+  }
+  await rm(dataDir, { recursive: true, force: true });
+});
+afterEach(async () => {
+  // The server is this file's own, but keep to the house rule: leave no keys behind.
+  if (admin?.status !== 'ready') return;
+  const keys = await admin.keys(`${globEscape(place.prefix)}:*`);
+  if (keys.length > 0) await admin.unlink(...keys);
+});
+// Registered last, so it runs first: the workers are dead before the keys and provider go.
+const children = useChildren();
+
+describe('the distributed engine across a Redis restart', () => {
+  it('workers outlive a Redis stop and start mid-run; every user ends once', async () => {
+    const rows = plainUsers(1_000);
+    const input = await writeCsvInput(join(ws.dir, 'cycle.csv'), rows);
+    const mock = await ws.provider({ latencyMs: 100, jitter: 0, seed: 9 });
+
+    const enqueued = await runCli(['enqueue', input, ...placeFlags(place)]);
+    expect(enqueued.code, enqueued.stderr).toBe(0);
+    const runId = enqueued.stdout.trim();
+    const flags = ['--exit-when-idle', '--concurrency', '20', '--lock-duration', '5s'];
+    const spawnWorker = (): CliProcess =>
+      children.spawn([
+        'worker',
+        ...placeFlags(place),
+        '--endpoint',
+        `${mock.url}/charge`,
+        ...flags,
+      ]);
+    const workers = [spawnWorker(), spawnWorker()];
+    for (const worker of workers) await waitForStderr(worker, /worker started/);
+
+    // Stop Redis while charges are being made: some done, some in flight, most to come.
+    await pollUntil('200 charges made', async () =>
+      mock.stats().charges >= 200 && mock.stats().in_flight > 0 ? true : undefined,
+    );
+    await stopRedis();
+    const atStop = mock.stats();
+    expect(atStop.charges).toBeLessThan(rows.length);
+    // Down for a moment: the requests in flight finish at the provider meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    await startRedis();
+
+    const codes = await Promise.all(workers.map((worker) => worker.exited));
+    expect(codes, workers.map((worker) => worker.stderr()).join('\n')).toEqual([0, 0]);
+    for (const worker of workers) {
+      // They saw Redis go away, and did not take it for a Redis that keeps nothing on disk.
+      expect(worker.stderr()).toMatch(/ECONNREFUSED|Connection is closed|ECONNRESET/);
+      expect(worker.stderr()).not.toContain('keeps nothing on disk');
+    }
+
+    const status = await redisStatus(place, runId);
+    expect(status.total).toBe(rows.length);
+    expect(countsSum(status.counts)).toBe(rows.length);
+    expect(status.counts.pending).toBe(0);
+    expect(status.queue).toEqual({ waiting: 0, active: 0, delayed: 0 });
+
+    const report = await runCli([
+      ...['report', '--redis', place.url, '--prefix', place.prefix, '--run-id', runId],
+      ...['--out', ws.report],
+    ]);
+    expect(report.code, report.stderr).toBe(0);
+    const byUser = await expectReportAgreesWithProvider({
+      agent: ws.agent,
+      providerUrl: mock.url,
+      reportPath: ws.report,
+      userIds: rows.map((row) => row.userId),
+    });
+    const stats = mock.stats();
+    expect(stats.duplicate_charges).toBe(0);
+    expect(stats.charges).toBe(status.counts.charged);
+    const waited = await runCli(['status', ...placeFlags(place), '--run-id', runId, '--wait']);
+    expect(waited.code, waited.stderr).toBe(expectedExitStatus(byUser.values()));
+  }, 60_000);
+});
