@@ -1,7 +1,6 @@
-import { spawn } from 'node:child_process';
 import type { RunSummary } from '../../src/report/summary.js';
+import { lastJsonLine, spawnBulkbill } from './cli-process.js';
 import { exitedChildrenCpuMs } from './os-counters.js';
-import { REPO_ROOT } from './server-process.js';
 
 /** One `bulkbill run` in its own process, started exactly as a user would start it. */
 export interface EngineProcessOptions {
@@ -21,6 +20,8 @@ export interface EngineProcessOptions {
   readonly nodeArgs?: readonly string[];
   /** SIGKILL the run after this long, in ms. Default 15 minutes. */
   readonly timeoutMs?: number;
+  /** Told the process id once it is started (to read its CPU while it runs). */
+  readonly onSpawn?: (pid: number) => void;
 }
 
 /** What one engine process did, as seen from outside and from its `--json` summary. */
@@ -38,8 +39,6 @@ export interface EngineProcessResult {
   readonly stderrTail: string;
 }
 
-const STDERR_TAIL_CHARS = 2_000;
-
 /**
  * Runs `node --import tsx src/cli/main.ts run <input> --endpoint … --json` from the repository
  * root and resolves when it has exited. Never rejects for the run's own failure: the exit
@@ -54,12 +53,7 @@ export async function runEngineProcess(
       `Expected \`concurrency\` to be an integer >= 1, got \`${String(concurrency)}\` (${typeof concurrency})`,
     );
   }
-  const timeoutMs = options.timeoutMs ?? 15 * 60_000;
   const args = [
-    ...nodeArgs,
-    '--import',
-    'tsx',
-    'src/cli/main.ts',
     'run',
     input,
     '--endpoint',
@@ -76,32 +70,12 @@ export async function runEngineProcess(
   ];
   // The children's CPU counters grow only once a child has been waited for, so read them around it.
   const cpuBefore = exitedChildrenCpuMs();
-  const started = performance.now();
-  const child = spawn(process.execPath, args, {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const child = spawnBulkbill(args, {
+    nodeArgs,
+    ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
   });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr = (stderr + chunk).slice(-STDERR_TAIL_CHARS);
-  });
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  let elapsedMs = Number.NaN;
-  const { exitCode, signal } = await new Promise<{
-    exitCode: number | null;
-    signal: NodeJS.Signals | null;
-  }>((resolve, reject) => {
-    child.once('exit', () => {
-      elapsedMs = performance.now() - started;
-    });
-    // 'close' comes after 'exit' once stdout and stderr are fully read.
-    child.once('close', (code, closeSignal) => resolve({ exitCode: code, signal: closeSignal }));
-    child.once('error', reject);
-  }).finally(() => clearTimeout(timer));
+  options.onSpawn?.(child.pid);
+  const { exitCode, signal, elapsedMs, stdout, stderrTail } = await child.exited;
   const cpuAfter = exitedChildrenCpuMs();
 
   return {
@@ -111,19 +85,13 @@ export async function runEngineProcess(
     cpuMs: cpuBefore === undefined || cpuAfter === undefined ? undefined : cpuAfter - cpuBefore,
     exitCode,
     signal,
-    stderrTail: stderr.trim(),
+    stderrTail,
   };
 }
 
 function parseSummary(stdout: string): RunSummary | undefined {
-  const line = stdout.trim().split('\n').at(-1);
-  if (!line) return undefined;
-  try {
-    const parsed: unknown = JSON.parse(line);
-    return typeof parsed === 'object' && parsed !== null && 'wallMs' in parsed
-      ? (parsed as RunSummary)
-      : undefined;
-  } catch {
-    return undefined;
-  }
+  const parsed = lastJsonLine(stdout);
+  return typeof parsed === 'object' && parsed !== null && 'wallMs' in parsed
+    ? (parsed as RunSummary)
+    : undefined;
 }
