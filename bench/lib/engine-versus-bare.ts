@@ -314,7 +314,7 @@ async function billWithBareLoop(context: SampleContext, sample: string): Promise
 }
 
 /** Exactly-once, as the provider saw it: no duplicate charge, one charge per user. */
-function violationsOf(stats: MockProviderStats, users: number): string[] {
+export function violationsOf(stats: MockProviderStats, users: number): string[] {
   const violations: string[] = [];
   if (stats.duplicate_charges !== 0) {
     violations.push(`${formatCount(stats.duplicate_charges)} duplicate charges`);

@@ -7,6 +7,12 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? upper : ((sorted[middle - 1] as number) + upper) / 2;
 }
 
+/** The median of the finite values (unknown figures are NaN), or NaN when there are none. */
+export function finiteMedian(values: readonly number[]): number {
+  const finite = values.filter(Number.isFinite);
+  return finite.length === 0 ? Number.NaN : median(finite);
+}
+
 /** `12,345` */
 export function formatCount(value: number): string {
   return Math.round(value).toLocaleString('en-US');

@@ -6,8 +6,13 @@ export interface BenchSettings {
   readonly concurrency: number | undefined;
   /** Node flags for every server process, e.g. `--cpu-prof`. */
   readonly serverNodeArgs: readonly string[];
-  /** Node flags for every `bulkbill run` process of the engine scenarios, e.g. `--cpu-prof`. */
+  /**
+   * Node flags for every `bulkbill run`, `bulkbill enqueue` and `bulkbill worker` process of the
+   * engine and distributed scenarios, e.g. `--cpu-prof`.
+   */
   readonly engineNodeArgs: readonly string[];
+  /** The Redis of the distributed scenarios (shared: every sample uses its own key prefix). */
+  readonly redisUrl: string;
   /** Writes one line of progress to stderr. */
   readonly progress: (line: string) => void;
 }
