@@ -12,6 +12,9 @@
  *   npm run bench -- --server-cpu-prof .tmp/prof   servers write V8 CPU profiles there
  *   npm run bench -- --only engine-100k-throughput --engine-cpu-prof .tmp/prof
  *                                              every `bulkbill run` process writes one there
+ *                                              (and every `bulkbill enqueue` and `worker`)
+ *   npm run bench -- --only distributed-throughput --redis redis://127.0.0.1:6379
+ *                                              the Redis of the distributed scenarios
  *
  * Progress goes to stderr, the markdown report to stdout. Exit status 1 when a scenario fails.
  */
@@ -19,8 +22,21 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { DEFAULT_BENCH_REDIS_URL } from './lib/redis-admin.js';
 import { type BenchSettings, markdownTable, type ScenarioReport } from './lib/report.js';
 import { CLIENT_CONCURRENCY, runClientConcurrency } from './scenarios/client-concurrency.js';
+import {
+  DISTRIBUTED_10K_LATENCY,
+  runDistributed10kLatency,
+} from './scenarios/distributed-10k-latency.js';
+import {
+  DISTRIBUTED_ENQUEUE_1M,
+  runDistributedEnqueue1m,
+} from './scenarios/distributed-enqueue-1m.js';
+import {
+  DISTRIBUTED_THROUGHPUT,
+  runDistributedThroughput,
+} from './scenarios/distributed-throughput.js';
 import { ENGINE_1M_IMPORT, runEngine1mImport } from './scenarios/engine-1m-import.js';
 import { ENGINE_10K_LATENCY, runEngine10kLatency } from './scenarios/engine-10k-latency.js';
 import {
@@ -45,6 +61,9 @@ const SCENARIOS: Readonly<Record<string, Scenario>> = {
   [ENGINE_10K_LATENCY]: { run: runEngine10kLatency, byDefault: true },
   [ENGINE_100K_THROUGHPUT]: { run: runEngine100kThroughput, byDefault: true },
   [ENGINE_1M_IMPORT]: { run: runEngine1mImport, byDefault: true },
+  [DISTRIBUTED_THROUGHPUT]: { run: runDistributedThroughput, byDefault: true },
+  [DISTRIBUTED_10K_LATENCY]: { run: runDistributed10kLatency, byDefault: true },
+  [DISTRIBUTED_ENQUEUE_1M]: { run: runDistributedEnqueue1m, byDefault: true },
   [CLIENT_CONCURRENCY]: { run: runClientConcurrency, byDefault: false },
 };
 
@@ -55,6 +74,7 @@ interface BenchFlags {
   readonly concurrency: number | undefined;
   readonly serverCpuProf: string | undefined;
   readonly engineCpuProf: string | undefined;
+  readonly redis: string;
 }
 
 /** Where and when the figures were measured: they mean nothing without it. */
@@ -79,6 +99,7 @@ function parseFlags(argv: readonly string[]): BenchFlags {
       concurrency: { type: 'string' },
       'server-cpu-prof': { type: 'string' },
       'engine-cpu-prof': { type: 'string' },
+      redis: { type: 'string', default: DEFAULT_BENCH_REDIS_URL },
     },
     strict: true,
     allowPositionals: false,
@@ -104,6 +125,7 @@ function parseFlags(argv: readonly string[]): BenchFlags {
     concurrency,
     serverCpuProf: values['server-cpu-prof'],
     engineCpuProf: values['engine-cpu-prof'],
+    redis: values.redis,
   };
 }
 
@@ -147,6 +169,7 @@ async function main(): Promise<void> {
     concurrency: flags.concurrency,
     serverNodeArgs: cpuProfArgs(flags.serverCpuProf),
     engineNodeArgs: cpuProfArgs(flags.engineCpuProf),
+    redisUrl: flags.redis,
     progress,
   };
 
