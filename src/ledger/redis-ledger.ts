@@ -477,6 +477,25 @@ export class RedisLedger implements Ledger {
     return totals;
   }
 
+  /**
+   * A valid charge's state and whether an attempt may have reached the provider: one HGET and
+   * no parsing of the rest, for a worker that asks before every attempt. Undefined for a user
+   * the run has no valid row of (or a run not published).
+   */
+  async chargeState(
+    runId: string,
+    userId: string,
+  ): Promise<{ state: ChargeState; ambiguous: boolean } | undefined> {
+    const value = await this.#call(() => this.#redis.hget(this.#runKeys(runId).rows, userId));
+    if (value === null) return undefined;
+    // line|amount|currency|metadata[|state|attempts|ambiguous|…]: text fields hold no raw `|`.
+    const fields = value.split('|', 7);
+    return {
+      state: STATE_OF_LETTER[fields[4] ?? 'p'] ?? 'pending',
+      ambiguous: fields[6] === '1',
+    };
+  }
+
   async charge(runId: string, userId: string): Promise<ChargeRecord | undefined> {
     if (!(await this.#isPublished(runId))) return undefined;
     const keys = this.#runKeys(runId);

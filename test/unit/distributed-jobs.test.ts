@@ -70,11 +70,17 @@ describe('redisWarnings', () => {
     const config = async (name: string) =>
       ((await redisAdmin().config('GET', name)) as string[])[1];
     const policy = await config('maxmemory-policy');
-    const persists = (await config('appendonly')) === 'yes' || (await config('save')) !== '';
+    const aof = (await config('appendonly')) === 'yes';
+    const snapshots = (await config('save')) !== '';
     const warnings = await redisWarnings(redisAdmin());
     expect(warnings.some((warning) => warning.includes('maxmemory-policy'))).toBe(
       policy !== 'noeviction',
     );
-    expect(warnings.some((warning) => warning.includes('keeps nothing on disk'))).toBe(!persists);
+    expect(warnings.some((warning) => warning.includes('keeps nothing on disk'))).toBe(
+      !aof && !snapshots,
+    );
+    expect(warnings.some((warning) => warning.includes('only RDB snapshots'))).toBe(
+      !aof && snapshots,
+    );
   });
 });

@@ -33,6 +33,11 @@ export async function redisWarnings(redis: Redis): Promise<string[]> {
       `Redis evicts keys under memory pressure (maxmemory-policy ${policy}): a job or ledger record evicted is a charge lost from view. Set maxmemory-policy noeviction`,
     );
   }
+  if (config.appendonly === 'no' && (config.save ?? '') !== '') {
+    warnings.push(
+      `Redis keeps only RDB snapshots (save ${config.save}, appendonly no): a Redis crash loses every write since the last snapshot, and those charges are sent again (with the same idempotency keys) when their jobs come back. Turn on appendonly yes`,
+    );
+  }
   if (config.appendonly === 'no' && (config.save ?? '') === '') {
     warnings.push(
       'Redis keeps nothing on disk (appendonly no, no save points): a Redis restart forgets the queue and the ledger, and the run must be enqueued again with the same --run-id (its idempotency keys keep anyone from being charged twice). Turn on appendonly yes',

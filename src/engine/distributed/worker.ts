@@ -98,6 +98,7 @@ const MAX_STALLS = 10;
 export class BillingWorker {
   readonly #options: BillingWorkerOptions;
   readonly #ledger: RedisLedger;
+  readonly #ledgerRedis: Redis;
   readonly #queue: Queue<ChargeJobData>;
   readonly #worker: Worker<ChargeJobData>;
   readonly #random: Random;
@@ -131,8 +132,12 @@ export class BillingWorker {
     this.#random = options.random ?? Math.random;
     const prefix = options.prefix ?? DEFAULT_PREFIX;
     const queueName = options.queue ?? DEFAULT_QUEUE;
+    // The ledger's own connection pipelines what concurrent jobs ask in one event-loop turn
+    // (ioredis auto-pipelining); BullMQ's connections do not, which BullMQ does not support.
+    this.#ledgerRedis = options.redis.duplicate({ enableAutoPipelining: true });
+    this.#ledgerRedis.on('error', () => {});
     this.#ledger = new RedisLedger({
-      redis: options.redis,
+      redis: this.#ledgerRedis,
       prefix: ledgerPrefix(prefix),
       // Every outcome is flushed before its job completes; the batch gathers concurrent ones.
       flushIntervalMs: 5,
@@ -216,6 +221,8 @@ export class BillingWorker {
         this.#log('error', `closing: ${(error as Error).message}`);
       } finally {
         await this.#ledger.close().catch(() => {});
+        if (this.#ledgerRedis.status === 'ready') await this.#ledgerRedis.quit().catch(() => {});
+        this.#ledgerRedis.disconnect();
         await this.#queue.close().catch(() => {});
         this.#resolveDone(this.#end as WorkerEnd);
       }
@@ -295,7 +302,7 @@ export class BillingWorker {
       return this.#giveBack(job, token);
     }
     if (this.#stoppedBecause !== undefined) return this.#giveBack(job, token);
-    const current = await this.#ledger.charge(data.r, data.u);
+    const current = await this.#ledger.chargeState(data.r, data.u);
     if (current === undefined) {
       throw new UnrecoverableError(`run ${data.r} has no user ${data.u} in the ledger`);
     }
@@ -313,7 +320,7 @@ export class BillingWorker {
         state: 'unknown',
         attempts: data.n + job.attemptsMade,
         ambiguous: true,
-        httpStatus: current.httpStatus,
+        httpStatus: undefined,
         latencyMs: undefined,
         chargeId: undefined,
         error: `its worker died ${job.stalledCounter} times while billing it`,
