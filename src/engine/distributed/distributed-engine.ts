@@ -21,6 +21,7 @@ import type { ChargeSender } from '../scheduler.js';
 import { checkReachable, closeRedis, connectRedis } from './connection.js';
 import { enqueue } from './enqueue.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
+import { redisWarnings } from './redis-checks.js';
 import { BillingWorker } from './worker.js';
 
 const positiveInteger = z.number().int().min(1);
@@ -96,6 +97,7 @@ export async function billDistributed(
   let worker: BillingWorker | undefined;
   try {
     await checkReachable(redis, config.redis, label('redis'));
+    for (const warning of await redisWarnings(redis)) onLog?.('warn', warning);
     const queued = await enqueue({
       input: config.input,
       redis,
