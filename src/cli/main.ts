@@ -176,7 +176,7 @@ program
   )
   .option(
     '--global-concurrency <n>',
-    'most jobs in flight across every worker of the queue (kept on the queue)',
+    'most jobs in flight across every worker of the queue (kept on the queue; 0 removes it)',
     integerFlag('--global-concurrency'),
   )
   .option('--timeout <duration>', 'deadline of one request', durationFlag('--timeout'), 30_000)

@@ -34,7 +34,9 @@ function checkFlags(flags: WorkerFlags): void {
     }
   };
   wholeAtLeastOne('--concurrency', flags.concurrency, 100_000);
-  wholeAtLeastOne('--global-concurrency', flags.globalConcurrency, 1_000_000);
+  if (flags.globalConcurrency !== 0) {
+    wholeAtLeastOne('--global-concurrency', flags.globalConcurrency, 1_000_000);
+  }
   wholeAtLeastOne('--max-attempts', flags.maxAttempts, 100);
   if (flags.rate !== undefined && !(flags.rate > 0)) {
     throw new UsageError(`--rate: expected a number above 0, got ${flags.rate}`);

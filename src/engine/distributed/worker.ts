@@ -32,7 +32,7 @@ export interface BillingWorkerOptions {
   readonly concurrency: number;
   /** Requests per second across every worker of the queue. Default: unlimited. */
   readonly rate?: number | undefined;
-  /** Jobs in flight across every worker of the queue; set on the queue and kept there. */
+  /** Jobs in flight across every worker of the queue; set on the queue and kept there (0 removes it). */
   readonly globalConcurrency?: number | undefined;
   /**
    * How long a job's lock lasts without renewal: a worker that dies (kill -9) has its jobs taken
@@ -175,7 +175,10 @@ export class BillingWorker {
 
   async #begin(): Promise<void> {
     const { globalConcurrency, exitWhenIdle } = this.#options;
-    if (globalConcurrency !== undefined) await this.#queue.setGlobalConcurrency(globalConcurrency);
+    if (globalConcurrency === 0) await this.#queue.removeGlobalConcurrency();
+    else if (globalConcurrency !== undefined) {
+      await this.#queue.setGlobalConcurrency(globalConcurrency);
+    }
     void this.#worker.run().catch((error: unknown) => {
       this.#log('error', `worker: ${(error as Error).message}`);
     });
