@@ -94,6 +94,7 @@ export async function billDistributed(
   const redis = connectRedis(config.redis, 'short', label('redis'));
   const ledger = new RedisLedger({ redis, prefix: ledgerPrefix(config.prefix) });
   let patient: Redis | undefined;
+  let following: RedisLedger | undefined;
   let worker: BillingWorker | undefined;
   try {
     await checkReachable(redis, config.redis, label('redis'));
@@ -148,7 +149,9 @@ export async function billDistributed(
       };
     }
 
+    // From here on Redis may restart under the run: the worker and the wait outlive it.
     patient = connectRedis(config.redis, 'patient', label('redis'));
+    following = new RedisLedger({ redis: patient, prefix: ledgerPrefix(config.prefix) });
     worker = await BillingWorker.start({
       redis: patient,
       prefix: config.prefix,
@@ -165,8 +168,8 @@ export async function billDistributed(
       onLog,
     });
     const outcome = await waitForRun({
-      ledger,
-      redis,
+      ledger: following,
+      redis: patient,
       prefix: config.prefix,
       queueName: config.queue,
       runId: run.runId,
@@ -178,15 +181,15 @@ export async function billDistributed(
       onProgress,
     });
     const end = await worker.close();
-    await ledger.finishIfComplete(run.runId);
+    await following.finishIfComplete(run.runId);
     const snapshot = worker.snapshot();
     const { latencies, serialMs } = worker.latencies();
     const { charged, declined, failed, unknown } = snapshot.ended;
     return {
       outcome: outcome === 'completed' || end.reason !== 'stopped' ? outcome : 'stopped',
-      run: (await ledger.findRun(run.runId)) ?? run,
-      counts: await ledger.counts(run.runId),
-      chargedAmounts: await ledger.totals(run.runId, 'charged'),
+      run: (await following.findRun(run.runId)) ?? run,
+      counts: await following.counts(run.runId),
+      chargedAmounts: await following.totals(run.runId, 'charged'),
       wallMs: performance.now() - started,
       ended: charged + declined + failed + unknown,
       attempts: snapshot.attempts,
@@ -194,13 +197,14 @@ export async function billDistributed(
       serialMs,
       stoppedBecause: end.stoppedBecause,
       plan: undefined,
-      reportPath: await writeRunReport(ledger, run.runId, reportPathOf),
+      reportPath: await writeRunReport(following, run.runId, reportPathOf),
       importMs: queued.importMs,
     };
   } finally {
     await worker?.close();
     await client.close();
     await ledger.close();
+    await following?.close();
     await closeRedis(redis);
     if (patient) await closeRedis(patient);
   }
