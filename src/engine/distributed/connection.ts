@@ -34,9 +34,12 @@ export function connectRedis(url: string, kind: ConnectionKind, label = '--redis
     lazyConnect: false,
   });
   // Commands report their own failures; without a listener ioredis prints every reconnection.
-  redis.on('error', () => {});
+  redis.on('error', (error: Error) => lastErrors.set(redis, error.message));
   return redis;
 }
+
+/** The last connection error of each connection, for a message better than "max retries". */
+const lastErrors = new WeakMap<Redis, string>();
 
 /** Waits until Redis answers, or fails with a message naming where it was looked for. */
 export async function checkReachable(redis: Redis, url: string, label = '--redis'): Promise<void> {
@@ -45,7 +48,7 @@ export async function checkReachable(redis: Redis, url: string, label = '--redis
   } catch (error) {
     throw new BulkbillError(
       ErrorCode.Usage,
-      `${label}: no Redis answers at ${redactedUrl(url)}: ${(error as Error).message}`,
+      `${label}: no Redis answers at ${redactedUrl(url)}: ${lastErrors.get(redis) ?? (error as Error).message}`,
       { cause: error },
     );
   }
