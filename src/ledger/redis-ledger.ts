@@ -28,6 +28,7 @@ import {
   PENDING_CHARGES,
   RECORD_OUTCOMES,
   RENEW_IMPORT,
+  REOPEN_CHARGES,
   SEAL_IMPORT,
 } from './redis-scripts.js';
 
@@ -567,6 +568,23 @@ export class RedisLedger implements Ledger {
       const finished = storedText(stored, new Date().toISOString());
       if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, text, finished])) === 1) return true;
     }
+  }
+
+  /**
+   * Makes the run's failed and unknown charges among `userIds` pending again (attempts and
+   * ambiguity kept), atomically per charge: one a worker has charged meanwhile stays charged.
+   * Used when a run is enqueued again to retry them. Returns how many were reopened.
+   */
+  async reopen(runId: string, userIds: readonly string[]): Promise<number> {
+    if (userIds.length === 0) return 0;
+    await this.#write();
+    const keys = this.#runKeys(runId);
+    let reopened = 0;
+    for (let start = 0; start < userIds.length; start += OUTCOMES_PER_SCRIPT) {
+      const slice = userIds.slice(start, start + OUTCOMES_PER_SCRIPT);
+      reopened += Number(await this.#eval(REOPEN_CHARGES, [keys.rows, keys.tally], slice));
+    }
+    return reopened;
   }
 
   /**

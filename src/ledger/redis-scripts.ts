@@ -294,3 +294,30 @@ local seq = redis.call('HGET', KEYS[2], '=' .. ARGV[1])
 if seq then return {'i', redis.call('HGET', KEYS[2], seq)} end
 return false
 `);
+
+/**
+ * Makes failed and unknown charges pending again, keeping their attempts and ambiguity, for a
+ * run enqueued again: a charge in any other state (charged meanwhile by a worker, say) is left
+ * alone. KEYS: rows, tally. ARGV: user ids. Returns how many were reopened.
+ */
+export const REOPEN_CHARGES = new LuaScript(`${ROW_HELPERS}
+local reopened = 0
+for i = 1, #ARGV do
+  local value = redis.call('HGET', KEYS[1], ARGV[i])
+  if value then
+    local _, amount, currency, old, base = split_row(value)
+    if old == 'f' or old == 'u' then
+      local rest = string.sub(value, #base + 2)
+      local s1 = string.find(rest, '|', 1, true)
+      local s2 = string.find(rest, '|', s1 + 1, true)
+      local s3 = string.find(rest, '|', s2 + 1, true)
+      local attempts = string.sub(rest, s1 + 1, s2 - 1)
+      local ambiguous = string.sub(rest, s2 + 1, (s3 or 0) - 1)
+      redis.call('HSET', KEYS[1], ARGV[i], base .. '|p|' .. attempts .. '|' .. ambiguous .. '||||')
+      move(KEYS[2], old, 'p', currency, amount)
+      reopened = reopened + 1
+    end
+  end
+end
+return reopened
+`);

@@ -192,6 +192,81 @@ describe('RedisLedger: record', () => {
   });
 });
 
+describe("RedisLedger: the distributed engine's extras", () => {
+  function outcome(userId: string, state: 'charged' | 'failed' | 'unknown', ambiguous: boolean) {
+    return {
+      userId,
+      state,
+      attempts: 3,
+      ambiguous,
+      httpStatus: state === 'charged' ? 200 : 503,
+      latencyMs: 12,
+      chargeId: state === 'charged' ? 'ch_1' : undefined,
+      error: state === 'charged' ? undefined : 'unavailable | try later',
+    };
+  }
+
+  it('reopens failed and unknown charges as pending, attempts and ambiguity kept, and nothing else', async () => {
+    const ledger = open();
+    await ledger.createRun(runOf('r'), batchesOf(rows(4)), () => {});
+    ledger.record('r', outcome('u1', 'failed', false));
+    ledger.record('r', outcome('u2', 'unknown', true));
+    ledger.record('r', outcome('u3', 'charged', false));
+    expect(await ledger.reopen('r', ['u1', 'u2', 'u3', 'u4', 'nobody'])).toBe(2);
+    expect(await ledger.charge('r', 'u1')).toMatchObject({
+      state: 'pending',
+      attempts: 3,
+      ambiguous: false,
+      httpStatus: undefined,
+      error: undefined,
+    });
+    expect(await ledger.charge('r', 'u2')).toMatchObject({
+      state: 'pending',
+      attempts: 3,
+      ambiguous: true,
+    });
+    expect(await ledger.charge('r', 'u3')).toMatchObject({ state: 'charged', chargeId: 'ch_1' });
+    expect(await ledger.counts('r')).toMatchObject({
+      pending: 3,
+      charged: 1,
+      failed: 0,
+      unknown: 0,
+    });
+    expect(await ledger.totals('r', 'pending')).toEqual({ USD: 300 });
+    expect(await ledger.reopen('r', ['u1', 'u2'])).toBe(0);
+  });
+
+  it("reads a charge's state and ambiguity with one HGET, as a worker does before each attempt", async () => {
+    const ledger = open();
+    await ledger.createRun(runOf('r'), batchesOf(rows(3)), () => {});
+    ledger.record('r', outcome('u1', 'unknown', true));
+    ledger.record('r', outcome('u2', 'charged', false));
+    await ledger.flush();
+    expect(await ledger.chargeState('r', 'u1')).toEqual({ state: 'unknown', ambiguous: true });
+    expect(await ledger.chargeState('r', 'u2')).toEqual({ state: 'charged', ambiguous: false });
+    expect(await ledger.chargeState('r', 'u3')).toEqual({ state: 'pending', ambiguous: false });
+    expect(await ledger.chargeState('r', 'nobody')).toBeUndefined();
+  });
+
+  it('binds an unbound run to the first endpoint asked, and keeps a stop note until cleared', async () => {
+    const ledger = open();
+    await ledger.createRun({ ...runOf('r'), endpoint: '' }, batchesOf(rows(1)), () => {});
+    expect(await ledger.bindEndpoint('r', 'http://a.example/charge')).toBe(
+      'http://a.example/charge',
+    );
+    expect(await ledger.bindEndpoint('r', 'http://b.example/charge')).toBe(
+      'http://a.example/charge',
+    );
+    expect((await ledger.findRun('r'))?.endpoint).toBe('http://a.example/charge');
+    expect(await ledger.stopNote('r')).toBeUndefined();
+    await ledger.noteStop('r', 'HTTP 401');
+    await ledger.noteStop('r', 'HTTP 403');
+    expect(await ledger.stopNote('r')).toBe('HTTP 401');
+    await ledger.clearStop('r');
+    expect(await ledger.stopNote('r')).toBeUndefined();
+  });
+});
+
 describe('RedisLedger: keys', () => {
   it('keeps a run in a registry entry and keys under one hash tag, none of them expiring', async () => {
     const ledger = open();

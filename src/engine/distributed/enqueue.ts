@@ -124,21 +124,10 @@ export async function enqueue(options: EnqueueOptions): Promise<EnqueueResult> {
       const page = await ledger.pendingCharges(runId, afterSeq, batchSize);
       if (page.length === 0) break;
       // A charge that failed or ended unknown in an earlier pass is pending again while retried.
-      for (const charge of page) {
-        if (charge.attempts > 0 || charge.ambiguous) {
-          ledger.record(runId, {
-            userId: charge.userId,
-            state: 'pending',
-            attempts: charge.attempts,
-            ambiguous: charge.ambiguous,
-            httpStatus: undefined,
-            latencyMs: undefined,
-            chargeId: undefined,
-            error: undefined,
-          });
-        }
-      }
-      await ledger.flush();
+      await ledger.reopen(
+        runId,
+        page.filter((charge) => charge.attempts > 0 || charge.ambiguous).map((c) => c.userId),
+      );
       await queue.addBulk(
         page.map((charge) => ({
           name: JOB_NAME,
