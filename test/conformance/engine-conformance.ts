@@ -206,19 +206,26 @@ export function engineConformance(name: string, factory: EngineFactory): void {
     });
 
     it('ends an attempt that timed out after sending as unknown, and a resume settles it', async () => {
-      const mock = await provider({ latencyMs: 600 });
+      // The deadline leaves a busy machine time to send the first attempt (one that expires
+      // before it is sent ends `failed`, rightly); the latency keeps the charge in progress at
+      // the provider until after the second attempt (at most 500 ms of backoff later), so that
+      // one is not answered by a replay.
+      const mock = await provider({ latencyMs: 2_000 });
       const under = await engine();
       const input = await inputOf(users(5));
       const first = await under.bill({
         input,
         endpoint: `${mock.url}/charge`,
         runId: 'cycle-unknown',
-        timeoutMs: 100,
+        timeoutMs: 400,
         maxAttempts: 2,
       });
       expect(first.counts.unknown).toBe(5);
       const unknown = await under.charges('cycle-unknown');
       expect(unknown.every((charge) => charge.ambiguous)).toBe(true);
+      // The resume comes once the provider has finished the first attempts, as an operator's
+      // would: every retry then meets a stored answer, none a 409 for a key still in progress.
+      while (mock.stats().in_flight > 0) await new Promise((resolve) => setTimeout(resolve, 50));
       const second = await under.bill({
         input,
         endpoint: `${mock.url}/charge`,
