@@ -125,6 +125,29 @@ function toCharge(row: ChargeRow): ChargeRecord {
 
 /** Opens and prepares the file; any failure (missing folder, not a database) names the path. */
 function openDatabase(path: string): Database.Database {
+  // Two processes opening a new ledger at once: switching it to WAL and creating the schema take
+  // locks for which SQLite may answer SQLITE_BUSY at once rather than wait (to avoid a deadlock),
+  // so a busy open is tried again for up to 5 s.
+  const deadline = performance.now() + 5_000;
+  for (;;) {
+    try {
+      return prepareDatabase(path);
+    } catch (error) {
+      const busy = (error as { code?: string }).code === 'SQLITE_BUSY';
+      if (!busy || performance.now() > deadline) {
+        throw new BulkbillError(
+          ErrorCode.Config,
+          `cannot open the ledger ${path}: ${(error as Error).message}`,
+          { cause: error },
+        );
+      }
+      // Opening happens once, before any work: blocking this thread 20 ms is harmless.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+    }
+  }
+}
+
+function prepareDatabase(path: string): Database.Database {
   let db: Database.Database | undefined;
   try {
     db = new Database(path);
@@ -138,11 +161,7 @@ function openDatabase(path: string): Database.Database {
     return db;
   } catch (error) {
     db?.close();
-    throw new BulkbillError(
-      ErrorCode.Config,
-      `cannot open the ledger ${path}: ${(error as Error).message}`,
-      { cause: error },
-    );
+    throw error;
   }
 }
 
