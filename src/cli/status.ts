@@ -1,9 +1,13 @@
 import { formatDuration } from '../domain/duration.js';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
-import { type DistributedStatus, DistributedStatusReader } from '../engine/distributed/status.js';
-import type { ChargeRecord, Ledger, RunRecord } from '../ledger/ledger.js';
-import { ProgressDisplay } from '../observe/progress.js';
+import {
+  type DistributedStatus,
+  DistributedStatusReader,
+  progressOf,
+} from '../engine/distributed/status.js';
+import { type ChargeRecord, endedOf, type Ledger, type RunRecord } from '../ledger/ledger.js';
+import { PaceMeter, ProgressDisplay } from '../observe/progress.js';
 import { formatAmounts, formatCounts } from '../report/format.js';
 import { ExitStatus } from './exit-codes.js';
 import { openRun } from './ledger-access.js';
@@ -148,33 +152,22 @@ async function waitForEnd(reader: DistributedStatusReader, flags: StatusFlags): 
     () => {},
   );
   const started = performance.now();
-  const window: Array<{ at: number; done: number }> = [];
+  const pace = new PaceMeter();
   try {
     for (;;) {
       const status = await reader.read(flags.runId);
       const { counts, run } = status;
-      const done = run.total - counts.pending;
       const now = performance.now();
-      window.push({ at: now, done });
-      while (window.length > 2 && now - (window[0]?.at ?? now) > 5_000) window.shift();
-      const oldest = window[0] ?? { at: now, done };
-      const perSecond = now > oldest.at ? ((done - oldest.done) * 1_000) / (now - oldest.at) : 0;
-      display.update({
-        runId: run.runId,
-        total: run.total,
-        done,
-        charged: counts.charged,
-        declined: counts.declined,
-        failed: counts.failed,
-        unknown: counts.unknown,
-        invalid: counts.invalid,
-        inFlight: status.queue.active,
-        retrying: status.queue.delayed,
-        perSecond,
-        etaMs: perSecond > 0 ? (counts.pending / perSecond) * 1_000 : undefined,
-        elapsedMs: now - started,
-        pausedMs: 0,
-      });
+      display.update(
+        progressOf({
+          run,
+          counts,
+          perSecond: pace.sample(now, endedOf(counts)),
+          inFlight: status.queue.active,
+          retrying: status.queue.delayed,
+          elapsedMs: now - started,
+        }),
+      );
       if (counts.pending === 0) {
         await reader.ledger.finishIfComplete(run.runId);
         display.finish();

@@ -9,7 +9,7 @@ import { runIdProblem } from '../domain/idempotency-key.js';
 import { hashInput, type InputFormat } from '../input/index.js';
 import type { Ledger, RunRecord, StateCounts } from '../ledger/ledger.js';
 import { SqliteLedger } from '../ledger/sqlite-ledger.js';
-import type { ProgressEvent } from '../observe/progress.js';
+import { etaMsOf, PaceMeter, type ProgressEvent } from '../observe/progress.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
 import { writeReport } from '../report/report.js';
 import { importRun } from './import.js';
@@ -376,17 +376,13 @@ function startProgress(
   if (!onProgress) return { stop() {} };
   const started = clock.now();
   const doneBefore = doneOf(before);
-  // Ended charges over the last five seconds, for the rate and the ETA.
-  const window: Array<{ at: number; ended: number }> = [];
+  const pace = new PaceMeter();
   const emit = () => {
     const snapshot = scheduler.snapshot();
     const { charged, declined, failed, unknown } = snapshot.ended;
     const ended = charged + declined + failed + unknown;
     const now = clock.now();
-    window.push({ at: now, ended });
-    while (window.length > 2 && now - (window[0]?.at ?? now) > 5_000) window.shift();
-    const oldest = window[0] ?? { at: now, ended };
-    const perSecond = now > oldest.at ? ((ended - oldest.ended) * 1_000) / (now - oldest.at) : 0;
+    const perSecond = pace.sample(now, ended);
     const done = doneBefore + ended;
     onProgress({
       runId: run.runId,
@@ -400,7 +396,7 @@ function startProgress(
       inFlight: snapshot.inFlight,
       retrying: snapshot.retrying,
       perSecond,
-      etaMs: perSecond > 0 ? ((run.total - done) / perSecond) * 1_000 : undefined,
+      etaMs: etaMsOf(run.total - done, perSecond),
       elapsedMs: now - started,
       pausedMs: snapshot.pausedMs,
     });

@@ -1,4 +1,5 @@
 import type { Random } from '../control/backoff.js';
+import { MisconfigurationWatch } from '../control/misconfiguration-watch.js';
 import { decideRetry, type RetryPolicy } from '../control/retry-policy.js';
 import { TokenBucket } from '../control/token-bucket.js';
 import type { Clock } from '../domain/clock.js';
@@ -6,6 +7,7 @@ import { idempotencyKey } from '../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../domain/outcome.js';
 import type { Ledger, PendingCharge } from '../ledger/ledger.js';
 import type { ChargeRequest } from '../provider/index.js';
+import { LatencyLog } from './latency-log.js';
 import { RetryQueue } from './retry-queue.js';
 
 /** What the scheduler needs from a provider client. */
@@ -82,9 +84,6 @@ interface HeldDecline {
   readonly latencyMs: number;
 }
 
-// A cycle whose first 20 answers are all the same 400 or 422 is misconfigured, not 20 bad cards.
-const MISCONFIG_SAMPLE = 20;
-
 /**
  * The local engine's dispatch loop: pulls pending charges from the ledger in input order,
  * keeps at most `concurrency` attempts in flight and at most `rate` per second, retries with
@@ -108,17 +107,11 @@ export class Scheduler {
   #fatal: string | undefined;
   #interrupted = false;
   #attempts = 0;
-  #latencies = new Float64Array(1024);
-  #latencyCount = 0;
-  #serialMs = 0;
+  readonly #latencies = new LatencyLog();
   readonly #ended = { charged: 0, declined: 0, failed: 0, unknown: 0 };
   /** Declines held back while the first answers might all be the same 400/422. */
   #heldDeclines: HeldDecline[] = [];
-  /** Watching the first answers for a misconfiguration. */
-  #watching = true;
-  /** The first answers were all the same 400/422: such answers leave their charge pending. */
-  #misconfigured = false;
-  #sampleStatus: number | undefined;
+  readonly #watch = new MisconfigurationWatch();
   #resolve!: (result: SchedulerResult) => void;
   #reject!: (error: unknown) => void;
   #settled = false;
@@ -261,43 +254,32 @@ export class Scheduler {
 
   #settle(charge: Charge, result: AttemptResult, latencyMs: number): void {
     this.#inFlight--;
-    this.#recordLatency(latencyMs);
-    const held =
-      (this.#watching || this.#misconfigured) && this.#holdIfSuspicious(charge, result, latencyMs);
-    if (!held) this.#decide(charge, result, latencyMs);
+    this.#latencies.add(latencyMs);
+    const verdict = this.#watch.observe(result);
+    switch (verdict.action) {
+      case 'hold':
+        this.#heldDeclines.push({ charge, result, latencyMs });
+        break;
+      case 'stop':
+        // The held charges and this one stay pending.
+        this.#heldDeclines = [];
+        this.#stop(verdict.reason);
+        break;
+      case 'pend':
+        break;
+      case 'release':
+        this.#releaseDeclines();
+        this.#decide(charge, result, latencyMs);
+        break;
+      case 'decide':
+        this.#decide(charge, result, latencyMs);
+        break;
+    }
     this.#pump();
   }
 
-  /**
-   * While the first answers are all the same 400 or 422, holds their declines back; on the 20th
-   * stops the run with those charges still pending. Any other answer ends the watch.
-   */
-  #holdIfSuspicious(charge: Charge, result: AttemptResult, latencyMs: number): boolean {
-    const status = result.status;
-    const suspicious =
-      result.kind === 'declined' &&
-      (status === 400 || status === 422) &&
-      (this.#sampleStatus === undefined || this.#sampleStatus === status);
-    if (!suspicious) {
-      if (status !== undefined && this.#watching) this.#releaseDeclines();
-      return false;
-    }
-    this.#sampleStatus = status;
-    if (this.#misconfigured) return true;
-    this.#heldDeclines.push({ charge, result, latencyMs });
-    if (this.#heldDeclines.length >= MISCONFIG_SAMPLE) {
-      this.#watching = false;
-      this.#misconfigured = true;
-      this.#heldDeclines = [];
-      this.#stop(
-        `the first ${MISCONFIG_SAMPLE} answers were all ${status} (${result.reason}): the requests look malformed for this provider, so nobody was declined; check --endpoint and --header`,
-      );
-    }
-    return true;
-  }
-
+  /** Decides the declines the misconfiguration watch held back, now that it is over. */
   #releaseDeclines(): void {
-    this.#watching = false;
     const held = this.#heldDeclines;
     this.#heldDeclines = [];
     for (const { charge, result, latencyMs } of held) this.#decide(charge, result, latencyMs);
@@ -345,30 +327,20 @@ export class Scheduler {
     this.#stopping = true;
   }
 
-  #recordLatency(ms: number): void {
-    if (this.#latencyCount === this.#latencies.length) {
-      const grown = new Float64Array(this.#latencies.length * 2);
-      grown.set(this.#latencies);
-      this.#latencies = grown;
-    }
-    this.#latencies[this.#latencyCount++] = ms;
-    this.#serialMs += ms;
-  }
-
   #finishIfDone(): void {
     if (this.#inFlight > 0 || this.#loading) return;
     const drained =
       this.#exhausted && this.#freshIndex >= this.#fresh.length && this.#retries.size === 0;
     if (!this.#stopping && !drained) return;
-    if (this.#watching && this.#fatal === undefined) this.#releaseDeclines();
+    if (this.#fatal === undefined && this.#watch.end()) this.#releaseDeclines();
     if (this.#wakeTimer !== undefined) this.#options.timers.clearTimeout(this.#wakeTimer);
     this.#wakeTimer = undefined;
     this.#settled = true;
     this.#resolve({
       fatal: this.#fatal,
       interrupted: this.#interrupted && this.#fatal === undefined,
-      latencies: this.#latencies.subarray(0, this.#latencyCount),
-      serialMs: this.#serialMs,
+      latencies: this.#latencies.latencies,
+      serialMs: this.#latencies.serialMs,
     });
   }
 

@@ -83,6 +83,11 @@ export function emptyCounts(): StateCounts {
   return { pending: 0, charged: 0, declined: 0, failed: 0, unknown: 0, invalid: 0 };
 }
 
+/** Rows in a terminal state for now: everything but pending. */
+export function endedOf(counts: StateCounts): number {
+  return counts.charged + counts.declined + counts.failed + counts.unknown + counts.invalid;
+}
+
 /** A duplicate user id met during the import. */
 export interface DuplicateUser {
   readonly userId: string;

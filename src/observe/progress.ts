@@ -23,6 +23,33 @@ export interface ProgressEvent {
   readonly pausedMs: number;
 }
 
+/**
+ * Charges ended per second over the last few seconds, from running totals sampled as they
+ * come (the caller passes the time: this room reads no clock).
+ */
+export class PaceMeter {
+  readonly #windowMs: number;
+  readonly #samples: Array<{ at: number; done: number }> = [];
+
+  constructor(windowMs = 5_000) {
+    this.#windowMs = windowMs;
+  }
+
+  /** Records `done` (a running total) at `now`, in ms; returns the pace, 0 until two samples. */
+  sample(now: number, done: number): number {
+    const samples = this.#samples;
+    samples.push({ at: now, done });
+    while (samples.length > 2 && now - (samples[0]?.at ?? now) > this.#windowMs) samples.shift();
+    const oldest = samples[0] ?? { at: now, done };
+    return now > oldest.at ? ((done - oldest.done) * 1_000) / (now - oldest.at) : 0;
+  }
+}
+
+/** Time left, in ms, for `remaining` charges at `perSecond`; undefined without a pace. */
+export function etaMsOf(remaining: number, perSecond: number): number | undefined {
+  return perSecond > 0 ? (remaining / perSecond) * 1_000 : undefined;
+}
+
 /** What the progress display writes to (stderr, usually). */
 export interface ProgressStream {
   readonly isTTY?: boolean;

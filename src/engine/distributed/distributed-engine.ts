@@ -4,9 +4,9 @@ import { z } from 'zod';
 import type { Random } from '../../control/backoff.js';
 import { resolveRetryPolicy } from '../../control/retry-policy.js';
 import type { InputFormat } from '../../input/index.js';
-import type { StateCounts } from '../../ledger/ledger.js';
+import { endedOf, type RunRecord } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
-import type { ProgressEvent } from '../../observe/progress.js';
+import { PaceMeter, type ProgressEvent } from '../../observe/progress.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../../provider/index.js';
 import {
   type BillResult,
@@ -22,6 +22,7 @@ import { checkReachable, closeRedis, connectRedis } from './connection.js';
 import { enqueue } from './enqueue.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
 import { redisWarnings } from './redis-checks.js';
+import { progressOf } from './status.js';
 import { BillingWorker } from './worker.js';
 
 const positiveInteger = z.number().int().min(1);
@@ -172,9 +173,7 @@ export async function billDistributed(
       redis: patient,
       prefix: config.prefix,
       queueName: config.queue,
-      runId: run.runId,
-      total: run.total,
-      before,
+      run,
       worker,
       signal: signal ?? (queued.interrupted ? AbortSignal.abort() : undefined),
       intervalMs: config.progressIntervalMs,
@@ -210,10 +209,6 @@ export async function billDistributed(
   }
 }
 
-function doneOf(counts: StateCounts): number {
-  return counts.charged + counts.declined + counts.failed + counts.unknown + counts.invalid;
-}
-
 /**
  * Polls the ledger until every charge of the run has ended (`completed`), the worker stopped
  * (`stopped`), or the signal aborted (`interrupted`); reports progress on the way.
@@ -223,19 +218,17 @@ async function waitForRun(args: {
   redis: Redis;
   prefix: string;
   queueName: string;
-  runId: string;
-  total: number;
-  before: StateCounts;
+  run: RunRecord;
   worker: BillingWorker;
   signal: AbortSignal | undefined;
   intervalMs: number;
   onProgress: ((event: ProgressEvent) => void) | undefined;
 }): Promise<'completed' | 'stopped' | 'interrupted'> {
-  const { ledger, runId, worker, signal, onProgress } = args;
+  const { ledger, run, worker, signal, onProgress } = args;
   const queue = new Queue(args.queueName, { connection: args.redis, prefix: args.prefix });
   queue.on('error', () => {});
   const started = performance.now();
-  const window: Array<{ at: number; done: number }> = [];
+  const pace = new PaceMeter();
   let stopped = false;
   let wake: (() => void) | undefined;
   void worker.done.then((end) => {
@@ -246,31 +239,19 @@ async function waitForRun(args: {
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     for (;;) {
-      const counts = await ledger.counts(runId);
-      const done = doneOf(counts);
+      const counts = await ledger.counts(run.runId);
       if (onProgress) {
         const now = performance.now();
-        window.push({ at: now, done });
-        while (window.length > 2 && now - (window[0]?.at ?? now) > 5_000) window.shift();
-        const oldest = window[0] ?? { at: now, done };
-        const perSecond = now > oldest.at ? ((done - oldest.done) * 1_000) / (now - oldest.at) : 0;
-        const delayed = await queue.getDelayedCount();
-        onProgress({
-          runId,
-          total: args.total,
-          done,
-          charged: counts.charged,
-          declined: counts.declined,
-          failed: counts.failed,
-          unknown: counts.unknown,
-          invalid: counts.invalid,
-          inFlight: worker.snapshot().inFlight,
-          retrying: delayed,
-          perSecond,
-          etaMs: perSecond > 0 ? ((args.total - done) / perSecond) * 1_000 : undefined,
-          elapsedMs: now - started,
-          pausedMs: 0,
-        });
+        onProgress(
+          progressOf({
+            run,
+            counts,
+            perSecond: pace.sample(now, endedOf(counts)),
+            inFlight: worker.snapshot().inFlight,
+            retrying: await queue.getDelayedCount(),
+            elapsedMs: now - started,
+          }),
+        );
       }
       if (counts.pending === 0) return 'completed';
       if (stopped) return 'stopped';

@@ -1,8 +1,9 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { BulkbillError, ErrorCode } from '../../domain/errors.js';
-import type { RunRecord, StateCounts } from '../../ledger/ledger.js';
+import { endedOf, type RunRecord, type StateCounts } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
+import { etaMsOf, type ProgressEvent } from '../../observe/progress.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
 
 /** A live worker of the queue, as Redis sees its connection. */
@@ -68,14 +69,14 @@ export class DistributedStatusReader {
     let counts = await this.ledger.counts(runId);
     let perSecond: number | undefined;
     if (sampleMs > 0 && counts.pending > 0) {
-      const first = doneOf(counts);
+      const first = endedOf(counts);
       const started = performance.now();
       await new Promise((resolve) => setTimeout(resolve, sampleMs));
       counts = await this.ledger.counts(runId);
       run = await this.run(runId);
       // A pace is only news while the run goes on.
       if (counts.pending > 0) {
-        perSecond = ((doneOf(counts) - first) * 1_000) / (performance.now() - started);
+        perSecond = ((endedOf(counts) - first) * 1_000) / (performance.now() - started);
       }
     }
     const [jobCounts, workers, stoppedBecause, chargedAmounts] = await Promise.all([
@@ -89,8 +90,7 @@ export class DistributedStatusReader {
       counts,
       chargedAmounts,
       perSecond,
-      etaMs:
-        perSecond !== undefined && perSecond > 0 ? (counts.pending / perSecond) * 1_000 : undefined,
+      etaMs: perSecond === undefined ? undefined : etaMsOf(counts.pending, perSecond),
       queue: {
         waiting: (jobCounts.waiting ?? 0) + (jobCounts.prioritized ?? 0),
         active: jobCounts.active ?? 0,
@@ -124,6 +124,33 @@ export class DistributedStatusReader {
   }
 }
 
-function doneOf(counts: StateCounts): number {
-  return counts.charged + counts.declined + counts.failed + counts.unknown + counts.invalid;
+/**
+ * The progress of a run on the distributed engine, from the ledger's counts (every worker's
+ * work): what `run --redis` and `status --wait` draw.
+ */
+export function progressOf(sample: {
+  readonly run: RunRecord;
+  readonly counts: StateCounts;
+  readonly perSecond: number;
+  readonly inFlight: number;
+  readonly retrying: number;
+  readonly elapsedMs: number;
+}): ProgressEvent {
+  const { run, counts, perSecond } = sample;
+  return {
+    runId: run.runId,
+    total: run.total,
+    done: endedOf(counts),
+    charged: counts.charged,
+    declined: counts.declined,
+    failed: counts.failed,
+    unknown: counts.unknown,
+    invalid: counts.invalid,
+    inFlight: sample.inFlight,
+    retrying: sample.retrying,
+    perSecond,
+    etaMs: etaMsOf(counts.pending, perSecond),
+    elapsedMs: sample.elapsedMs,
+    pausedMs: 0,
+  };
 }

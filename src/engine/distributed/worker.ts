@@ -2,11 +2,13 @@ import { hostname } from 'node:os';
 import { DelayedError, type Job, Queue, RateLimitError, UnrecoverableError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Random } from '../../control/backoff.js';
+import { MisconfigurationWatch } from '../../control/misconfiguration-watch.js';
 import { decideRetry, type RetryPolicy } from '../../control/retry-policy.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
 import type { ChargeOutcome } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
+import { LatencyLog } from '../latency-log.js';
 import { endpointMismatch } from '../run-choice.js';
 import type { ChargeSender } from '../scheduler.js';
 import {
@@ -79,9 +81,6 @@ class RetryLater extends Error {
   }
 }
 
-// The first answers of a worker that are all the same 400 or 422 mean a misconfigured run, not
-// that many bad cards: the local engine's rule, kept per worker.
-const MISCONFIG_SAMPLE = 20;
 // A decline held back while the watch decides. A crashed worker's held jobs come back after this.
 const HOLD_MS = 60_000;
 // A job whose worker died this many times (a charge that crashes workers) ends `unknown` rather
@@ -109,9 +108,7 @@ export class BillingWorker {
   #attempts = 0;
   #retries = 0;
   readonly #ended = { charged: 0, declined: 0, failed: 0, unknown: 0 };
-  #latencies = new Float64Array(1024);
-  #latencyCount = 0;
-  #serialMs = 0;
+  readonly #latencies: LatencyLog;
   #stoppedBecause: string | undefined;
   #closing: Promise<void> | undefined;
   #end: WorkerEnd | undefined;
@@ -121,15 +118,14 @@ export class BillingWorker {
   #quietCheck = false;
   #lastError: string | undefined;
   #lastErrorAt = 0;
-  // The misconfiguration watch.
-  #watching = true;
-  #misconfigured = false;
-  #sampleStatus: number | undefined;
+  // The misconfiguration watch, over this worker's answers, and the declines it holds back.
+  readonly #watch = new MisconfigurationWatch();
   #held: Array<{ job: Job<ChargeJobData>; outcome: ChargeOutcome }> = [];
 
   private constructor(options: BillingWorkerOptions) {
     this.#options = options;
     this.#random = options.random ?? Math.random;
+    this.#latencies = new LatencyLog({ keep: options.keepLatencies === true });
     const prefix = options.prefix ?? DEFAULT_PREFIX;
     const queueName = options.queue ?? DEFAULT_QUEUE;
     // The ledger's own connection pipelines what concurrent jobs ask in one event-loop turn
@@ -202,7 +198,7 @@ export class BillingWorker {
 
   /** Latency of every attempt this worker sent, in ms, and their sum. */
   latencies(): { latencies: Float64Array; serialMs: number } {
-    return { latencies: this.#latencies.slice(0, this.#latencyCount), serialMs: this.#serialMs };
+    return { latencies: this.#latencies.latencies.slice(), serialMs: this.#latencies.serialMs };
   }
 
   /** Takes no more jobs, finishes those in flight, gives back held ones; resolves when done. */
@@ -250,7 +246,7 @@ export class BillingWorker {
       );
       const busy = (counts.active ?? 0) + (counts.waiting ?? 0) + (counts.prioritized ?? 0);
       if (this.#inFlight > 0 || busy > 0) return;
-      if (this.#watching && this.#held.length > 0) {
+      if (this.#held.length > 0 && this.#watch.end()) {
         await this.#release();
         return;
       }
@@ -350,8 +346,14 @@ export class BillingWorker {
       this.#inFlight--;
     }
     const latencyMs = performance.now() - started;
-    this.#recordLatency(latencyMs);
-    if (this.#misconfigured && this.#suspicious(result)) return this.#giveBack(job, token);
+    this.#latencies.add(latencyMs);
+    const verdict = this.#watch.observe(result);
+    if (verdict.action === 'pend') return this.#giveBack(job, token);
+    if (verdict.action === 'stop') {
+      // This charge and the held ones stay pending: held jobs go back when the worker closes.
+      await this.#stop(data.r, verdict.reason);
+      return this.#giveBack(job, token);
+    }
     const decision = decideRetry(this.#options.policy, before, result, this.#random);
     const outcome: ChargeOutcome = {
       userId: data.u,
@@ -363,10 +365,8 @@ export class BillingWorker {
       chargeId: result.kind === 'charged' ? result.chargeId : undefined,
       error: result.kind === 'charged' ? undefined : result.reason,
     };
-    if (this.#watching) {
-      if (this.#suspicious(result)) return this.#hold(job, token, outcome, result);
-      if (result.status !== undefined) await this.#release();
-    }
+    if (verdict.action === 'hold') return this.#hold(job, token, outcome);
+    if (verdict.action === 'release') await this.#release();
     switch (decision.action) {
       case 'stop':
         await this.#stop(data.r, decision.reason);
@@ -411,40 +411,19 @@ export class BillingWorker {
     }
   }
 
-  #suspicious(result: AttemptResult): boolean {
-    return (
-      result.kind === 'declined' &&
-      (result.status === 400 || result.status === 422) &&
-      (this.#sampleStatus === undefined || this.#sampleStatus === result.status)
-    );
-  }
-
   /** Holds a decline back (in delayed, no slot kept) while the first answers might all be alike. */
   async #hold(
     job: Job<ChargeJobData>,
     token: string | undefined,
     outcome: ChargeOutcome,
-    result: AttemptResult,
   ): Promise<never> {
-    this.#sampleStatus = result.status;
     this.#held.push({ job, outcome });
-    if (this.#held.length >= MISCONFIG_SAMPLE) {
-      this.#watching = false;
-      this.#misconfigured = true;
-      await this.#stop(
-        job.data.r,
-        `the first ${MISCONFIG_SAMPLE} answers were all ${result.status} (${outcome.error}): the requests look malformed for this provider, so nobody was declined; check --endpoint and --header`,
-      );
-      await job.moveToDelayed(Date.now(), token);
-      throw new DelayedError();
-    }
     await job.moveToDelayed(Date.now() + HOLD_MS, token);
     throw new DelayedError();
   }
 
   /** The watch is over, the run is sound: held declines are recorded and their jobs removed. */
   async #release(): Promise<void> {
-    this.#watching = false;
     const held = this.#held;
     this.#held = [];
     for (const { job, outcome } of held) {
@@ -458,16 +437,5 @@ export class BillingWorker {
     const held = this.#held;
     this.#held = [];
     for (const { job } of held) await job.promote().catch(() => {});
-  }
-
-  #recordLatency(ms: number): void {
-    this.#serialMs += ms;
-    if (!this.#options.keepLatencies) return;
-    if (this.#latencyCount === this.#latencies.length) {
-      const grown = new Float64Array(this.#latencies.length * 2);
-      grown.set(this.#latencies);
-      this.#latencies = grown;
-    }
-    this.#latencies[this.#latencyCount++] = ms;
   }
 }
