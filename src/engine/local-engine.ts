@@ -55,7 +55,8 @@ export const billOptionsSchema = z
   })
   .strict();
 
-export type BillOptions = z.input<typeof billOptionsSchema> & {
+/** What both engines take besides their plain options: hooks, the environment, test seams. */
+export interface BillHooks {
   /** Environment for `${NAME}` in headers. Default process.env. */
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** Stops dispatching when aborted: in-flight requests finish, the ledger is flushed. */
@@ -66,14 +67,19 @@ export type BillOptions = z.input<typeof billOptionsSchema> & {
   readonly onRun?: (run: RunChoice) => void;
   /** Where to write the per-user CSV report, given the run id. Default: no report. */
   readonly reportPath?: (runId: string) => string;
-  /** An open ledger to use instead of the `ledger` file (it is not closed). */
-  readonly ledgerInstance?: Ledger;
   /** Test seams. */
-  readonly clock?: Clock;
-  readonly timers?: Timers;
   readonly random?: Random;
   readonly sender?: ChargeSender;
-};
+}
+
+export type BillOptions = z.input<typeof billOptionsSchema> &
+  BillHooks & {
+    /** An open ledger to use instead of the `ledger` file (it is not closed). */
+    readonly ledgerInstance?: Ledger;
+    /** Test seams. */
+    readonly clock?: Clock;
+    readonly timers?: Timers;
+  };
 
 type ResolvedBillOptions = z.output<typeof billOptionsSchema>;
 

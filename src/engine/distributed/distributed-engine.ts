@@ -1,7 +1,6 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
-import type { Random } from '../../control/backoff.js';
 import { resolveRetryPolicy } from '../../control/retry-policy.js';
 import type { InputFormat } from '../../input/index.js';
 import { endedOf, type RunRecord } from '../../ledger/ledger.js';
@@ -9,6 +8,7 @@ import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { PaceMeter, type ProgressEvent } from '../../observe/progress.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../../provider/index.js';
 import {
+  type BillHooks,
   type BillResult,
   billOptionsSchema,
   checkWritable,
@@ -16,8 +16,6 @@ import {
   planRun,
   writeRunReport,
 } from '../local-engine.js';
-import type { RunChoice } from '../run-choice.js';
-import type { ChargeSender } from '../scheduler.js';
 import { checkReachable, closeRedis, connectRedis } from './connection.js';
 import { enqueue } from './enqueue.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
@@ -44,18 +42,11 @@ export const distributedBillOptionsSchema = billOptionsSchema
   })
   .strict();
 
-export type DistributedBillOptions = z.input<typeof distributedBillOptionsSchema> & {
-  readonly env?: Readonly<Record<string, string | undefined>>;
-  readonly signal?: AbortSignal;
-  readonly onProgress?: (event: ProgressEvent) => void;
-  readonly onRun?: (run: RunChoice) => void;
-  readonly reportPath?: (runId: string) => string;
-  /** Told what the in-process worker logs. */
-  readonly onLog?: (level: 'info' | 'warn' | 'error', message: string) => void;
-  /** Test seams. */
-  readonly random?: Random;
-  readonly sender?: ChargeSender;
-};
+export type DistributedBillOptions = z.input<typeof distributedBillOptionsSchema> &
+  BillHooks & {
+    /** Told what the in-process worker logs. */
+    readonly onLog?: (level: 'info' | 'warn' | 'error', message: string) => void;
+  };
 
 /**
  * Bills a billing cycle on the distributed engine, the way `bill()` does on the local one:
