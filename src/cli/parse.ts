@@ -30,3 +30,17 @@ export function integerFlag(flag: string): (value: string) => number {
 export function flagName(optionName: string): string {
   return `--${optionName.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}`;
 }
+
+const FLAG_OF_BILL_OPTION: Record<string, string> = {
+  input: '<input>',
+  timeoutMs: '--timeout',
+  headers: '--header',
+  ledgerInstance: '--ledger',
+  reportPath: '--report',
+  lockDurationMs: '--lock-duration',
+};
+
+/** The flag of an engine option, for errors: `timeoutMs` → `--timeout`, `runId` → `--run-id`. */
+export function billLabel(name: string): string {
+  return FLAG_OF_BILL_OPTION[name] ?? flagName(name);
+}

@@ -7,7 +7,7 @@ import { ProgressDisplay, type ProgressEvent } from '../observe/progress.js';
 import { formatAmounts, formatSummary } from '../report/format.js';
 import { latencyPercentiles, type RunSummary } from '../report/summary.js';
 import { ExitStatus } from './exit-codes.js';
-import { flagName } from './parse.js';
+import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
 
 export interface RunFlags {
@@ -29,19 +29,6 @@ export interface RunFlags {
   prefix?: string;
   globalConcurrency?: number;
   lockDuration?: number;
-}
-
-const FLAG_OF_OPTION: Record<string, string> = {
-  input: '<input>',
-  timeoutMs: '--timeout',
-  headers: '--header',
-  ledgerInstance: '--ledger',
-  reportPath: '--report',
-  lockDurationMs: '--lock-duration',
-};
-
-export function billLabel(name: string): string {
-  return FLAG_OF_OPTION[name] ?? flagName(name);
 }
 
 /** The summary of a finished call, as printed and as `--json` emits it. */

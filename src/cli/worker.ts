@@ -4,8 +4,9 @@ import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { redisWarnings } from '../engine/distributed/redis-checks.js';
 import { BillingWorker } from '../engine/distributed/worker.js';
-import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
+import { clientFromOptions } from '../provider/index.js';
 import { ExitStatus } from './exit-codes.js';
+import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
 
 export interface WorkerFlags {
@@ -56,14 +57,14 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     { name: 'bulkbill-worker', base: { pid: process.pid } },
     pino.destination({ dest: 2, sync: true }),
   );
-  const headers = resolveHeaders(parseHeaderFlags(flags.header), process.env);
   const policy = resolveRetryPolicy({ maxAttempts: flags.maxAttempts });
-  const client = new ProviderClient({
+  const client = clientFromOptions({
     endpoint: flags.endpoint,
-    headers,
+    headers: flags.header,
+    env: process.env,
     connections: flags.concurrency,
     timeoutMs: flags.timeout,
-    endpointLabel: '--endpoint',
+    label: billLabel,
   });
   const probe = connectRedis(flags.redis, 'short');
   try {

@@ -4,7 +4,12 @@ import { RETRY_DEFAULTS } from '../control/retry-policy.js';
 import { describeValue, UsageError } from '../domain/errors.js';
 import type { AttemptResult } from '../domain/outcome.js';
 import { type ClassifyContext, classify } from './classify.js';
-import { describeHeaders, type RequestHeader } from './header-template.js';
+import {
+  describeHeaders,
+  parseHeaderFlags,
+  type RequestHeader,
+  resolveHeaders,
+} from './header-template.js';
 
 export interface ProviderClientOptions {
   /**
@@ -147,6 +152,28 @@ export class ProviderClient {
 let capturedResolve: (result: AttemptResult) => void = () => {};
 function captureResolve(resolve: (result: AttemptResult) => void): void {
   capturedResolve = resolve;
+}
+
+/**
+ * A client for an engine's options: `Name: value` header flags resolved from `env` (a missing
+ * `${NAME}` fails here, naming it), and errors naming each option as `label` spells it.
+ */
+export function clientFromOptions(options: {
+  readonly endpoint: string;
+  readonly headers: readonly string[];
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly connections: number;
+  readonly timeoutMs: number;
+  readonly label: (name: string) => string;
+}): ProviderClient {
+  const { label } = options;
+  return new ProviderClient({
+    endpoint: options.endpoint,
+    headers: resolveHeaders(parseHeaderFlags(options.headers, label('headers')), options.env),
+    connections: options.connections,
+    timeoutMs: options.timeoutMs,
+    endpointLabel: label('endpoint'),
+  });
 }
 
 /**

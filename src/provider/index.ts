@@ -9,6 +9,7 @@ export {
 } from './classify.js';
 export {
   type ChargeRequest,
+  clientFromOptions,
   PROVIDER_CLIENT_DEFAULTS,
   ProviderClient,
   type ProviderClientOptions,

@@ -6,7 +6,7 @@ import type { InputFormat } from '../../input/index.js';
 import { endedOf, type RunRecord } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { PaceMeter, type ProgressEvent } from '../../observe/progress.js';
-import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../../provider/index.js';
+import { clientFromOptions } from '../../provider/index.js';
 import {
   type BillHooks,
   type BillResult,
@@ -71,17 +71,14 @@ export async function billDistributed(
   } = options;
   const config = parseOptions(distributedBillOptionsSchema, plain, label);
   const started = performance.now();
-  const headers = resolveHeaders(
-    parseHeaderFlags(config.headers, label('headers')),
-    env ?? process.env,
-  );
   const policy = resolveRetryPolicy({ maxAttempts: config.maxAttempts });
-  const client = new ProviderClient({
+  const client = clientFromOptions({
     endpoint: config.endpoint,
-    headers,
+    headers: config.headers,
+    env: env ?? process.env,
     connections: config.concurrency,
     timeoutMs: config.timeoutMs,
-    endpointLabel: label('endpoint'),
+    label,
   });
   const redis = connectRedis(config.redis, 'short', label('redis'));
   const ledger = new RedisLedger({ redis, prefix: ledgerPrefix(config.prefix) });
