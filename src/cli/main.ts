@@ -57,6 +57,25 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
+// Options several commands take, made afresh for each (commander keeps an option it was given).
+function headerOption(): Option {
+  return new Option(
+    '--header <"Name: value">',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the help names a literal ${NAME}.
+    'extra request header; ${NAME} is read from the environment (repeatable)',
+  )
+    .argParser(collect)
+    .default([]);
+}
+
+function queueOption(note = ''): Option {
+  return new Option('--queue <name>', `BullMQ queue${note}`).default(DEFAULT_QUEUE);
+}
+
+function prefixOption(note = ''): Option {
+  return new Option('--prefix <prefix>', `start of every Redis key${note}`).default(DEFAULT_PREFIX);
+}
+
 program
   .command('run')
   .description(
@@ -75,13 +94,7 @@ program
   .option('--max-attempts <n>', 'attempts per charge (default 5)', integerFlag('--max-attempts'))
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .option('--report <path>', 'per-user CSV report (default <run-id>.report.csv)')
-  .option(
-    '--header <"Name: value">',
-    // biome-ignore lint/suspicious/noTemplateCurlyInString: the help names a literal ${NAME}.
-    'extra request header; ${NAME} is read from the environment (repeatable)',
-    collect,
-    [],
-  )
+  .addOption(headerOption())
   .option('--skip-invalid', 'record invalid rows as invalid and bill the rest')
   .option('--dry-run', 'validate, import and plan; charge nobody')
   .option('--json', 'print the summary as one JSON object on stdout')
@@ -89,8 +102,8 @@ program
     '--redis <url>',
     'bill on the distributed engine: enqueue on this Redis, run one worker here, wait for every worker',
   )
-  .option('--queue <name>', 'BullMQ queue, with --redis', DEFAULT_QUEUE)
-  .option('--prefix <prefix>', 'start of every Redis key, with --redis', DEFAULT_PREFIX)
+  .addOption(queueOption(', with --redis'))
+  .addOption(prefixOption(', with --redis'))
   .option(
     '--global-concurrency <n>',
     'most requests in flight across every worker of the queue, with --redis',
@@ -114,8 +127,8 @@ program
   .option('--user <user_id>', "show this user's charge")
   .option('--json', 'print JSON')
   .option('--redis <url>', 'read a run of the distributed engine from this Redis')
-  .option('--queue <name>', 'BullMQ queue, with --redis', DEFAULT_QUEUE)
-  .option('--prefix <prefix>', 'start of every Redis key, with --redis', DEFAULT_PREFIX)
+  .addOption(queueOption(', with --redis'))
+  .addOption(prefixOption(', with --redis'))
   .option(
     '--wait',
     'with --redis: follow the run until every charge has ended; exit as `run` would',
@@ -132,7 +145,7 @@ program
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .requiredOption('--out <path>', 'where to write the report')
   .option('--redis <url>', 'read a run of the distributed engine from this Redis')
-  .option('--prefix <prefix>', 'start of every Redis key, with --redis', DEFAULT_PREFIX)
+  .addOption(prefixOption(', with --redis'))
   .action(async (flags) => {
     const { reportCommand } = await import('./report.js');
     process.exitCode = await reportCommand(flags);
@@ -146,8 +159,8 @@ program
   .argument('<input>', 'CSV (header user_id,amount,currency) or NDJSON file')
   .requiredOption('--redis <url>', 'Redis, e.g. redis://127.0.0.1:6379')
   .option('--run-id <id>', 'names the billing cycle (default: resume, or a fresh id)')
-  .option('--queue <name>', 'BullMQ queue', DEFAULT_QUEUE)
-  .option('--prefix <prefix>', 'start of every Redis key', DEFAULT_PREFIX)
+  .addOption(queueOption())
+  .addOption(prefixOption())
   .option(
     '--endpoint <url>',
     'bind the run to this endpoint now (default: its first worker binds it)',
@@ -166,8 +179,8 @@ program
   )
   .requiredOption('--redis <url>', 'Redis, e.g. redis://127.0.0.1:6379')
   .requiredOption('--endpoint <url>', 'billing API endpoint that charges are POSTed to')
-  .option('--queue <name>', 'BullMQ queue', DEFAULT_QUEUE)
-  .option('--prefix <prefix>', 'start of every Redis key', DEFAULT_PREFIX)
+  .addOption(queueOption())
+  .addOption(prefixOption())
   .option('--concurrency <n>', 'jobs this worker runs at once', integerFlag('--concurrency'), 64)
   .option(
     '--rate <n>',
@@ -181,13 +194,7 @@ program
   )
   .option('--timeout <duration>', 'deadline of one request', durationFlag('--timeout'), 30_000)
   .option('--max-attempts <n>', 'attempts per charge', integerFlag('--max-attempts'), 5)
-  .option(
-    '--header <"Name: value">',
-    // biome-ignore lint/suspicious/noTemplateCurlyInString: the help names a literal ${NAME}.
-    'extra request header; ${NAME} is read from the environment (repeatable)',
-    collect,
-    [],
-  )
+  .addOption(headerOption())
   .option('--exit-when-idle', 'exit once the queue holds no job')
   .option(
     '--lock-duration <duration>',
