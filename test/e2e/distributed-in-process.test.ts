@@ -1,8 +1,9 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { resolveRetryPolicy } from '../../src/control/retry-policy.js';
 import { closeRedis, connectRedis } from '../../src/engine/distributed/connection.js';
 import { billDistributed } from '../../src/engine/distributed/distributed-engine.js';
@@ -19,8 +20,9 @@ import {
   uniquePrefix,
 } from '../helpers/redis.js';
 
-// What `status --redis` reads (counts, pace, queue, live workers) and `run --redis --dry-run`,
-// in this process against the real Redis and a real mock provider.
+// The distributed engine's parts in this process (each worker with its own connections, as on
+// its own machine) against the real Redis and a real mock provider: limits that hold across the
+// workers of a queue, what `status --redis` reads, and `run --redis --dry-run`.
 
 let dir: string;
 let prefix: string;
@@ -28,7 +30,10 @@ const opened: Array<{ close(): Promise<unknown> }> = [];
 const connections: Redis[] = [];
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'bulkbill-status-'));
+  dir = await mkdtemp(join(tmpdir(), 'bulkbill-in-process-'));
+});
+beforeEach(() => {
+  prefix = uniquePrefix();
 });
 afterEach(async () => {
   for (const item of opened.splice(0).reverse()) await item.close();
@@ -46,48 +51,107 @@ function connect(kind: 'short' | 'patient'): Redis {
   return redis;
 }
 
-async function usersFile(count: number): Promise<string> {
-  const input = join(dir, `users-${prefix}.csv`);
-  const rows = Array.from({ length: count }, (_, index) => `user-${index},250,EUR`);
-  await writeFile(input, `user_id,amount,currency\n${rows.join('\n')}\n`);
-  return input;
-}
-
 async function provider(latencyMs: number): Promise<MockProvider> {
-  const mock = await startMockProvider({ port: 0, jitter: 0, seed: 2, latencyMs });
+  const mock = await startMockProvider({ port: 0, jitter: 0, seed: 5, latencyMs });
   opened.push({ close: () => mock.close({ graceMs: 0 }) });
   return mock;
 }
 
+/** A CSV of `count` users, `amount` minor units of `currency` each. */
+async function usersFile(count: number, amount = 100, currency = 'USD'): Promise<string> {
+  const input = join(dir, `users-${prefix}.csv`);
+  const rows = Array.from({ length: count }, (_, index) => `user-${index},${amount},${currency}`);
+  await writeFile(input, `user_id,amount,currency\n${rows.join('\n')}\n`);
+  return input;
+}
+
+async function enqueueFile(input: string): Promise<string> {
+  const result = await enqueue({ input, redis: connect('short'), prefix, queue: 'q' });
+  return result.choice.run.runId;
+}
+
+async function startWorker(
+  mock: MockProvider,
+  options: {
+    concurrency: number;
+    globalConcurrency?: number;
+    exitWhenIdle?: boolean;
+    name?: string;
+  },
+): Promise<{ worker: BillingWorker; endpoint: string }> {
+  const client = new ProviderClient({
+    endpoint: `${mock.url}/charge`,
+    connections: options.concurrency,
+    timeoutMs: 5_000,
+  });
+  opened.push(client);
+  const worker = await BillingWorker.start({
+    redis: connect('patient'),
+    prefix,
+    queue: 'q',
+    endpoint: client.endpoint,
+    sender: client,
+    policy: resolveRetryPolicy({ maxAttempts: 5 }),
+    lockDurationMs: 5_000,
+    ...options,
+  });
+  opened.push(worker);
+  return { worker, endpoint: client.endpoint };
+}
+
+describe('limits across the workers of a queue', () => {
+  it('--global-concurrency caps the requests in flight at the provider, whatever each worker allows', async () => {
+    const mock = await provider(40);
+    await enqueueFile(await usersFile(200));
+    const first = await startWorker(mock, {
+      concurrency: 20,
+      globalConcurrency: 6,
+      exitWhenIdle: true,
+    });
+    const second = await startWorker(mock, { concurrency: 20, exitWhenIdle: true });
+    const [a, b] = await Promise.all([first.worker.done, second.worker.done]);
+    expect([a.reason, b.reason]).toEqual(['idle', 'idle']);
+    const stats = mock.stats();
+    expect(stats.charges).toBe(200);
+    expect(stats.duplicate_charges).toBe(0);
+    // Each worker alone would have 20 in flight; the queue lets 6 be active at once in all.
+    expect(stats.max_in_flight).toBeLessThanOrEqual(6);
+    expect(stats.max_in_flight).toBeGreaterThanOrEqual(2);
+    const charged = first.worker.snapshot().ended.charged + second.worker.snapshot().ended.charged;
+    expect(charged).toBe(200);
+  });
+
+  it('--global-concurrency 0 takes the cap off the queue again', async () => {
+    const queue = new Queue('q', { connection: connect('short'), prefix });
+    opened.push(queue);
+    const mock = await provider(40);
+    await enqueueFile(await usersFile(100));
+    await queue.setGlobalConcurrency(2);
+    const { worker } = await startWorker(mock, {
+      concurrency: 10,
+      globalConcurrency: 0,
+      exitWhenIdle: true,
+    });
+    await worker.done;
+    expect(await queue.getGlobalConcurrency()).toBeNull();
+    expect(mock.stats().charges).toBe(100);
+    expect(mock.stats().max_in_flight).toBeGreaterThan(2);
+  });
+});
+
 describe('status of a run on the distributed engine', () => {
   it('shows counts, the pace, the queue and the live workers by name while the run goes on', async () => {
-    prefix = uniquePrefix();
     const mock = await provider(100);
-    const { choice } = await enqueue({
-      input: await usersFile(300),
-      redis: connect('short'),
-      prefix,
-      queue: 'q',
-    });
-    const runId = choice.run.runId;
-    const client = new ProviderClient({ endpoint: `${mock.url}/charge`, connections: 10 });
-    opened.push(client);
-    const worker = await BillingWorker.start({
-      redis: connect('patient'),
-      prefix,
-      queue: 'q',
-      endpoint: client.endpoint,
-      sender: client,
-      policy: resolveRetryPolicy(),
+    const runId = await enqueueFile(await usersFile(300, 250, 'EUR'));
+    const { worker, endpoint } = await startWorker(mock, {
       concurrency: 10,
       name: 'billing-host-7',
     });
-    opened.push(worker);
     const reader = new DistributedStatusReader({ redis: connect('short'), prefix, queue: 'q' });
     opened.push(reader);
 
     const during = await reader.read(runId, 500);
-    expect(during.run.endpoint).toBe(client.endpoint);
+    expect(during.run.endpoint).toBe(endpoint);
     expect(during.counts.pending).toBeGreaterThan(0);
     expect(during.counts.charged).toBeGreaterThan(0);
     // 10 in flight at 100 ms: about 100 charges/s; a loaded machine may manage far less.
@@ -114,10 +178,9 @@ describe('status of a run on the distributed engine', () => {
   });
 
   it('plans a dry run on Redis without queueing a job or charging anyone', async () => {
-    prefix = uniquePrefix();
     const mock = await provider(1);
     const result = await billDistributed({
-      input: await usersFile(40),
+      input: await usersFile(40, 250, 'EUR'),
       endpoint: `${mock.url}/charge`,
       redis: REDIS_URL,
       prefix,
