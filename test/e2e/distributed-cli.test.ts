@@ -1,7 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Queue } from 'bullmq';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ledgerPrefix } from '../../src/engine/distributed/jobs.js';
 import {
   expectReportAgreesWithProvider,
@@ -14,46 +13,18 @@ import { runCli } from '../helpers/cli.js';
 import {
   countsSum,
   expectedJobIds,
-  openQueue,
   placeFlags,
   pollUntil,
-  type RedisPlace,
   redisStatus,
-  useChildren,
+  useRedisPlace,
 } from '../helpers/distributed.js';
-import {
-  closeRedisAdmin,
-  deleteKeysUnder,
-  keysUnder,
-  REDIS_URL,
-  redisAdmin,
-  uniquePrefix,
-} from '../helpers/redis.js';
+import { keysUnder, redisAdmin } from '../helpers/redis.js';
 
 // The distributed engine's smaller commands end to end: enqueue (bad input, kill -9 and
 // again), run --redis, and what a worker says about a Redis that keeps nothing on disk.
 
 const ws = useCliWorkspace('bulkbill-e2e-dcli-', { latencyMs: 10, seed: 2 });
-let place: RedisPlace;
-const queues: Queue[] = [];
-beforeEach(() => {
-  place = { url: REDIS_URL, prefix: uniquePrefix(), queue: 'charges' };
-});
-afterEach(async () => {
-  await Promise.all(queues.splice(0).map((queue) => queue.close()));
-  await deleteKeysUnder(place.prefix);
-});
-// Registered last, so it runs first: every process is dead before the keys and providers go.
-const children = useChildren();
-afterAll(async () => {
-  await closeRedisAdmin();
-});
-
-function queue(): Queue {
-  const opened = openQueue(place);
-  queues.push(opened);
-  return opened;
-}
+const { place, queue, children } = useRedisPlace();
 
 /** The job ids in the queue's wait list (LRANGE, not job by job: there may be 60,000). */
 function waitingIds(): Promise<string[]> {

@@ -1,6 +1,5 @@
 import { join } from 'node:path';
-import type { Queue } from 'bullmq';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { MockProvider } from '../../src/mock-provider/index.js';
 import {
   expectedExitStatus,
@@ -17,47 +16,19 @@ import { type CliProcess, runCli } from '../helpers/cli.js';
 import {
   countsSum,
   dumpKeys,
-  openQueue,
   placeFlags,
   pollUntil,
-  type RedisPlace,
   redisStatus,
-  useChildren,
+  useRedisPlace,
   workerName,
 } from '../helpers/distributed.js';
-import {
-  closeRedisAdmin,
-  deleteKeysUnder,
-  keysUnder,
-  REDIS_URL,
-  redisAdmin,
-  uniquePrefix,
-} from '../helpers/redis.js';
+import { keysUnder, redisAdmin } from '../helpers/redis.js';
 
 // The distributed engine as an operator runs it: `bulkbill enqueue`, then `bulkbill worker`
 // processes (real processes, the real Redis, a real mock provider), followed with `status`.
 
 const ws = useCliWorkspace('bulkbill-e2e-workers-');
-let place: RedisPlace;
-const queues: Queue[] = [];
-beforeEach(() => {
-  place = { url: REDIS_URL, prefix: uniquePrefix(), queue: 'charges' };
-});
-afterEach(async () => {
-  await Promise.all(queues.splice(0).map((queue) => queue.close()));
-  await deleteKeysUnder(place.prefix);
-});
-// Registered last, so it runs first: every process is dead before the keys and providers go.
-const children = useChildren();
-afterAll(async () => {
-  await closeRedisAdmin();
-});
-
-function queue(): Queue {
-  const opened = openQueue(place);
-  queues.push(opened);
-  return opened;
-}
+const { place, queue, children } = useRedisPlace();
 
 /** `bulkbill enqueue <input>` on this test's prefix and queue; returns the run id it printed. */
 async function enqueue(input: string): Promise<string> {

@@ -1,10 +1,11 @@
 import { hostname } from 'node:os';
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { afterEach, expect } from 'vitest';
+import { afterAll, afterEach, beforeEach, expect } from 'vitest';
 import { jobIdOf } from '../../src/engine/distributed/jobs.js';
 import type { StateCounts } from '../../src/ledger/ledger.js';
 import { type CliProcess, runCli, spawnCli } from './cli.js';
+import { closeRedisAdmin, deleteKeysUnder, REDIS_URL, uniquePrefix } from './redis.js';
 
 // Helpers of the distributed engine's end-to-end tests: the CLI's workers as child processes,
 // the queue and the ledger read straight from Redis, polling with a deadline.
@@ -143,5 +144,40 @@ export function useChildren(): { spawn: typeof spawnCli } {
       children.push(cli);
       return cli;
     },
+  };
+}
+
+/**
+ * A test file's place on the shared Redis: before each test a fresh prefix (queue `charges`);
+ * after it, the queue handles opened with `queue()` closed, the CLI processes killed (first)
+ * and every key under the prefix deleted. Register it after useCliWorkspace, as useChildren.
+ */
+export function useRedisPlace(): {
+  readonly place: RedisPlace;
+  queue(): Queue;
+  readonly children: { spawn: typeof spawnCli };
+} {
+  const place = { url: REDIS_URL, prefix: '', queue: 'charges' };
+  const queues: Queue[] = [];
+  beforeEach(() => {
+    place.prefix = uniquePrefix();
+  });
+  afterEach(async () => {
+    await Promise.all(queues.splice(0).map((queue) => queue.close()));
+    await deleteKeysUnder(place.prefix);
+  });
+  // Registered last, so it runs first: every process is dead before the keys and providers go.
+  const children = useChildren();
+  afterAll(async () => {
+    await closeRedisAdmin();
+  });
+  return {
+    place,
+    queue() {
+      const opened = openQueue(place);
+      queues.push(opened);
+      return opened;
+    },
+    children,
   };
 }
