@@ -9,7 +9,7 @@ import {
   REDIS_URL,
   uniquePrefix,
 } from '../helpers/redis.js';
-import { engineConformance } from './engine-conformance.js';
+import { engineConformance, engineOver } from './engine-conformance.js';
 
 const prefixes: string[] = [];
 
@@ -18,35 +18,21 @@ engineConformance('the distributed engine on BullMQ and the Redis ledger', async
   const prefix = uniquePrefix();
   prefixes.push(prefix);
   const ledger = new RedisLedger({ redis: REDIS_URL, prefix: ledgerPrefix(prefix) });
-  return {
-    async bill(options) {
-      const result = await billDistributed({
+  return engineOver(
+    ledger,
+    (options) =>
+      billDistributed({
         ...options,
         headers: [...(options.headers ?? [])],
         redis: REDIS_URL,
         prefix,
         queue: 'charges',
-      });
-      return {
-        outcome: result.outcome,
-        runId: result.run.runId,
-        total: result.run.total,
-        counts: result.counts,
-      };
-    },
-    async charges(runId) {
-      const all = [];
-      for await (const charge of ledger.charges(runId)) all.push(charge);
-      return all;
-    },
-    async hasRun(runId) {
-      return (await ledger.findRun(runId)) !== undefined;
-    },
-    async close() {
+      }),
+    async () => {
       await ledger.close();
       await deleteKeysUnder(prefix);
     },
-  };
+  );
 });
 
 afterAll(async () => {

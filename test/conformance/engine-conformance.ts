@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ChargeState } from '../../src/domain/outcome.js';
-import type { ChargeRecord, StateCounts } from '../../src/ledger/ledger.js';
+import type { BillResult } from '../../src/engine/local-engine.js';
+import type { ChargeRecord, Ledger, StateCounts } from '../../src/ledger/ledger.js';
 import {
   type MockProvider,
   type MockProviderOptions,
@@ -45,6 +46,37 @@ export interface EngineUnderTest {
 }
 
 export type EngineFactory = (workdir: string) => Promise<EngineUnderTest>;
+
+/**
+ * An engine under test from what every engine has: a bill() that resolves with a BillResult,
+ * and the ledger it keeps runs in (read for charges and runs).
+ */
+export function engineOver(
+  ledger: Ledger,
+  billWith: (options: ConformanceBillOptions) => Promise<BillResult>,
+  close: () => Promise<void>,
+): EngineUnderTest {
+  return {
+    async bill(options) {
+      const result = await billWith(options);
+      return {
+        outcome: result.outcome,
+        runId: result.run.runId,
+        total: result.run.total,
+        counts: result.counts,
+      };
+    },
+    async charges(runId) {
+      const all: ChargeRecord[] = [];
+      for await (const charge of ledger.charges(runId)) all.push(charge);
+      return all;
+    },
+    async hasRun(runId) {
+      return (await ledger.findRun(runId)) !== undefined;
+    },
+    close,
+  };
+}
 
 const TERMINAL: readonly ChargeState[] = ['charged', 'declined', 'failed', 'unknown', 'invalid'];
 
