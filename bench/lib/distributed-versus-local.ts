@@ -18,7 +18,8 @@ import {
   type WorkerProcessResult,
 } from './distributed-process.js';
 import { type EngineProcessResult, runEngineProcess } from './engine-process.js';
-import { violationsOf } from './engine-versus-bare.js';
+import { undisturbedOrAll, violationsOf } from './engine-versus-bare.js';
+
 import {
   finiteMedian,
   formatCount,
@@ -618,9 +619,7 @@ export function isDisturbed(sample: BillingSample): boolean {
 
 /** The measured samples of one side a median is taken over: the undisturbed ones, or all. */
 export function medianSamples(samples: readonly BillingSample[], side: string): BillingSample[] {
-  const mine = samples.filter((sample) => !sample.warmUp && sample.side === side);
-  const undisturbed = mine.filter((sample) => !isDisturbed(sample));
-  return undisturbed.length > 0 ? undisturbed : mine;
+  return undisturbedOrAll(samples, side, isDisturbed);
 }
 
 /** The median of `figure` over medianSamples. */
@@ -663,23 +662,6 @@ export function roundRatios(
     );
   }
   return ratios;
-}
-
-/** Every correctness violation and problem, named by sample, warm-ups included. */
-export function findingsOf(samples: readonly BillingSample[]): {
-  violations: string[];
-  problems: string[];
-} {
-  const name = (sample: BillingSample, at: number) =>
-    `sample ${at + 1} (${sample.side}${sample.warmUp ? ', warm-up' : ''})`;
-  return {
-    violations: samples.flatMap((sample, at) =>
-      sample.violations.map((violation) => `${name(sample, at)}: ${violation}`),
-    ),
-    problems: samples.flatMap((sample, at) =>
-      sample.problems.map((problem) => `${name(sample, at)}: ${problem}`),
-    ),
-  };
 }
 
 /** `3 disturbed attempts rerun; 1 sample kept though disturbed`, or ''. */

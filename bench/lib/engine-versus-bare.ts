@@ -363,8 +363,15 @@ export function isDisturbed(sample: ChargeSample): boolean {
 
 /** The measured samples of one side a median is taken over: the undisturbed ones, or all. */
 export function medianSamples(samples: readonly ChargeSample[], side: Side): ChargeSample[] {
+  return undisturbedOrAll(samples, side, isDisturbed);
+}
+
+/** The measured (not warm-up) samples of a side, the undisturbed ones if there are any. */
+export function undisturbedOrAll<
+  Sample extends { readonly side: string; readonly warmUp: boolean },
+>(samples: readonly Sample[], side: string, disturbed: (sample: Sample) => boolean): Sample[] {
   const mine = samples.filter((sample) => !sample.warmUp && sample.side === side);
-  const undisturbed = mine.filter((sample) => !isDisturbed(sample));
+  const undisturbed = mine.filter((sample) => !disturbed(sample));
   return undisturbed.length > 0 ? undisturbed : mine;
 }
 
@@ -406,11 +413,18 @@ export function describeMedians(samples: readonly ChargeSample[]): string {
 }
 
 /** Every correctness violation and problem, named by sample, warm-ups included. */
-export function findingsOf(samples: readonly ChargeSample[]): {
+export function findingsOf(
+  samples: readonly {
+    readonly side: string;
+    readonly warmUp: boolean;
+    readonly violations: readonly string[];
+    readonly problems: readonly string[];
+  }[],
+): {
   violations: string[];
   problems: string[];
 } {
-  const name = (sample: ChargeSample, at: number) =>
+  const name = (sample: (typeof samples)[number], at: number) =>
     `sample ${at + 1} (${sample.side}${sample.warmUp ? ', warm-up' : ''})`;
   return {
     violations: samples.flatMap((sample, at) =>

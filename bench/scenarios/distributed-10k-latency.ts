@@ -4,12 +4,12 @@ import {
   billingSampleTable,
   describeMedian,
   describeNoise,
-  findingsOf,
   medianOf,
   roundRatios,
   runDistributedVersusLocal,
   sideName,
 } from '../lib/distributed-versus-local.js';
+import { findingsOf } from '../lib/engine-versus-bare.js';
 import { formatCount, formatRatio, formatSeconds } from '../lib/figures.js';
 import type { BenchSettings, ScenarioReport, SummaryRow, Verdict } from '../lib/report.js';
 

@@ -13,10 +13,10 @@ import {
   type BillingSide,
   billingSampleTable,
   enqueueJobsPerSecond,
-  findingsOf,
   keyGroupOf,
   runDistributedVersusLocal,
 } from '../lib/distributed-versus-local.js';
+import { findingsOf } from '../lib/engine-versus-bare.js';
 import { formatCount, formatMebibytes, formatRatio, formatSeconds } from '../lib/figures.js';
 import { describeQuietWait, type QuietWait, waitForQuietMachine } from '../lib/quiet-machine.js';
 import {

@@ -6,13 +6,13 @@ import {
   describeMedian,
   describeNoise,
   enqueueJobsPerSecond,
-  findingsOf,
   medianOf,
   medianSamples,
   roundRatios,
   runDistributedVersusLocal,
   sideName,
 } from '../lib/distributed-versus-local.js';
+import { findingsOf } from '../lib/engine-versus-bare.js';
 import {
   formatCount,
   formatMicroseconds,
