@@ -239,37 +239,17 @@ export async function bill(
     claimed = run.runId;
     options.onRun?.(choice);
     const before = await ledger.counts(run.runId);
-    const base = {
-      run,
-      importMs,
+    const unbilled = await unbilledResult({
+      ledger,
+      choice,
       counts: before,
-      chargedAmounts: await ledger.totals(run.runId, 'charged'),
-      ended: 0,
-      attempts: 0,
-      latencies: new Float64Array(0),
-      serialMs: 0,
-      stoppedBecause: undefined,
-    };
-    if (choice.how === 'finished') {
-      const reportPath = await writeRunReport(ledger, run.runId, options.reportPath);
-      return {
-        ...base,
-        outcome: 'finished-before',
-        wallMs: clock.now() - started,
-        plan: undefined,
-        reportPath,
-      };
-    }
-    if (config.dryRun) {
-      const plan = await planRun(ledger, run, before, config);
-      return {
-        ...base,
-        outcome: 'planned',
-        wallMs: clock.now() - started,
-        plan,
-        reportPath: undefined,
-      };
-    }
+      dryRun: config.dryRun,
+      importMs,
+      planning: config,
+      reportPath: options.reportPath,
+      elapsedMs: () => clock.now() - started,
+    });
+    if (unbilled) return unbilled;
 
     const scheduler = new Scheduler({
       runId: run.runId,
@@ -319,6 +299,49 @@ export async function bill(
   }
 }
 
+/**
+ * bill()'s answer when it bills nobody: the run had finished (its report is written again), or
+ * a dry run planned it. Undefined when there is billing to do. Shared by both engines.
+ */
+export async function unbilledResult(args: {
+  readonly ledger: Ledger;
+  readonly choice: RunChoice;
+  /** The run's counts now. */
+  readonly counts: StateCounts;
+  readonly dryRun: boolean;
+  readonly importMs: number;
+  readonly planning: Pick<ResolvedBillOptions, 'concurrency' | 'rate' | 'assumedLatencyMs'>;
+  readonly reportPath: ((runId: string) => string) | undefined;
+  readonly elapsedMs: () => number;
+}): Promise<BillResult | undefined> {
+  const { ledger, choice, counts } = args;
+  const { run } = choice;
+  if (choice.how !== 'finished' && !args.dryRun) return undefined;
+  const base = {
+    run,
+    importMs: args.importMs,
+    counts,
+    chargedAmounts: await ledger.totals(run.runId, 'charged'),
+    ended: 0,
+    attempts: 0,
+    latencies: new Float64Array(0),
+    serialMs: 0,
+    stoppedBecause: undefined,
+  };
+  if (choice.how === 'finished') {
+    const reportPath = await writeRunReport(ledger, run.runId, args.reportPath);
+    return {
+      ...base,
+      outcome: 'finished-before',
+      wallMs: args.elapsedMs(),
+      plan: undefined,
+      reportPath,
+    };
+  }
+  const plan = await planRun(ledger, run, counts, args.planning);
+  return { ...base, outcome: 'planned', wallMs: args.elapsedMs(), plan, reportPath: undefined };
+}
+
 /** Fails with a usage error when `path` cannot be created or written. */
 export async function checkWritable(path: string, name: string): Promise<void> {
   const existing = await stat(path).catch(() => undefined);
@@ -344,7 +367,7 @@ export async function writeRunReport(
   return path;
 }
 
-export async function planRun(
+async function planRun(
   ledger: Ledger,
   run: RunRecord,
   counts: StateCounts,

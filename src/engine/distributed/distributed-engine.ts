@@ -13,7 +13,7 @@ import {
   billOptionsSchema,
   checkWritable,
   parseOptions,
-  planRun,
+  unbilledResult,
   writeRunReport,
 } from '../local-engine.js';
 import { checkReachable, closeRedis, connectRedis } from './connection.js';
@@ -107,36 +107,17 @@ export async function billDistributed(
       },
     });
     const { run } = queued.choice;
-    const before = await ledger.counts(run.runId);
-    const base = {
-      run,
+    const unbilled = await unbilledResult({
+      ledger,
+      choice: queued.choice,
+      counts: await ledger.counts(run.runId),
+      dryRun: config.dryRun,
       importMs: queued.importMs,
-      counts: before,
-      chargedAmounts: await ledger.totals(run.runId, 'charged'),
-      ended: 0,
-      attempts: 0,
-      latencies: new Float64Array(0),
-      serialMs: 0,
-      stoppedBecause: undefined,
-    };
-    if (queued.choice.how === 'finished') {
-      return {
-        ...base,
-        outcome: 'finished-before',
-        wallMs: performance.now() - started,
-        plan: undefined,
-        reportPath: await writeRunReport(ledger, run.runId, reportPathOf),
-      };
-    }
-    if (config.dryRun) {
-      return {
-        ...base,
-        outcome: 'planned',
-        wallMs: performance.now() - started,
-        plan: await planRun(ledger, run, before, config),
-        reportPath: undefined,
-      };
-    }
+      planning: config,
+      reportPath: reportPathOf,
+      elapsedMs: () => performance.now() - started,
+    });
+    if (unbilled) return unbilled;
 
     // From here on Redis may restart under the run: the worker and the wait outlive it.
     patient = connectRedis(config.redis, 'patient', label('redis'));
