@@ -1,5 +1,4 @@
 import { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import { UsageError } from '../../domain/errors.js';
 import { runIdProblem } from '../../domain/idempotency-key.js';
 import { hashInput, type InputFormat } from '../../input/index.js';
@@ -14,17 +13,12 @@ import {
   JOB_NAME,
   jobIdOf,
   ledgerPrefix,
+  type QueuePlace,
 } from './jobs.js';
 
-export interface EnqueueOptions {
+export interface EnqueueOptions extends QueuePlace {
   /** The billing cycle: a CSV or NDJSON file. */
   readonly input: string;
-  /** An open connection; the caller closes it. */
-  readonly redis: Redis;
-  /** Start of every key. Default `bulkbill`. */
-  readonly prefix?: string | undefined;
-  /** The BullMQ queue. Default `bulkbill`. */
-  readonly queue?: string | undefined;
   /** Names the run. Default: resume the input's unfinished run, else a fresh id. */
   readonly runId?: string | undefined;
   /** Binds the run to this endpoint now (printable form); default: its first worker binds it. */

@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 
 /** The BullMQ job of one charge: what a worker needs to send it, nothing more. */
@@ -17,6 +18,16 @@ export interface ChargeJobData {
 }
 
 export const JOB_NAME = 'charge';
+
+/** Where runs live on Redis: a connection, the start of every key, and the queue. */
+export interface QueuePlace {
+  /** An open connection; the caller closes it. */
+  readonly redis: Redis;
+  /** Start of every key, the queue's and the ledger's. Default `bulkbill`. */
+  readonly prefix?: string | undefined;
+  /** The BullMQ queue. Default `bulkbill`. */
+  readonly queue?: string | undefined;
+}
 
 /** Queue name used when none is given. */
 export const DEFAULT_QUEUE = 'bulkbill';

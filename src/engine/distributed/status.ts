@@ -1,10 +1,9 @@
 import { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import { BulkbillError, ErrorCode } from '../../domain/errors.js';
 import { endedOf, type RunRecord, type StateCounts } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { etaMsOf, type ProgressEvent } from '../../observe/progress.js';
-import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix, type QueuePlace } from './jobs.js';
 
 /** A live worker of the queue, as Redis sees its connection. */
 export interface LiveWorker {
@@ -32,12 +31,6 @@ export interface DistributedStatus {
   readonly stoppedBecause: string | undefined;
 }
 
-export interface StatusSource {
-  readonly redis: Redis;
-  readonly prefix?: string | undefined;
-  readonly queue?: string | undefined;
-}
-
 /**
  * Reads a run's status from the Redis ledger and the queue. The ledger and queue handles are
  * opened once and reused by every read until close().
@@ -46,7 +39,7 @@ export class DistributedStatusReader {
   readonly ledger: RedisLedger;
   readonly #queue: Queue;
 
-  constructor(source: StatusSource) {
+  constructor(source: QueuePlace) {
     const prefix = source.prefix ?? DEFAULT_PREFIX;
     this.ledger = new RedisLedger({ redis: source.redis, prefix: ledgerPrefix(prefix) });
     this.#queue = new Queue(source.queue ?? DEFAULT_QUEUE, { connection: source.redis, prefix });

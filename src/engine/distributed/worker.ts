@@ -17,14 +17,12 @@ import {
   DEFAULT_QUEUE,
   ledgerPrefix,
   limiterOf,
+  type QueuePlace,
   UNLIMITED,
 } from './jobs.js';
 
-export interface BillingWorkerOptions {
-  /** A connection that waits for Redis to come back (connectRedis(url, 'patient')); the caller closes it. */
-  readonly redis: Redis;
-  readonly prefix?: string | undefined;
-  readonly queue?: string | undefined;
+/** Its `redis` connection should wait for Redis to come back: connectRedis(url, 'patient'). */
+export interface BillingWorkerOptions extends QueuePlace {
   /** The endpoint as printed and bound to runs (printableEndpoint). */
   readonly endpoint: string;
   /** Sends attempts: a ProviderClient on the endpoint, with its headers and timeout. */
