@@ -2,6 +2,7 @@ import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/
 import { enqueue } from '../engine/distributed/enqueue.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
 import { printableEndpoint } from '../provider/index.js';
+import { announceRun } from './announce.js';
 import { ExitStatus } from './exit-codes.js';
 import { onStopSignals } from './signals.js';
 
@@ -42,16 +43,8 @@ export async function enqueueCommand(input: string, flags: EnqueueFlags): Promis
       endpoint,
       skipInvalid: flags.skipInvalid === true,
       signal: controller.signal,
-      onRun: ({ run, how }) => {
-        const what =
-          how === 'created'
-            ? `new run ${run.runId}`
-            : how === 'resumed'
-              ? `resuming unfinished run ${run.runId}`
-              : `run ${run.runId} already finished on ${run.finishedAt}: nothing to queue (a new cycle needs a new --run-id)`;
-        stderr.write(
-          `bulkbill: ${what} · ${number.format(run.total)} rows · queue ${flags.queue} on ${redactedUrl(flags.redis)}\n`,
-        );
+      onRun: (choice) => {
+        stderr.write(announceRun(choice, `queue ${flags.queue} on ${redactedUrl(flags.redis)}`));
       },
       onQueued: (queued) => {
         if (queued - lastShown >= 100_000) {

@@ -1,11 +1,12 @@
 import { formatDuration } from '../domain/duration.js';
 import { billDistributed } from '../engine/distributed/distributed-engine.js';
 import { DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
-import { type BillResult, bill, type RunChoice } from '../engine/local-engine.js';
+import { type BillResult, bill } from '../engine/local-engine.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
 import { ProgressDisplay, type ProgressEvent } from '../observe/progress.js';
 import { formatAmounts, formatSummary } from '../report/format.js';
 import { latencyPercentiles, type RunSummary } from '../report/summary.js';
+import { announceRun } from './announce.js';
 import { ExitStatus } from './exit-codes.js';
 import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
@@ -73,17 +74,6 @@ function nextStep(result: BillResult): string {
   return `bulkbill: ${parts.join(', ')}: run the same command again to retry them with the same idempotency keys (nobody is charged twice)\n`;
 }
 
-function announce(choice: RunChoice, ledger: string): string {
-  const { run, how } = choice;
-  const what =
-    how === 'created'
-      ? `new run ${run.runId}`
-      : how === 'resumed'
-        ? `resuming unfinished run ${run.runId}`
-        : `run ${run.runId} already finished on ${run.finishedAt}: nobody will be billed (a new cycle needs a new --run-id)`;
-  return `bulkbill: ${what} · ${run.total.toLocaleString('en-US')} rows · ledger ${ledger}\n`;
-}
-
 export async function runCommand(input: string, flags: RunFlags): Promise<number> {
   const stderr = process.stderr;
   const display = new ProgressDisplay(stderr, { now: () => performance.now() });
@@ -123,7 +113,7 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
             {
               ...common,
               ledger: flags.ledger,
-              onRun: (choice) => stderr.write(announce(choice, flags.ledger)),
+              onRun: (choice) => stderr.write(announceRun(choice, `ledger ${flags.ledger}`)),
             },
             billLabel,
           )
@@ -139,9 +129,9 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
               ...(flags.lockDuration === undefined ? {} : { lockDurationMs: flags.lockDuration }),
               onRun: (choice) =>
                 stderr.write(
-                  announce(
+                  announceRun(
                     choice,
-                    `${redactedUrl(flags.redis ?? '')} (queue ${flags.queue ?? DEFAULT_QUEUE})`,
+                    `ledger ${redactedUrl(flags.redis ?? '')} (queue ${flags.queue ?? DEFAULT_QUEUE})`,
                   ),
                 ),
               onLog: (level, message) => {
