@@ -11,6 +11,7 @@ import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { LatencyLog } from '../latency-log.js';
 import { endpointMismatch } from '../run-choice.js';
 import type { ChargeSender } from '../scheduler.js';
+import { closeRedis } from './connection.js';
 import {
   type ChargeJobData,
   DEFAULT_PREFIX,
@@ -218,8 +219,7 @@ export class BillingWorker {
         this.#log('error', `closing: ${(error as Error).message}`);
       } finally {
         await this.#ledger.close().catch(() => {});
-        if (this.#ledgerRedis.status === 'ready') await this.#ledgerRedis.quit().catch(() => {});
-        this.#ledgerRedis.disconnect();
+        await closeRedis(this.#ledgerRedis);
         await this.#queue.close().catch(() => {});
         this.#resolveDone(this.#end as WorkerEnd);
       }
