@@ -4,6 +4,7 @@ import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/
 import {
   type DistributedStatus,
   DistributedStatusReader,
+  PollPause,
   progressOf,
 } from '../engine/distributed/status.js';
 import { type ChargeRecord, endedOf, type Ledger, type RunRecord } from '../ledger/ledger.js';
@@ -143,11 +144,11 @@ function printStatus(status: DistributedStatus, json: boolean | undefined): void
 async function waitForEnd(reader: DistributedStatusReader, flags: StatusFlags): Promise<number> {
   const display = new ProgressDisplay(process.stderr, { now: () => performance.now() });
   let interrupted = false;
-  let wake: (() => void) | undefined;
+  const pause = new PollPause();
   const removeSignals = onStopSignals(
     () => {
       interrupted = true;
-      wake?.();
+      pause.wake();
     },
     () => {},
   );
@@ -189,14 +190,7 @@ async function waitForEnd(reader: DistributedStatusReader, flags: StatusFlags): 
         display.finish();
         return ExitStatus.Interrupted;
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => wake?.(), 1_000);
-        wake = () => {
-          clearTimeout(timer);
-          wake = undefined;
-          resolve();
-        };
-      });
+      await pause.sleep(1_000);
     }
   } finally {
     display.finish();

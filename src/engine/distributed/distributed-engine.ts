@@ -20,7 +20,7 @@ import { checkReachable, closeRedis, connectRedis } from './connection.js';
 import { enqueue } from './enqueue.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
 import { redisWarnings } from './redis-checks.js';
-import { progressOf } from './status.js';
+import { PollPause, progressOf } from './status.js';
 import { BillingWorker } from './worker.js';
 
 const positiveInteger = z.number().int().min(1);
@@ -199,12 +199,12 @@ async function waitForRun(args: {
   const started = performance.now();
   const pace = new PaceMeter();
   let stopped = false;
-  let wake: (() => void) | undefined;
+  const pause = new PollPause();
   void worker.done.then((end) => {
     stopped = end.reason === 'stopped';
-    wake?.();
+    pause.wake();
   });
-  const onAbort = () => wake?.();
+  const onAbort = () => pause.wake();
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     for (;;) {
@@ -225,14 +225,7 @@ async function waitForRun(args: {
       if (counts.pending === 0) return 'completed';
       if (stopped) return 'stopped';
       if (signal?.aborted) return 'interrupted';
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => wake?.(), args.intervalMs);
-        wake = () => {
-          clearTimeout(timer);
-          wake = undefined;
-          resolve();
-        };
-      });
+      await pause.sleep(args.intervalMs);
     }
   } finally {
     signal?.removeEventListener('abort', onAbort);

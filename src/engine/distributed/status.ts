@@ -147,3 +147,25 @@ export function progressOf(sample: {
     pausedMs: 0,
   };
 }
+
+/** A pause between two polls that an event (a signal, a worker ending) can cut short. */
+export class PollPause {
+  #wake: (() => void) | undefined;
+
+  /** Resolves after `ms`, or at the next wake(), whichever comes first. */
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.wake(), ms);
+      this.#wake = () => {
+        clearTimeout(timer);
+        this.#wake = undefined;
+        resolve();
+      };
+    });
+  }
+
+  /** Ends the pause in progress, if any. */
+  wake(): void {
+    this.#wake?.();
+  }
+}
