@@ -21,6 +21,12 @@ export type WatchVerdict =
  * come, and the run stops with nobody declined if all 20 are alike. Any other answer (a timeout
  * aside) ends the watch. The engine keeps the held charges; this keeps the rule.
  */
+// One object per verdict: observe() runs once per attempt and should not allocate.
+const DECIDE: WatchVerdict = { action: 'decide' };
+const RELEASE: WatchVerdict = { action: 'release' };
+const HOLD: WatchVerdict = { action: 'hold' };
+const PEND: WatchVerdict = { action: 'pend' };
+
 export class MisconfigurationWatch {
   #watching = true;
   #misconfigured = false;
@@ -33,21 +39,21 @@ export class MisconfigurationWatch {
   }
 
   observe(result: AttemptResult): WatchVerdict {
-    if (!this.#watching && !this.#misconfigured) return { action: 'decide' };
+    if (!this.#watching && !this.#misconfigured) return DECIDE;
     const status = result.status;
     const suspicious =
       result.kind === 'declined' &&
       (status === 400 || status === 422) &&
       (this.#sampleStatus === undefined || this.#sampleStatus === status);
     if (!suspicious) {
-      if (status === undefined || !this.#watching) return { action: 'decide' };
+      if (status === undefined || !this.#watching) return DECIDE;
       this.#watching = false;
-      return { action: 'release' };
+      return RELEASE;
     }
     this.#sampleStatus = status;
-    if (this.#misconfigured) return { action: 'pend' };
+    if (this.#misconfigured) return PEND;
     this.#held++;
-    if (this.#held < MISCONFIG_SAMPLE) return { action: 'hold' };
+    if (this.#held < MISCONFIG_SAMPLE) return HOLD;
     this.#watching = false;
     this.#misconfigured = true;
     return {
