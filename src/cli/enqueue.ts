@@ -13,6 +13,8 @@ export interface EnqueueFlags {
   runId?: string;
   endpoint?: string;
   skipInvalid?: boolean;
+  newCycle?: boolean;
+  retryFailed?: boolean;
   json?: boolean;
 }
 
@@ -42,6 +44,8 @@ export async function enqueueCommand(input: string, flags: EnqueueFlags): Promis
       runId: flags.runId,
       endpoint,
       skipInvalid: flags.skipInvalid === true,
+      newCycle: flags.newCycle === true,
+      retryFailed: flags.retryFailed === true,
       signal: controller.signal,
       onRun: (choice) => {
         stderr.write(announceRun(choice, `queue ${flags.queue} on ${redactedUrl(flags.redis)}`));

@@ -91,7 +91,21 @@ program
     'deadline of one request (default 30s)',
     durationFlag('--timeout'),
   )
-  .option('--max-attempts <n>', 'attempts per charge (default 5)', integerFlag('--max-attempts'))
+  .option(
+    '--max-attempts <n>',
+    'attempts per charge, over every crash and resume (default 5)',
+    integerFlag('--max-attempts'),
+  )
+  .option(
+    '--key-retention <duration>',
+    'how long the provider keeps idempotency keys: older charges that may have been charged are not retried (default 24h)',
+    durationFlag('--key-retention'),
+  )
+  .option(
+    '--new-cycle',
+    'create a new run even though the input shares users with an unfinished run',
+  )
+  .option('--retry-failed', "retry the run's failed and unknown charges, with the same keys")
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .option('--report <path>', 'per-user CSV report (default <run-id>.report.csv)')
   .addOption(headerOption())
@@ -121,8 +135,10 @@ program
 
 program
   .command('status')
-  .description("Show a run's counts per state, or what happened to one user.")
-  .requiredOption('--run-id <id>', 'the run')
+  .description(
+    "Show a run's counts per state, what happened to one user, or (without --run-id) every run.",
+  )
+  .option('--run-id <id>', 'the run (default: list every run, or find --user in every run)')
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .option('--user <user_id>', "show this user's charge")
   .option('--json', 'print JSON')
@@ -166,6 +182,11 @@ program
     'bind the run to this endpoint now (default: its first worker binds it)',
   )
   .option('--skip-invalid', 'record invalid rows as invalid and queue the rest')
+  .option(
+    '--new-cycle',
+    'create a new run even though the input shares users with an unfinished run',
+  )
+  .option('--retry-failed', "queue the run's failed and unknown charges again, with the same keys")
   .option('--json', 'print the outcome as one JSON object on stdout')
   .action(async (input: string, flags) => {
     const { enqueueCommand } = await import('./enqueue.js');
@@ -193,7 +214,18 @@ program
     integerFlag('--global-concurrency'),
   )
   .option('--timeout <duration>', 'deadline of one request', durationFlag('--timeout'), 30_000)
-  .option('--max-attempts <n>', 'attempts per charge', integerFlag('--max-attempts'), 5)
+  .option(
+    '--max-attempts <n>',
+    'attempts per charge, over every crash',
+    integerFlag('--max-attempts'),
+    5,
+  )
+  .option(
+    '--key-retention <duration>',
+    'how long the provider keeps idempotency keys: older charges that may have been charged are not retried',
+    durationFlag('--key-retention'),
+    86_400_000,
+  )
   .addOption(headerOption())
   .option('--exit-when-idle', 'exit once the queue holds no job')
   .option(

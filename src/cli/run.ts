@@ -18,6 +18,9 @@ export interface RunFlags {
   rate?: number;
   timeout?: number;
   maxAttempts?: number;
+  keyRetention?: number;
+  newCycle?: boolean;
+  retryFailed?: boolean;
   ledger: string;
   report?: string;
   header: string[];
@@ -63,15 +66,27 @@ export function exitStatusOf(result: BillResult): number {
 }
 
 /** What the operator can do about charges that did not end well, or nothing. */
-function nextStep(result: BillResult): string {
+function nextStep(result: BillResult, command: string): string {
   const { failed, unknown, pending } = result.counts;
   if (result.outcome === 'planned' || failed + unknown + pending === 0) return '';
-  const parts = [
-    failed > 0 ? `${failed} failed (never reached the provider)` : undefined,
-    unknown > 0 ? `${unknown} unknown (may have reached it; see the report)` : undefined,
-    pending > 0 ? `${pending} pending` : undefined,
-  ].filter((part) => part !== undefined);
-  return `bulkbill: ${parts.join(', ')}: run the same command again to retry them with the same idempotency keys (nobody is charged twice)\n`;
+  const lines: string[] = [];
+  if (pending > 0) {
+    lines.push(
+      `bulkbill: ${pending} pending: run the same command again to continue them with the same idempotency keys`,
+    );
+  }
+  if (failed + unknown > 0) {
+    const parts = [
+      failed > 0 ? `${failed} failed (no attempt can have reached the provider)` : undefined,
+      unknown > 0
+        ? `${unknown} unknown (an attempt may have charged; the report says why)`
+        : undefined,
+    ].filter((part) => part !== undefined);
+    lines.push(
+      `bulkbill: ${parts.join(', ')}: a plain rerun leaves them as they are; retry them with the same idempotency keys (a charged one is answered with its stored charge, nobody is charged twice): ${command} --retry-failed`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
 }
 
 export async function runCommand(input: string, flags: RunFlags): Promise<number> {
@@ -101,6 +116,9 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       ...(flags.rate === undefined ? {} : { rate: flags.rate }),
       ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout }),
       ...(flags.maxAttempts === undefined ? {} : { maxAttempts: flags.maxAttempts }),
+      ...(flags.keyRetention === undefined ? {} : { keyRetentionMs: flags.keyRetention }),
+      newCycle: flags.newCycle === true,
+      retryFailed: flags.retryFailed === true,
       skipInvalid: flags.skipInvalid === true,
       dryRun: flags.dryRun === true,
       signal: controller.signal,
@@ -166,7 +184,12 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
     if (result.outcome === 'stopped') {
       stderr.write(`bulkbill: stopped with charges left pending: ${result.stoppedBecause}\n`);
     }
-    stderr.write(nextStep(result));
+    stderr.write(
+      nextStep(
+        result,
+        `bulkbill run ${input} --run-id ${result.run.runId}${flags.redis === undefined ? '' : ' --redis …'}`,
+      ),
+    );
     return exitStatusOf(result);
   } finally {
     display.finish();

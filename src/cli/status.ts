@@ -8,14 +8,15 @@ import {
   progressOf,
 } from '../engine/distributed/status.js';
 import { type ChargeRecord, endedOf, type Ledger, type RunRecord } from '../ledger/ledger.js';
+import { redactedUrl } from '../ledger/redis-ledger.js';
 import { PaceMeter, ProgressDisplay } from '../observe/progress.js';
 import { formatAmounts, formatCounts } from '../report/format.js';
 import { ExitStatus } from './exit-codes.js';
-import { openRun } from './ledger-access.js';
+import { openLedger, openRun } from './ledger-access.js';
 import { onStopSignals } from './signals.js';
 
 export interface StatusFlags {
-  runId: string;
+  runId?: string;
   ledger: string;
   user?: string;
   json?: boolean;
@@ -34,6 +35,14 @@ export async function statusCommand(flags: StatusFlags): Promise<number> {
       ErrorCode.Usage,
       '--wait: follows a run on Redis (--redis); a local run is followed by its own `bulkbill run`',
     );
+  }
+  if (flags.runId === undefined) {
+    const ledger = await openLedger(flags.ledger);
+    try {
+      return await listOrFind(ledger, flags, `in ${flags.ledger}`);
+    } finally {
+      await ledger.close();
+    }
   }
   const { ledger, run } = await openRun(flags.ledger, flags.runId);
   try {
@@ -59,6 +68,54 @@ export async function statusCommand(flags: StatusFlags): Promise<number> {
   }
 }
 
+/**
+ * Without a run id: every run of the ledger (id, created, input, counts, finished or not), or,
+ * with --user, that user in every run that holds them.
+ */
+async function listOrFind(ledger: Ledger, flags: StatusFlags, where: string): Promise<number> {
+  const runs = await ledger.listRuns();
+  if (flags.user !== undefined) {
+    const found: Array<{ run: RunRecord; charge: ChargeRecord }> = [];
+    for (const run of runs) {
+      const charge = await ledger.charge(run.runId, flags.user);
+      if (charge) found.push({ run, charge });
+    }
+    if (found.length === 0) {
+      throw new BulkbillError(
+        ErrorCode.Usage,
+        `--user: no user ${flags.user} in any of the ${runs.length} runs ${where}`,
+      );
+    }
+    if (flags.json) {
+      for (const { run, charge } of found) {
+        process.stdout.write(`${JSON.stringify({ runId: run.runId, ...charge })}\n`);
+      }
+      return ExitStatus.Ok;
+    }
+    for (const { run, charge } of found) process.stdout.write(describeCharge(run, charge));
+    return ExitStatus.Ok;
+  }
+  const listed = [];
+  for (const run of runs) listed.push({ ...run, counts: await ledger.counts(run.runId) });
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify({ runs: listed })}\n`);
+    return ExitStatus.Ok;
+  }
+  if (listed.length === 0) {
+    process.stdout.write(`no runs ${where}\n`);
+    return ExitStatus.Ok;
+  }
+  const lines = [`${listed.length} run${listed.length === 1 ? '' : 's'} ${where}, newest first:`];
+  for (const run of listed) {
+    const state = run.finishedAt ? `finished ${run.finishedAt}` : 'not finished';
+    lines.push(
+      `  ${run.runId}: ${state} · created ${run.createdAt} · input ${run.inputPath} · ${number.format(run.total)} rows: ${formatCounts(run.counts)}`,
+    );
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return ExitStatus.Ok;
+}
+
 /** "What happened to user X?" */
 async function printCharge(
   ledger: Ledger,
@@ -74,6 +131,11 @@ async function printCharge(
     process.stdout.write(`${JSON.stringify({ runId: run.runId, ...charge })}\n`);
     return ExitStatus.Ok;
   }
+  process.stdout.write(describeCharge(run, charge));
+  return ExitStatus.Ok;
+}
+
+function describeCharge(run: RunRecord, charge: ChargeRecord): string {
   const parts = [
     `${charge.userId} in run ${run.runId}: ${charge.state}`,
     `  line ${charge.line} · ${charge.amount} ${charge.currency} (minor units) · ${charge.attempts} attempt${charge.attempts === 1 ? '' : 's'}`,
@@ -81,9 +143,11 @@ async function printCharge(
   if (charge.httpStatus !== undefined) parts.push(`  last answer: HTTP ${charge.httpStatus}`);
   if (charge.chargeId) parts.push(`  provider charge id: ${charge.chargeId}`);
   if (charge.ambiguous) parts.push('  an attempt may have reached the provider unanswered');
+  if (charge.firstAttemptAt !== undefined) {
+    parts.push(`  first attempt: ${new Date(charge.firstAttemptAt).toISOString()}`);
+  }
   if (charge.error) parts.push(`  reason: ${charge.error}`);
-  process.stdout.write(`${parts.join('\n')}\n`);
-  return ExitStatus.Ok;
+  return `${parts.join('\n')}\n`;
 }
 
 async function redisStatusCommand(flags: StatusFlags, url: string): Promise<number> {
@@ -92,10 +156,19 @@ async function redisStatusCommand(flags: StatusFlags, url: string): Promise<numb
   try {
     await checkReachable(redis, url);
     reader = new DistributedStatusReader({ redis, prefix: flags.prefix, queue: flags.queue });
+    if (flags.runId === undefined) {
+      if (flags.wait)
+        throw new BulkbillError(ErrorCode.Usage, '--wait: needs the --run-id to follow');
+      return await listOrFind(
+        reader.ledger,
+        flags,
+        `on ${redactedUrl(url)} (prefix ${flags.prefix})`,
+      );
+    }
     const run = await reader.run(flags.runId);
     if (flags.user !== undefined)
       return await printCharge(reader.ledger, run, flags.user, flags.json);
-    if (flags.wait) return await waitForEnd(reader, flags);
+    if (flags.wait) return await waitForEnd(reader, { ...flags, runId: run.runId });
     const status = await reader.read(run.runId, 1_000);
     printStatus(status, flags.json);
     return ExitStatus.Ok;
@@ -141,7 +214,10 @@ function printStatus(status: DistributedStatus, json: boolean | undefined): void
  * all ended charged or declined, 1 when some failed or are unknown, 2 when the run was stopped
  * (the provider refused it) and no worker is left, 130 when interrupted.
  */
-async function waitForEnd(reader: DistributedStatusReader, flags: StatusFlags): Promise<number> {
+async function waitForEnd(
+  reader: DistributedStatusReader,
+  flags: StatusFlags & { runId: string },
+): Promise<number> {
   const display = new ProgressDisplay(process.stderr, { now: () => performance.now() });
   let interrupted = false;
   const pause = new PollPause();

@@ -19,6 +19,7 @@ export interface WorkerFlags {
   globalConcurrency?: number;
   timeout: number;
   maxAttempts: number;
+  keyRetention: number;
   header: string[];
   exitWhenIdle?: boolean;
   lockDuration: number;
@@ -42,6 +43,11 @@ function checkFlags(flags: WorkerFlags): void {
   if (flags.rate !== undefined && !(flags.rate > 0)) {
     throw new UsageError(`--rate: expected a number above 0, got ${flags.rate}`);
   }
+  if (!(flags.keyRetention > 0)) {
+    throw new UsageError(
+      `--key-retention: expected a duration above 0, got ${flags.keyRetention} ms`,
+    );
+  }
   if (!(flags.timeout > 0)) {
     throw new UsageError(`--timeout: expected a duration above 0, got ${flags.timeout} ms`);
   }
@@ -57,7 +63,10 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     { name: 'bulkbill-worker', base: { pid: process.pid } },
     pino.destination({ dest: 2, sync: true }),
   );
-  const policy = resolveRetryPolicy({ maxAttempts: flags.maxAttempts });
+  const policy = resolveRetryPolicy({
+    maxAttempts: flags.maxAttempts,
+    keyRetentionMs: flags.keyRetention,
+  });
   const client = clientFromOptions({
     endpoint: flags.endpoint,
     headers: flags.header,

@@ -13,6 +13,9 @@ export interface RetryPolicy extends BackoffOptions {
   readonly honourRetryAfter: boolean;
   readonly maxRetryAfterMs: number;
   readonly throttlesConsumeAttempts: boolean;
+  readonly conflictBaseDelayMs: number;
+  readonly maxWaits: number;
+  readonly keyRetentionMs: number;
 }
 
 export type RetryPolicyOptions = Partial<RetryPolicy>;
@@ -35,6 +38,22 @@ export const RETRY_DEFAULTS = {
   maxRetryAfterMs: 300_000,
   /** A throttled attempt (429, 503 with Retry-After) does not use up one of the charge's attempts. */
   throttlesConsumeAttempts: false,
+  /**
+   * Ceiling of the first wait after a 409 (the provider is still processing an earlier request
+   * with the key): longer than a plain retry's, since that request needs time to settle.
+   */
+  conflictBaseDelayMs: 2_000,
+  /**
+   * Throttled and 409 answers a charge may get in a row in one process (they use up no attempt);
+   * past it the charge ends (`failed`, or `unknown` when it may have been charged), so a run ends.
+   */
+  maxWaits: 50,
+  /**
+   * How long the provider keeps an idempotency key (Stripe: 24 h). A charge that may have reached
+   * the provider and whose first attempt is older is not retried: the provider may have forgotten
+   * the key, and a retry could charge twice. It ends `unknown`.
+   */
+  keyRetentionMs: 24 * 60 * 60 * 1_000,
   /** Answers worth retrying, besides every 5xx: request timeout, key in use, too early, too many. */
   retryStatuses: [408, 409, 425, 429],
   /** Answers that mean "slow down" and pause all dispatch: 429 always, 503 when it has Retry-After. */
@@ -79,6 +98,9 @@ export function resolveRetryPolicy(options: RetryPolicyOptions = {}): RetryPolic
     maxRetryAfterMs: options.maxRetryAfterMs ?? RETRY_DEFAULTS.maxRetryAfterMs,
     throttlesConsumeAttempts:
       options.throttlesConsumeAttempts ?? RETRY_DEFAULTS.throttlesConsumeAttempts,
+    conflictBaseDelayMs: options.conflictBaseDelayMs ?? RETRY_DEFAULTS.conflictBaseDelayMs,
+    maxWaits: options.maxWaits ?? RETRY_DEFAULTS.maxWaits,
+    keyRetentionMs: options.keyRetentionMs ?? RETRY_DEFAULTS.keyRetentionMs,
   };
   if (!(Number.isSafeInteger(policy.maxAttempts) && policy.maxAttempts >= 1)) {
     throw new RangeError(
@@ -86,9 +108,17 @@ export function resolveRetryPolicy(options: RetryPolicyOptions = {}): RetryPolic
     );
   }
   checkBackoffOptions(policy);
-  if (!(Number.isFinite(policy.maxRetryAfterMs) && policy.maxRetryAfterMs >= 0)) {
+  checkBackoffOptions({ baseDelayMs: policy.conflictBaseDelayMs, maxDelayMs: policy.maxDelayMs });
+  for (const name of ['maxRetryAfterMs', 'keyRetentionMs'] as const) {
+    if (!(Number.isFinite(policy[name]) && policy[name] >= 0)) {
+      throw new RangeError(
+        `Expected \`${name}\` to be a finite number >= 0, got ${describeValue(policy[name])}`,
+      );
+    }
+  }
+  if (!(Number.isSafeInteger(policy.maxWaits) && policy.maxWaits >= 0)) {
     throw new RangeError(
-      `Expected \`maxRetryAfterMs\` to be a finite number >= 0, got ${describeValue(policy.maxRetryAfterMs)}`,
+      `Expected \`maxWaits\` to be an integer >= 0, got ${describeValue(policy.maxWaits)}`,
     );
   }
   for (const name of ['honourRetryAfter', 'throttlesConsumeAttempts'] as const) {
@@ -110,6 +140,11 @@ export interface ChargeAttempts {
   readonly attempts: number;
   /** Whether any attempt so far may have reached the provider without an answer. */
   readonly ambiguous: boolean;
+  /**
+   * Throttled and 409 answers in a row in this process (absent: 0). Not kept in the ledger: a
+   * crash restarts it, and the key retention bounds an ambiguous charge's retries across crashes.
+   */
+  readonly waits?: number;
 }
 
 /** Try the charge again after `delayMs`. When `throttled`, pause all dispatch that long too. */
@@ -123,6 +158,8 @@ export interface RetryAgain extends ChargeAttempts {
 export interface RetryFinish extends ChargeAttempts {
   readonly action: 'finish';
   readonly state: AttemptTerminalState;
+  /** Why, when the answer's own reason does not say it (a bound was reached). */
+  readonly reason?: string;
 }
 
 /** The run is misconfigured: stop it now, leave this charge (and the rest) pending. */
@@ -163,18 +200,94 @@ export function decideRetry(
       };
     case 'retry': {
       const ambiguous = before.ambiguous || result.ambiguous;
-      const counts = !result.throttled || policy.throttlesConsumeAttempts;
-      const attempts = counts ? before.attempts + 1 : before.attempts;
+      const conflict = result.conflict === true;
+      // Throttles and 409s say "not now", not "this failed": they use up waits, not attempts.
+      const waiting = conflict || (result.throttled && !policy.throttlesConsumeAttempts);
+      const attempts = waiting ? before.attempts : before.attempts + 1;
+      const waits = waiting ? (before.waits ?? 0) + 1 : 0;
       if (attempts >= policy.maxAttempts) {
         return finish(attempts, ambiguous, ambiguous ? 'unknown' : 'failed');
       }
-      let delayMs = backoffDelayMs(before.attempts + 1, policy, random);
+      if (waits > policy.maxWaits) {
+        const what = conflict ? 'answered 409 (key in use)' : 'throttled';
+        return {
+          ...finish(attempts, ambiguous, ambiguous ? 'unknown' : 'failed'),
+          waits,
+          reason: `${what} ${waits} times in a row: ${result.reason}`,
+        };
+      }
+      let delayMs = waiting
+        ? backoffDelayMs(
+            waits,
+            {
+              baseDelayMs: conflict ? policy.conflictBaseDelayMs : policy.baseDelayMs,
+              maxDelayMs: policy.maxDelayMs,
+            },
+            random,
+          )
+        : backoffDelayMs(before.attempts + 1, policy, random);
       if (policy.honourRetryAfter && result.retryAfterMs !== undefined) {
         delayMs = Math.max(delayMs, Math.min(result.retryAfterMs, policy.maxRetryAfterMs));
       }
-      return { action: 'retry', delayMs, throttled: result.throttled, attempts, ambiguous };
+      return {
+        action: 'retry',
+        delayMs,
+        throttled: result.throttled,
+        attempts,
+        ambiguous,
+        waits,
+      };
     }
   }
+}
+
+/** What the ledger knows of a charge before its next attempt. */
+export interface AttemptHistory extends ChargeAttempts {
+  /** When its first attempt was started (epoch ms, wall clock: it is compared across machines). */
+  readonly firstAttemptAt: number | undefined;
+}
+
+/** The charge must not be attempted again: record `state` with `reason`. */
+export interface AttemptRefused {
+  readonly state: 'failed' | 'unknown';
+  readonly reason: string;
+}
+
+/**
+ * Whether a charge may be attempted now, by what the ledger holds (so the answer survives any
+ * crash): not when its attempts are used up (a crash cut off its last one), nor when it may
+ * have been charged and its first attempt is older than the provider keeps keys. Undefined: go.
+ */
+export function gateAttempt(
+  policy: RetryPolicy,
+  history: AttemptHistory,
+  nowMs: number,
+): AttemptRefused | undefined {
+  if (history.attempts >= policy.maxAttempts) {
+    return history.ambiguous
+      ? {
+          state: 'unknown',
+          reason: `its ${history.attempts} attempts are used up and one may have reached the provider unanswered (cut off by a crash or a timeout)`,
+        }
+      : { state: 'failed', reason: `its ${history.attempts} attempts are used up` };
+  }
+  const { firstAttemptAt } = history;
+  if (
+    history.ambiguous &&
+    firstAttemptAt !== undefined &&
+    nowMs - firstAttemptAt > policy.keyRetentionMs
+  ) {
+    return {
+      state: 'unknown',
+      reason: `its first attempt (${new Date(firstAttemptAt).toISOString()}) is older than the provider keeps idempotency keys (--key-retention ${formatHours(policy.keyRetentionMs)}): a retry could charge twice; check this user at the provider`,
+    };
+  }
+  return undefined;
+}
+
+function formatHours(ms: number): string {
+  const hours = ms / 3_600_000;
+  return Number.isInteger(hours) ? `${hours}h` : `${Math.round(ms / 1_000)}s`;
 }
 
 function finish(attempts: number, ambiguous: boolean, state: AttemptTerminalState): RetryFinish {

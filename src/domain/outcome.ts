@@ -22,7 +22,7 @@ export const ChargeState = {
 
 export type ChargeState = (typeof ChargeState)[keyof typeof ChargeState];
 
-/** The states a charge ends a run in; a later resume retries `unknown` ones with the same key. */
+/** The states a charge ends a run in; `--retry-failed` retries `failed` and `unknown` ones with the same key. */
 export type TerminalChargeState = Exclude<ChargeState, 'pending'>;
 
 /** The terminal states a retry decision can reach (`invalid` is decided before any attempt). */
@@ -63,6 +63,12 @@ export interface AttemptRetry {
   readonly throttled: boolean;
   /** The provider's Retry-After, in ms from when the answer arrived, capped; undefined when absent. */
   readonly retryAfterMs: number | undefined;
+  /**
+   * 409: the provider holds this idempotency key and its first request has not settled yet. The
+   * charge may be (or be about to be) applied: it is ambiguous, is retried with the same key
+   * until the first request settles, and never ends `failed`.
+   */
+  readonly conflict?: boolean;
 }
 
 /**

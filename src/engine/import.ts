@@ -35,29 +35,24 @@ interface Collected {
   text: string;
 }
 
+/** How an input is read and what is done with invalid rows. */
+export interface ImportOptions {
+  readonly skipInvalid: boolean;
+  readonly format?: InputFormat | undefined;
+}
+
 /**
- * Validates the input and imports it as a new run in one ledger transaction. Without
- * `skipInvalid`, any invalid row (or user id met twice) rolls the import back and throws
- * InputInvalidError listing the first problems; with it, such rows are recorded `invalid`.
+ * The input's rows for the ledger, validated, with a collector of their problems: without
+ * `skipInvalid`, the batches throw InputInvalidError (after the last one) when any row, or any
+ * duplicate the ledger reported, is a problem, so the ledger rolls the import back.
  */
-export async function importRun(
-  ledger: Ledger,
-  run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
-  options: {
-    readonly skipInvalid: boolean;
-    readonly format?: InputFormat | undefined;
-    /** Refuse when the input already has an unfinished run (no run id was named). */
-    readonly soleUnfinished: boolean;
-  },
-): Promise<RunRecord> {
-  const file = run.inputPath;
+function validatedRows(file: string, options: ImportOptions) {
   const problems: Collected[] = [];
   let problemCount = 0;
   const note = (line: number, text: string) => {
     problemCount++;
     if (problems.length < PROBLEMS_LISTED) problems.push({ line, text });
   };
-
   async function* batches(): AsyncGenerator<readonly ImportRow[]> {
     for await (const batch of readInputBatches(file, { format: options.format })) {
       yield batch.map((row) => toImportRow(file, row, options.skipInvalid, note));
@@ -67,11 +62,44 @@ export async function importRun(
       throw new InputInvalidError(file, listed, problemCount);
     }
   }
-
   const onDuplicate = (duplicate: DuplicateUser) => {
     note(duplicate.line, formatDuplicateProblem(file, duplicate.line, duplicate.firstLine));
   };
-  return ledger.createRun(run, batches(), onDuplicate, { soleUnfinished: options.soleUnfinished });
+  return { batches: batches(), onDuplicate };
+}
+
+/**
+ * Validates the input and imports it as a new run in one ledger transaction. Without
+ * `skipInvalid`, any invalid row (or user id met twice) rolls the import back and throws
+ * InputInvalidError listing the first problems; with it, such rows are recorded `invalid`.
+ * `knownRuns`: refuse when a run not among these was created since they were listed.
+ */
+export async function importRun(
+  ledger: Ledger,
+  run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
+  options: ImportOptions & { readonly knownRuns?: readonly string[] | undefined },
+): Promise<RunRecord> {
+  const { batches, onDuplicate } = validatedRows(run.inputPath, options);
+  return ledger.createRun(
+    run,
+    batches,
+    onDuplicate,
+    options.knownRuns === undefined ? {} : { knownRuns: options.knownRuns },
+  );
+}
+
+/**
+ * Continues a run with a later input of it: validated as importRun does, the users the run does
+ * not hold are added (pending), and the run's invalid rows become this input's.
+ */
+export async function extendRunWith(
+  ledger: Ledger,
+  runId: string,
+  input: { readonly inputHash: string; readonly inputPath: string },
+  options: ImportOptions,
+): Promise<RunRecord> {
+  const { batches, onDuplicate } = validatedRows(input.inputPath, options);
+  return ledger.extendRun(runId, input, batches, onDuplicate);
 }
 
 function toImportRow(

@@ -12,8 +12,7 @@ import { SqliteLedger } from '../ledger/sqlite-ledger.js';
 import { etaMsOf, PaceMeter, type ProgressEvent } from '../observe/progress.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
 import { writeReport } from '../report/report.js';
-import { importRun } from './import.js';
-import { chooseRun, freshRunId, type RunChoice } from './run-choice.js';
+import { endpointMismatch, type RunChoice, settleRun } from './run-choice.js';
 
 export type { RunChoice } from './run-choice.js';
 
@@ -36,8 +35,21 @@ export const billOptionsSchema = z
     rate: z.number().finite().positive().optional(),
     /** Deadline of one request, in ms. Default 30 s. */
     timeoutMs: z.number().finite().positive().default(30_000),
-    /** Attempts per charge (throttled ones do not count). Default 5. */
+    /** Attempts per charge (throttled ones do not count), over every crash and resume. Default 5. */
     maxAttempts: positiveInteger.max(100).default(5),
+    /**
+     * How long the provider keeps an idempotency key, in ms: a charge that may have been charged
+     * and whose first attempt is older is not retried (it ends `unknown`). Default 24 h (Stripe's).
+     */
+    keyRetentionMs: z
+      .number()
+      .finite()
+      .positive()
+      .default(24 * 60 * 60 * 1_000),
+    /** Create a new run even though the input shares users with an unfinished one. Default false. */
+    newCycle: z.boolean().default(false),
+    /** Retry the run's failed and unknown charges (a new round of attempts). Default false. */
+    retryFailed: z.boolean().default(false),
     /** The SQLite ledger file. Default ./bulkbill.db. */
     ledger: z.string().min(1).default('bulkbill.db'),
     /** `Name: value` headers; `${NAME}` is read from `env`. Default none. */
@@ -79,6 +91,8 @@ export type BillOptions = z.input<typeof billOptionsSchema> &
     /** Test seams. */
     readonly clock?: Clock;
     readonly timers?: Timers;
+    /** Calendar time, for attempt times kept in the ledger. Default Date.now. */
+    readonly wallClock?: () => number;
   };
 
 type ResolvedBillOptions = z.output<typeof billOptionsSchema>;
@@ -140,6 +154,7 @@ function checkOptions(options: BillOptions, label: (name: string) => string): Re
     reportPath: _reportPath,
     clock: _clock,
     timers: _timers,
+    wallClock: _wallClock,
     random: _random,
     sender: _sender,
     ...plain
@@ -194,7 +209,10 @@ export async function bill(
     parseHeaderFlags(config.headers, label('headers')),
     options.env ?? process.env,
   );
-  const policy = resolveRetryPolicy({ maxAttempts: config.maxAttempts });
+  const policy = resolveRetryPolicy({
+    maxAttempts: config.maxAttempts,
+    keyRetentionMs: config.keyRetentionMs,
+  });
   const ownsLedger = options.ledgerInstance === undefined;
   const ledger = options.ledgerInstance ?? new SqliteLedger({ path: config.ledger });
   let client: ProviderClient | undefined;
@@ -209,34 +227,39 @@ export async function bill(
       endpointLabel: label('endpoint'),
     });
     const endpoint = client.endpoint;
-    let choice = await chooseRun(ledger, config, inputHash, endpoint);
-    let importMs = 0;
-    if (choice === undefined) {
-      const importStarted = clock.now();
-      const run = await importRun(
-        ledger,
-        {
-          runId: config.runId ?? freshRunId(),
-          inputHash,
-          inputPath: config.input,
-          endpoint,
+    const choice = await settleRun(
+      ledger,
+      {
+        input: config.input,
+        runId: config.runId,
+        newCycle: config.newCycle,
+        // A dry run changes no charge's state.
+        retryFailed: config.retryFailed && !config.dryRun,
+        skipInvalid: config.skipInvalid,
+        format: config.format as InputFormat | undefined,
+      },
+      inputHash,
+      endpoint,
+      {
+        checkRun: (run) => {
+          if (run.endpoint !== endpoint) throw endpointMismatch(run, endpoint);
         },
-        {
-          skipInvalid: config.skipInvalid,
-          format: config.format as InputFormat | undefined,
-          soleUnfinished: config.runId === undefined,
+        claim: async (run) => {
+          await ledger.claimRun(run.runId);
+          claimed = run.runId;
         },
-      );
-      importMs = clock.now() - importStarted;
-      choice = { run, how: 'created' };
-    }
+      },
+    );
+    const { importMs } = choice;
     const { run } = choice;
     // Found before anyone is charged, not after everyone was.
     if (options.reportPath && !config.dryRun) {
       await checkWritable(options.reportPath(run.runId), label('reportPath'));
     }
-    await ledger.claimRun(run.runId);
-    claimed = run.runId;
+    if (claimed === undefined) {
+      await ledger.claimRun(run.runId);
+      claimed = run.runId;
+    }
     options.onRun?.(choice);
     const before = await ledger.counts(run.runId);
     const unbilled = await unbilledResult({
@@ -260,6 +283,7 @@ export async function bill(
       rate: config.rate,
       clock,
       timers: options.timers ?? systemTimers,
+      wallClock: options.wallClock ?? Date.now,
       random: options.random ?? Math.random,
       signal: options.signal,
     });
@@ -373,7 +397,7 @@ async function planRun(
   counts: StateCounts,
   config: Pick<ResolvedBillOptions, 'concurrency' | 'rate' | 'assumedLatencyMs'>,
 ): Promise<BillPlan> {
-  const charges = counts.pending + counts.failed + counts.unknown;
+  const charges = counts.pending;
   const latency = config.assumedLatencyMs;
   // Little's law: throughput is concurrency / latency, unless the rate limit is lower.
   const perSecond = Math.min(

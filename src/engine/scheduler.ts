@@ -1,11 +1,11 @@
 import type { Random } from '../control/backoff.js';
 import { MisconfigurationWatch } from '../control/misconfiguration-watch.js';
-import { decideRetry, type RetryPolicy } from '../control/retry-policy.js';
+import { decideRetry, gateAttempt, type RetryPolicy } from '../control/retry-policy.js';
 import { TokenBucket } from '../control/token-bucket.js';
 import type { Clock } from '../domain/clock.js';
 import { idempotencyKey } from '../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../domain/outcome.js';
-import type { Ledger, PendingCharge } from '../ledger/ledger.js';
+import type { AttemptStart, Ledger, PendingCharge } from '../ledger/ledger.js';
 import type { ChargeRequest } from '../provider/index.js';
 import { LatencyLog } from './latency-log.js';
 import { RetryQueue } from './retry-queue.js';
@@ -19,11 +19,14 @@ export interface ChargeSender {
 export interface Timers {
   setTimeout(run: () => void, ms: number): unknown;
   clearTimeout(handle: unknown): void;
+  /** Runs `run` once the I/O callbacks of this event-loop turn are done (setImmediate). */
+  defer(run: () => void): void;
 }
 
 export const systemTimers: Timers = {
   setTimeout: (run, ms) => setTimeout(run, ms),
   clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+  defer: (run) => setImmediate(run),
 };
 
 export interface SchedulerOptions {
@@ -37,6 +40,8 @@ export interface SchedulerOptions {
   readonly rate?: number | undefined;
   readonly clock: Clock;
   readonly timers: Timers;
+  /** Calendar time (epoch ms), for attempt times kept in the ledger and the key retention. */
+  readonly wallClock: () => number;
   readonly random: Random;
   /** Stops dispatching when aborted; attempts in flight still finish and are recorded. */
   readonly signal?: AbortSignal | undefined;
@@ -72,9 +77,12 @@ export interface SchedulerResult {
 interface Charge {
   readonly pending: PendingCharge;
   readonly request: ChargeRequest;
-  /** Attempts counted in this process (the retry budget restarts on resume). */
+  /** Attempts counted in this round, in every process (the ledger's count less its budget start). */
   attempts: number;
   ambiguous: boolean;
+  /** Throttled and 409 answers in a row, in this process. */
+  waits: number;
+  firstAttemptAt: number | undefined;
   dueAt: number;
 }
 
@@ -107,6 +115,8 @@ export class Scheduler {
   #fatal: string | undefined;
   #interrupted = false;
   #attempts = 0;
+  /** Charges holding a slot whose start is about to be recorded, then sent. */
+  #starting: Charge[] = [];
   readonly #latencies = new LatencyLog();
   readonly #ended = { charged: 0, declined: 0, failed: 0, unknown: 0 };
   /** Declines held back while the first answers might all be the same 400/422. */
@@ -179,7 +189,12 @@ export class Scheduler {
         break;
       }
       const charge = fromRetries ? (this.#retries.pop() as Charge) : this.#takeFresh();
-      this.#send(charge);
+      const refused = gateAttempt(this.#options.policy, charge, this.#options.wallClock());
+      if (refused) {
+        this.#end(charge, refused.state, undefined, undefined, refused.reason);
+        continue;
+      }
+      this.#begin(charge);
     }
     if (!this.#exhausted && this.#fresh.length - this.#freshIndex < this.#pageSize() / 2) {
       this.#load();
@@ -201,8 +216,10 @@ export class Scheduler {
         currency: pending.currency,
         idempotencyKey: idempotencyKey(this.#options.runId, pending.userId),
       },
-      attempts: 0,
+      attempts: pending.attempts - pending.budgetFrom,
       ambiguous: pending.ambiguous,
+      waits: 0,
+      firstAttemptAt: pending.firstAttemptAt,
       dueAt: 0,
     };
   }
@@ -240,9 +257,47 @@ export class Scheduler {
     );
   }
 
+  /**
+   * Takes a slot for the charge; its start is recorded in the ledger with the others of this
+   * event-loop turn (one commit), and only then is its request sent.
+   */
+  #begin(charge: Charge): void {
+    this.#inFlight++;
+    this.#starting.push(charge);
+    if (this.#starting.length === 1) this.#options.timers.defer(() => this.#startAll());
+  }
+
+  #startAll(): void {
+    const charges = this.#starting;
+    this.#starting = [];
+    if (charges.length === 0 || this.#settled) return;
+    const { ledger, runId, wallClock } = this.#options;
+    const at = wallClock();
+    const starts: AttemptStart[] = charges.map((charge) => {
+      charge.firstAttemptAt ??= at;
+      return {
+        userId: charge.request.userId,
+        attempts: charge.pending.budgetFrom + charge.attempts + 1,
+        ambiguous: charge.ambiguous,
+        at,
+      };
+    });
+    ledger.startAttempts(runId, starts).then(
+      (recorded) => {
+        charges.forEach((charge, index) => {
+          if (recorded[index]) this.#send(charge);
+          // Not pending in the ledger any more: settled by someone else; nothing to send.
+          else this.#inFlight--;
+        });
+        this.#pump();
+      },
+      // Not recorded, not sent: the run stops with the ledger's error, the charges stay pending.
+      (error: unknown) => this.#fail(error),
+    );
+  }
+
   #send(charge: Charge): void {
     const { clock, sender } = this.#options;
-    this.#inFlight++;
     this.#attempts++;
     const started = clock.now();
     sender
@@ -261,11 +316,15 @@ export class Scheduler {
         this.#heldDeclines.push({ charge, result, latencyMs });
         break;
       case 'stop':
-        // The held charges and this one stay pending.
+        // The held charges and this one stay pending, their attempts not counted.
+        for (const held of this.#heldDeclines)
+          this.#putBack(held.charge, held.result, held.latencyMs);
         this.#heldDeclines = [];
+        this.#putBack(charge, result, latencyMs);
         this.#stop(verdict.reason);
         break;
       case 'pend':
+        this.#putBack(charge, result, latencyMs);
         break;
       case 'release':
         this.#releaseDeclines();
@@ -286,16 +345,13 @@ export class Scheduler {
   }
 
   #decide(charge: Charge, result: AttemptResult, latencyMs: number): void {
-    const { policy, random, clock, ledger, runId } = this.#options;
-    const decision = decideRetry(
-      policy,
-      { attempts: charge.attempts, ambiguous: charge.ambiguous },
-      result,
-      random,
-    );
+    const { policy, random, clock } = this.#options;
+    const decision = decideRetry(policy, charge, result, random);
     charge.attempts = decision.attempts;
     charge.ambiguous = decision.ambiguous;
+    charge.waits = decision.waits ?? 0;
     if (decision.action === 'stop') {
+      this.#putBack(charge, result, latencyMs);
       this.#stop(decision.reason);
       return;
     }
@@ -305,20 +361,50 @@ export class Scheduler {
         const pause = result.kind === 'retry' ? (result.retryAfterMs ?? decision.delayMs) : 0;
         this.#pausedUntil = Math.max(this.#pausedUntil, now + pause);
       }
+      // The ledger learns the attempt is over (and whether it counted) before the next starts.
+      this.#putBack(charge, result, latencyMs);
       charge.dueAt = now + decision.delayMs;
       this.#retries.push(charge);
       return;
     }
-    this.#ended[decision.state]++;
-    ledger.record(runId, {
+    const reason =
+      decision.reason ??
+      (result.kind === 'charged' ? undefined : 'reason' in result ? result.reason : undefined);
+    this.#end(charge, decision.state, result, latencyMs, reason);
+  }
+
+  /** Records a terminal outcome. */
+  #end(
+    charge: Charge,
+    state: Exclude<TerminalChargeState, 'invalid'>,
+    result: AttemptResult | undefined,
+    latencyMs: number | undefined,
+    reason: string | undefined,
+  ): void {
+    this.#ended[state]++;
+    this.#options.ledger.record(this.#options.runId, {
       userId: charge.request.userId,
-      state: decision.state,
-      attempts: charge.pending.attempts + decision.attempts,
-      ambiguous: decision.ambiguous,
+      state,
+      attempts: charge.pending.budgetFrom + charge.attempts,
+      ambiguous: charge.ambiguous,
+      httpStatus: result?.status,
+      latencyMs,
+      chargeId: result?.kind === 'charged' ? result.chargeId : undefined,
+      error: reason,
+    });
+  }
+
+  /** Records that the charge's attempt is over and it stays pending (to retry, or for a later run). */
+  #putBack(charge: Charge, result: AttemptResult, latencyMs: number): void {
+    this.#options.ledger.record(this.#options.runId, {
+      userId: charge.request.userId,
+      state: 'pending',
+      attempts: charge.pending.budgetFrom + charge.attempts,
+      ambiguous: charge.ambiguous,
       httpStatus: result.status,
       latencyMs,
-      chargeId: result.kind === 'charged' ? result.chargeId : undefined,
-      error: result.kind === 'charged' ? undefined : 'reason' in result ? result.reason : undefined,
+      chargeId: undefined,
+      error: 'reason' in result ? result.reason : undefined,
     });
   }
 
@@ -328,7 +414,7 @@ export class Scheduler {
   }
 
   #finishIfDone(): void {
-    if (this.#inFlight > 0 || this.#loading) return;
+    if (this.#inFlight > 0 || this.#loading || this.#starting.length > 0) return;
     const drained =
       this.#exhausted && this.#freshIndex >= this.#fresh.length && this.#retries.size === 0;
     if (!this.#stopping && !drained) return;

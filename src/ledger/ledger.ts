@@ -26,10 +26,12 @@ export interface ChargeRecord {
   readonly currency: string;
   readonly metadata: Readonly<Record<string, string>>;
   readonly state: ChargeState;
-  /** Attempts that counted (throttled ones do not). */
+  /** Attempts that counted (throttled ones do not), over every process and every retry round. */
   readonly attempts: number;
   /** Some attempt may have reached the provider without an answer. */
   readonly ambiguous: boolean;
+  /** When the first attempt was started (epoch ms), once one was. */
+  readonly firstAttemptAt: number | undefined;
   /** The last answer's HTTP status, when one came. */
   readonly httpStatus: number | undefined;
   /** The last attempt's latency, in ms. */
@@ -47,15 +49,50 @@ export interface PendingCharge {
   readonly userId: string;
   readonly amount: number;
   readonly currency: string;
-  /** Attempts already counted in an earlier process (resume). */
+  /** Attempts counted so far, over every process (each is recorded before its request leaves). */
   readonly attempts: number;
+  /**
+   * Attempts counted before the current round (`--retry-failed` starts a new round): the
+   * attempt budget is `attempts - budgetFrom` out of `--max-attempts`.
+   */
+  readonly budgetFrom: number;
+  /** Some attempt may have reached the provider unanswered, or was cut off by a crash. */
   readonly ambiguous: boolean;
+  /** When the first attempt was started (epoch ms), once one was. */
+  readonly firstAttemptAt: number | undefined;
 }
 
-/** Where a charge ended up after the engine is done with it for now. */
+/** An attempt about to be sent: recorded (and committed) before its request leaves. */
+export interface AttemptStart {
+  readonly userId: string;
+  /** The charge's attempts counted with this one (it may turn out not to count: throttled). */
+  readonly attempts: number;
+  readonly ambiguous: boolean;
+  /** Epoch ms: kept as the first attempt's time when the charge has none yet. */
+  readonly at: number;
+}
+
+/** One row of an input, as a run holds it, for comparing an input with a run. */
+export interface HeldCharge {
+  readonly line: number;
+  readonly amount: number;
+  readonly currency: string;
+  readonly state: ChargeState;
+}
+
+/** Options of pendingCharges(). */
+export interface PendingOptions {
+  /** Also return `failed` and `unknown` charges (default: pending ones only). */
+  readonly includeEnded?: boolean;
+}
+
+/**
+ * Where a charge ended up after an attempt, or after the engine is done with it for now. A
+ * ledger never moves a charge out of `charged` or `declined`: a late or stale outcome loses.
+ */
 export interface ChargeOutcome {
   readonly userId: string;
-  /** `pending` when the engine stopped before the charge ended (interrupted, fatal). */
+  /** `pending`: to be retried (or the engine stopped before the charge ended). */
   readonly state: TerminalChargeState | 'pending';
   readonly attempts: number;
   readonly ambiguous: boolean;
@@ -101,10 +138,8 @@ export interface DuplicateUser {
  */
 export interface Ledger {
   findRun(runId: string): Promise<RunRecord | undefined>;
-  /** The newest run of this input that is not finished, if any. */
-  findUnfinishedRun(inputHash: string): Promise<RunRecord | undefined>;
-  /** The newest run of this input, finished or not. */
-  findLatestRun(inputHash: string): Promise<RunRecord | undefined>;
+  /** Every run, newest first. */
+  listRuns(): Promise<RunRecord[]>;
   /**
    * Creates a run and imports its rows, batch by batch, all or nothing: either every row is in the
    * ledger, or (when `batches` throws) none is and no run exists; no other process sees the run
@@ -112,21 +147,55 @@ export interface Ledger {
    * at the end). `onDuplicate` is told of each user id met twice; that second row is recorded
    * `invalid`.
    *
-   * Refuses (BulkbillError) a run id that exists, and, with `soleUnfinished`, an input that
-   * already has an unfinished run: checked atomically with the creation, so two processes
-   * started at once on the same file cannot both create a run (and bill everyone twice).
+   * Refuses (BulkbillError) a run id that exists, and, with `knownRuns`, any run created since
+   * the caller looked (a run not among those ids): checked atomically with the creation, so two
+   * processes started at once on one input cannot both create a run (and bill everyone twice).
    */
   createRun(
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
-    options?: { readonly soleUnfinished?: boolean },
+    options?: { readonly knownRuns?: readonly string[] },
   ): Promise<RunRecord>;
   /**
-   * Up to `limit` charges of the run that still need an attempt (pending, failed, unknown), in
-   * input order, after position `afterSeq`.
+   * Adds to an existing run the valid rows of users it does not hold (they start pending, and a
+   * finished run is unfinished again), and makes the run's invalid rows those of `batches`
+   * (an invalid row whose user now has a valid row is dropped). Rows of users the run holds are
+   * left as they are. Also records the input as the run's latest (`inputHash`, `inputPath`).
+   * Returns the run as it now is.
    */
-  pendingCharges(runId: string, afterSeq: number, limit: number): Promise<PendingCharge[]>;
+  extendRun(
+    runId: string,
+    input: { readonly inputHash: string; readonly inputPath: string },
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+  ): Promise<RunRecord>;
+  /** The valid rows the run holds of these users (absent users are left out). */
+  heldCharges(runId: string, userIds: readonly string[]): Promise<Map<string, HeldCharge>>;
+  /**
+   * Up to `limit` charges of the run that still need an attempt, in input order, after position
+   * `afterSeq`: pending ones (never tried, retried, or cut off by a crash), and with
+   * `includeEnded` failed and unknown ones too.
+   */
+  pendingCharges(
+    runId: string,
+    afterSeq: number,
+    limit: number,
+    options?: PendingOptions,
+  ): Promise<PendingCharge[]>;
+  /**
+   * Records attempts about to be sent, durably, before their requests leave (with every outcome
+   * recorded before them): a crash then neither resets a charge's attempts nor forgets that a
+   * request may have reached the provider. Only pending charges are touched: says, per start,
+   * whether it was recorded (false: the charge is not pending any more, and must not be sent).
+   */
+  startAttempts(runId: string, starts: readonly AttemptStart[]): Promise<boolean[]>;
+  /**
+   * Makes the run's failed and unknown charges pending again for a new round of attempts
+   * (`--retry-failed`): attempts, ambiguity and the first attempt's time are kept. Returns how
+   * many were reopened.
+   */
+  reopenEnded(runId: string): Promise<number>;
   /** Records outcomes; implementations batch them. Call flush() to make them durable now. */
   record(runId: string, outcome: ChargeOutcome): void;
   /** Makes every recorded outcome durable (on Redis: as durable as its persistence settings make it). */

@@ -4,22 +4,27 @@ import { Redis } from 'ioredis';
 import { BulkbillError, describeValue, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
 import {
+  type AttemptStart,
   type ChargeOutcome,
   type ChargeRecord,
   type DuplicateUser,
   emptyCounts,
+  type HeldCharge,
   type ImportRow,
   type Ledger,
   type PendingCharge,
+  type PendingOptions,
   type RunRecord,
   type StateCounts,
 } from './ledger.js';
 import { processIsAlive } from './process-alive.js';
 import {
+  BEGIN_EXTEND,
   BEGIN_IMPORT,
   CHARGES_PAGE,
   CREATE_RUN,
   DISCARD_IMPORT,
+  EXTEND_ROWS,
   HASH_CAS,
   IMPORT_ROWS,
   KEY_CAS,
@@ -30,6 +35,7 @@ import {
   RENEW_IMPORT,
   REOPEN_CHARGES,
   SEAL_IMPORT,
+  START_ATTEMPTS,
 } from './redis-scripts.js';
 
 export interface RedisLedgerOptions {
@@ -94,7 +100,13 @@ interface Claim {
   readonly pid: number;
   readonly host: string;
   readonly since: string;
+  /** Epoch ms of its last renewal (absent in claims written before leases). */
+  readonly beat?: number;
 }
+
+/** A claim not renewed for this long is taken over, whichever host made it. */
+const CLAIM_LEASE_MS = 30_000;
+const CLAIM_BEAT_MS = 5_000;
 
 // Text fields are escaped so that a stored value can be split on `|`: `\` → `\\`, `|` → `\p`.
 // Optional text tells undefined (nothing) from '' (`\-`).
@@ -162,21 +174,37 @@ function toCharge(userId: string, kind: string, value: string): ChargeRecord {
       ambiguous: false,
       httpStatus: undefined,
       latencyMs: undefined,
+      firstAttemptAt: undefined,
       chargeId: undefined,
       error: unescapeText(rest.join('|')),
     };
   }
-  const [state, attempts, ambiguous, httpStatus, latencyMs, chargeId, error] = rest;
+  const [state, attempts, ambiguous, httpStatus, latencyMs, chargeId, error, open, firstAt] = rest;
   return {
     ...base,
     state: STATE_OF_LETTER[state ?? 'p'] ?? 'pending',
     attempts: attempts ? Number(attempts) : 0,
-    ambiguous: ambiguous === '1',
+    ambiguous: ambiguous === '1' || open === '1',
+    firstAttemptAt: optionalNumber(firstAt),
     httpStatus: optionalNumber(httpStatus),
     latencyMs: optionalNumber(latencyMs),
     chargeId: decodeOptional(chargeId),
     error: decodeOptional(error),
   };
+}
+
+/** The budget start of a stored value (its 14th field; 0 in rows written before it existed). */
+function budgetOf(value: string): number {
+  return Number(value.split('|')[13] || 0);
+}
+
+/** What a worker reads of a charge before an attempt. */
+export interface ChargeStanding {
+  readonly state: ChargeState;
+  readonly attempts: number;
+  readonly budgetFrom: number;
+  readonly ambiguous: boolean;
+  readonly firstAttemptAt: number | undefined;
 }
 
 function toRun(runId: string, stored: StoredRun): RunRecord {
@@ -297,6 +325,23 @@ export class RedisLedger implements Ledger {
   #writeQueued = false;
   /** Runs known to be published: a published run never goes back to importing. */
   readonly #published = new Set<string>();
+  /** Attempt starts gathered in this event-loop turn, per run, and who waits for them. */
+  readonly #starts = new Map<
+    string,
+    {
+      starts: AttemptStart[];
+      waiters: Array<{
+        from: number;
+        count: number;
+        resolve: (recorded: boolean[]) => void;
+        reject: (error: unknown) => void;
+      }>;
+    }
+  >();
+  #startsQueued = false;
+  /** Claims this process holds, renewed every CLAIM_BEAT_MS. */
+  readonly #claims = new Set<string>();
+  #beat: NodeJS.Timeout | undefined;
 
   constructor(options: RedisLedgerOptions) {
     const checked = checkOptions(options);
@@ -329,19 +374,20 @@ export class RedisLedger implements Ledger {
     return stored && !stored.importing ? toRun(runId, stored) : undefined;
   }
 
-  async findUnfinishedRun(inputHash: string): Promise<RunRecord | undefined> {
-    return this.#newestRun(inputHash, (stored) => stored.finishedAt === undefined);
-  }
-
-  async findLatestRun(inputHash: string): Promise<RunRecord | undefined> {
-    return this.#newestRun(inputHash, () => true);
+  async listRuns(): Promise<RunRecord[]> {
+    const all = await this.#call(() => this.#redis.hgetall(this.#runsKey));
+    return Object.entries(all)
+      .map(([runId, text]) => [runId, JSON.parse(text) as StoredRun] as const)
+      .filter(([, stored]) => !stored.importing)
+      .sort((a, b) => b[1].n - a[1].n)
+      .map(([runId, stored]) => toRun(runId, stored));
   }
 
   async createRun(
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
-    options: { readonly soleUnfinished?: boolean } = {},
+    options: { readonly knownRuns?: readonly string[] } = {},
   ): Promise<RunRecord> {
     const createdAt = new Date().toISOString();
     const token = randomBytes(8).toString('hex');
@@ -355,16 +401,17 @@ export class RedisLedger implements Ledger {
       total: 0,
       importing,
     });
+    const known = options.knownRuns;
     const [outcome, first] = (await this.#eval(
       CREATE_RUN,
       [this.#runsKey],
-      [run.runId, run.inputHash, options.soleUnfinished ? '1' : '0', `${draft.slice(0, -1)},"n":`],
+      [run.runId, known ? '1' : '0', `${draft.slice(0, -1)},"n":`, ...(known ?? [])],
     )) as [string, string];
     if (outcome === 'exists') throw existsError(run.runId, JSON.parse(first) as StoredRun);
-    if (outcome === 'unfinished') {
+    if (outcome === 'unknown') {
       throw new BulkbillError(
         ErrorCode.Usage,
-        `${run.inputPath} already has the unfinished run ${first} (another process just created it); run again to resume it`,
+        `run ${first} was created in this ledger while ${run.inputPath} was being checked (another process?); run again to continue it`,
       );
     }
     const created = first;
@@ -409,7 +456,12 @@ export class RedisLedger implements Ledger {
     }
   }
 
-  async pendingCharges(runId: string, afterSeq: number, limit: number): Promise<PendingCharge[]> {
+  async pendingCharges(
+    runId: string,
+    afterSeq: number,
+    limit: number,
+    options: PendingOptions = {},
+  ): Promise<PendingCharge[]> {
     const pending: PendingCharge[] = [];
     if (limit <= 0 || !(await this.#isPublished(runId))) return pending;
     const keys = this.#runKeys(runId);
@@ -418,17 +470,20 @@ export class RedisLedger implements Ledger {
       const [reached, ended, ...found] = (await this.#eval(
         PENDING_CHARGES,
         [keys.rows, keys.order, keys.invalid],
-        [position, limit - pending.length, PENDING_SCAN],
+        [position, limit - pending.length, PENDING_SCAN, options.includeEnded ? '1' : '0'],
       )) as [number, number, ...Array<number | string>];
       for (let i = 0; i < found.length; i += 3) {
-        const charge = toCharge(String(found[i + 1]), 'v', String(found[i + 2]));
+        const value = String(found[i + 2]);
+        const charge = toCharge(String(found[i + 1]), 'v', value);
         pending.push({
           seq: Number(found[i]),
           userId: charge.userId,
           amount: charge.amount,
           currency: charge.currency,
           attempts: charge.attempts,
+          budgetFrom: budgetOf(value),
           ambiguous: charge.ambiguous,
+          firstAttemptAt: charge.firstAttemptAt,
         });
       }
       if (ended === 1 || pending.length >= limit) return pending;
@@ -446,6 +501,58 @@ export class RedisLedger implements Ledger {
         this.#writeInBackground();
       }, this.#flushIntervalMs);
     }
+  }
+
+  /**
+   * Records attempts about to be sent, after every outcome recorded before (one script per run
+   * for the calls of one event-loop turn). Says, per start, whether it was recorded: false when
+   * the charge is not pending any more (settled by another worker), so it must not be sent.
+   */
+  startAttempts(runId: string, starts: readonly AttemptStart[]): Promise<boolean[]> {
+    if (starts.length === 0) return Promise.resolve([]);
+    return new Promise<boolean[]>((resolve, reject) => {
+      let group = this.#starts.get(runId);
+      if (group === undefined) {
+        group = { starts: [], waiters: [] };
+        this.#starts.set(runId, group);
+      }
+      group.waiters.push({ from: group.starts.length, count: starts.length, resolve, reject });
+      group.starts.push(...starts);
+      if (!this.#startsQueued) {
+        this.#startsQueued = true;
+        setImmediate(() => this.#writeStarts());
+      }
+    });
+  }
+
+  #writeStarts(): void {
+    this.#startsQueued = false;
+    const groups = [...this.#starts];
+    this.#starts.clear();
+    const written = this.#write().then(() =>
+      Promise.all(
+        groups.map(async ([runId, group]) => {
+          const args: Array<string | number> = [];
+          for (const start of group.starts) {
+            args.push(start.userId, start.attempts, start.ambiguous ? '1' : '0', start.at);
+          }
+          const keys = [this.#runKeys(runId).rows];
+          const recorded: number[] = [];
+          for (let from = 0; from < args.length; from += 4 * OUTCOMES_PER_SCRIPT) {
+            const slice = args.slice(from, from + 4 * OUTCOMES_PER_SCRIPT);
+            recorded.push(...((await this.#eval(START_ATTEMPTS, keys, slice)) as number[]));
+          }
+          for (const waiter of group.waiters) {
+            waiter.resolve(
+              recorded.slice(waiter.from, waiter.from + waiter.count).map((one) => one === 1),
+            );
+          }
+        }),
+      ),
+    );
+    written.catch((error: unknown) => {
+      for (const [, group] of groups) for (const waiter of group.waiters) waiter.reject(error);
+    });
   }
 
   async flush(): Promise<void> {
@@ -479,22 +586,122 @@ export class RedisLedger implements Ledger {
   }
 
   /**
-   * A valid charge's state and whether an attempt may have reached the provider: one HGET and
-   * no parsing of the rest, for a worker that asks before every attempt. Undefined for a user
-   * the run has no valid row of (or a run not published).
+   * What a worker needs of a valid charge before an attempt: its state, attempts, budget,
+   * ambiguity (an open attempt counts: it was cut off) and first attempt's time; one HGET on the
+   * worker's auto-pipelined connection. Undefined for a user the run has no valid row of.
    */
-  async chargeState(
-    runId: string,
-    userId: string,
-  ): Promise<{ state: ChargeState; ambiguous: boolean } | undefined> {
+  async chargeState(runId: string, userId: string): Promise<ChargeStanding | undefined> {
     const value = await this.#call(() => this.#redis.hget(this.#runKeys(runId).rows, userId));
     if (value === null) return undefined;
-    // line|amount|currency|metadata[|state|attempts|ambiguous|…]: text fields hold no raw `|`.
-    const fields = value.split('|', 7);
+    // line|amount|currency|metadata[|state|attempts|ambiguous|http|latency|chargeId|error|open|firstAt|budgetFrom]
+    const fields = value.split('|');
     return {
       state: STATE_OF_LETTER[fields[4] ?? 'p'] ?? 'pending',
-      ambiguous: fields[6] === '1',
+      attempts: Number(fields[5] || 0),
+      budgetFrom: Number(fields[13] || 0),
+      ambiguous: fields[6] === '1' || fields[11] === '1',
+      firstAttemptAt: optionalNumber(fields[12]),
     };
+  }
+
+  async heldCharges(runId: string, userIds: readonly string[]): Promise<Map<string, HeldCharge>> {
+    const held = new Map<string, HeldCharge>();
+    if (userIds.length === 0 || !(await this.#isPublished(runId))) return held;
+    const key = this.#runKeys(runId).rows;
+    for (let from = 0; from < userIds.length; from += PAGE) {
+      const slice = userIds.slice(from, from + PAGE);
+      const values = await this.#call(() => this.#redis.hmget(key, ...slice));
+      values.forEach((value, index) => {
+        if (value === null) return;
+        const userId = slice[index] as string;
+        const charge = toCharge(userId, 'v', value);
+        held.set(userId, {
+          line: charge.line,
+          amount: charge.amount,
+          currency: charge.currency,
+          state: charge.state,
+        });
+      });
+    }
+    return held;
+  }
+
+  async extendRun(
+    runId: string,
+    input: { readonly inputHash: string; readonly inputPath: string },
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+  ): Promise<RunRecord> {
+    if (!(await this.#isPublished(runId))) {
+      throw new BulkbillError(ErrorCode.Usage, `no run ${runId} in this ledger`);
+    }
+    const keys = this.#runKeys(runId);
+    const extendKeys = [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease, keys.seen];
+    const token = randomBytes(8).toString('hex');
+    if ((await this.#eval(BEGIN_EXTEND, extendKeys, [token, LEASE_MS])) !== 1) {
+      throw new BulkbillError(
+        ErrorCode.Usage,
+        `run ${runId} is being imported or extended by another process; run again once it is done`,
+      );
+    }
+    const renew = setInterval(() => {
+      this.#redis.pexpire(keys.lease, LEASE_MS).catch(() => {});
+    }, RENEW_MS);
+    renew.unref();
+    let added = 0;
+    try {
+      for await (const batch of batches) {
+        for (let start = 0; start < batch.length; start += IMPORT_CHUNK) {
+          const chunk = batch.slice(start, start + IMPORT_CHUNK);
+          const args: string[] = [];
+          for (const row of chunk) {
+            const base = rowBase(row);
+            const invalid = row.invalidReason !== undefined;
+            args.push(
+              invalid ? 'i' : 'v',
+              row.userId,
+              invalid ? `${base}|${escapeText(row.invalidReason ?? '')}` : base,
+            );
+          }
+          const [count, ...duplicates] = (await this.#eval(EXTEND_ROWS, extendKeys, [
+            token,
+            LEASE_MS,
+            ...args,
+          ])) as number[];
+          if (count === -1) throw lostLease(runId);
+          added += Number(count);
+          for (let i = 0; i < duplicates.length; i += 2) {
+            const row = chunk[Number(duplicates[i]) - 1] as ImportRow;
+            onDuplicate({
+              userId: row.userId,
+              line: row.line,
+              firstLine: Number(duplicates[i + 1]),
+            });
+          }
+        }
+      }
+    } finally {
+      clearInterval(renew);
+      await this.#call(() => this.#redis.del(keys.seen)).catch(() => {});
+      await this.#eval(KEY_CAS, [keys.lease], [token, '']).catch(() => {});
+    }
+    const total = (await this.#tally(runId)).reduce((sum, [, , rows]) => sum + rows, 0);
+    for (;;) {
+      const text = await this.#call(() => this.#redis.hget(this.#runsKey, runId));
+      if (text === null) throw new BulkbillError(ErrorCode.Usage, `no run ${runId} in this ledger`);
+      const stored = JSON.parse(text) as StoredRun;
+      const { finishedAt, ...rest } = stored;
+      const next: StoredRun = {
+        ...rest,
+        inputHash: input.inputHash,
+        inputPath: input.inputPath,
+        total,
+        ...(added === 0 && finishedAt !== undefined ? { finishedAt } : {}),
+      };
+      if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, text, storedText(next)])) === 1) {
+        return toRun(runId, next);
+      }
+    }
   }
 
   async charge(runId: string, userId: string): Promise<ChargeRecord | undefined> {
@@ -510,15 +717,15 @@ export class RedisLedger implements Ledger {
     if (!(await this.#isPublished(runId))) return;
     const keys = this.#runKeys(runId);
     for (let start = 0; ; start += PAGE) {
-      const page = (await this.#eval(
+      const [looked, ...page] = (await this.#eval(
         CHARGES_PAGE,
         [keys.rows, keys.order, keys.invalid],
         [start, PAGE],
-      )) as string[];
+      )) as [number, ...string[]];
       for (let i = 0; i < page.length; i += 3) {
         yield toCharge(page[i] as string, page[i + 1] as string, page[i + 2] as string);
       }
-      if (page.length < PAGE * 3) return;
+      if (Number(looked) < PAGE) return;
     }
   }
 
@@ -531,21 +738,50 @@ export class RedisLedger implements Ledger {
       if (current !== null) {
         const holder = JSON.parse(current) as Claim;
         if (!(holder.pid === me.pid && holder.host === me.host)) {
-          // A process of another host cannot be checked: its claim stands until released.
-          if (holder.host !== me.host || processIsAlive(holder.pid)) {
+          // A claim is a lease, renewed while its process lives: one of this host whose process is
+          // gone, or one not renewed for CLAIM_LEASE_MS (a killed container), is free.
+          const fresh = Date.now() - (holder.beat ?? 0) < CLAIM_LEASE_MS;
+          if (holder.host === me.host ? processIsAlive(holder.pid) && fresh : fresh) {
             throw new BulkbillError(
               ErrorCode.Usage,
-              `run ${runId} is being billed by process ${holder.pid} on ${holder.host} since ${holder.since}; wait for it to end or stop it, then run again`,
+              `run ${runId} is being billed by process ${holder.pid} on ${holder.host} since ${holder.since}; wait for it to end or stop it, then run again (a claim not renewed for ${CLAIM_LEASE_MS / 1_000} s is taken over)`,
             );
           }
         }
       }
-      const mine = JSON.stringify({ ...me, since: new Date().toISOString() });
-      if ((await this.#eval(KEY_CAS, [key], [current ?? '', mine])) === 1) return;
+      const mine = JSON.stringify({ ...me, since: new Date().toISOString(), beat: Date.now() });
+      if ((await this.#eval(KEY_CAS, [key], [current ?? '', mine])) === 1) break;
+    }
+    this.#claims.add(runId);
+    this.#beat ??= setInterval(() => void this.#renewClaims(), CLAIM_BEAT_MS);
+    this.#beat.unref();
+  }
+
+  async #renewClaims(): Promise<void> {
+    for (const runId of this.#claims) {
+      const key = this.#runKeys(runId).owner;
+      try {
+        const current = await this.#redis.get(key);
+        if (current === null) continue;
+        const holder = JSON.parse(current) as Claim;
+        if (holder.pid !== process.pid || holder.host !== hostname()) continue;
+        await this.#eval(
+          KEY_CAS,
+          [key],
+          [current, JSON.stringify({ ...holder, beat: Date.now() })],
+        );
+      } catch {
+        // Redis is away: the next beat renews it; a lease outlives several missed beats.
+      }
     }
   }
 
   async releaseRun(runId: string): Promise<void> {
+    this.#claims.delete(runId);
+    if (this.#claims.size === 0 && this.#beat) {
+      clearInterval(this.#beat);
+      this.#beat = undefined;
+    }
     const key = this.#runKeys(runId).owner;
     const current = await this.#call(() => this.#redis.get(key));
     if (current === null) return;
@@ -570,19 +806,29 @@ export class RedisLedger implements Ledger {
     }
   }
 
-  /**
-   * Makes the run's failed and unknown charges among `userIds` pending again (attempts and
-   * ambiguity kept), atomically per charge: one a worker has charged meanwhile stays charged.
-   * Used when a run is enqueued again to retry them. Returns how many were reopened.
-   */
-  async reopen(runId: string, userIds: readonly string[]): Promise<number> {
-    if (userIds.length === 0) return 0;
+  async reopenEnded(runId: string): Promise<number> {
     await this.#write();
     const keys = this.#runKeys(runId);
     let reopened = 0;
-    for (let start = 0; start < userIds.length; start += OUTCOMES_PER_SCRIPT) {
-      const slice = userIds.slice(start, start + OUTCOMES_PER_SCRIPT);
-      reopened += Number(await this.#eval(REOPEN_CHARGES, [keys.rows, keys.tally], slice));
+    let afterSeq = 0;
+    for (;;) {
+      const page = await this.pendingCharges(runId, afterSeq, OUTCOMES_PER_SCRIPT, {
+        includeEnded: true,
+      });
+      if (page.length === 0) break;
+      const ids = page.map((charge) => charge.userId);
+      reopened += Number(await this.#eval(REOPEN_CHARGES, [keys.rows, keys.tally], ids));
+      afterSeq = page.at(-1)?.seq ?? afterSeq;
+      if (page.length < OUTCOMES_PER_SCRIPT) break;
+    }
+    if (reopened > 0) {
+      for (;;) {
+        const text = await this.#call(() => this.#redis.hget(this.#runsKey, runId));
+        if (text === null) break;
+        const { finishedAt: _, ...stored } = JSON.parse(text) as StoredRun;
+        if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, text, storedText(stored)])) === 1)
+          break;
+      }
     }
     return reopened;
   }
@@ -620,6 +866,8 @@ export class RedisLedger implements Ledger {
   }
 
   async close(): Promise<void> {
+    if (this.#beat) clearInterval(this.#beat);
+    this.#beat = undefined;
     try {
       await this.#write();
     } finally {
@@ -640,6 +888,7 @@ export class RedisLedger implements Ledger {
       lease: `${base}import`,
       owner: `${base}owner`,
       stopped: `${base}stopped`,
+      seen: `${base}seen`,
     };
   }
 
@@ -654,20 +903,6 @@ export class RedisLedger implements Ledger {
     if (stored === undefined || stored.importing) return false;
     this.#published.add(runId);
     return true;
-  }
-
-  async #newestRun(
-    inputHash: string,
-    wanted: (stored: StoredRun) => boolean,
-  ): Promise<RunRecord | undefined> {
-    const all = await this.#call(() => this.#redis.hgetall(this.#runsKey));
-    let newest: [string, StoredRun] | undefined;
-    for (const [runId, text] of Object.entries(all)) {
-      const stored = JSON.parse(text) as StoredRun;
-      if (stored.importing || stored.inputHash !== inputHash || !wanted(stored)) continue;
-      if (newest === undefined || stored.n > newest[1].n) newest = [runId, stored];
-    }
-    return newest && toRun(newest[0], newest[1]);
   }
 
   /** Deletes the entries and rows of imports whose process died (kill -9) before publishing. */

@@ -7,8 +7,10 @@ import { createHash } from 'node:crypto';
  * them with 14 digits, so an amount of 2^53-1 would come out as 9.007199254741e+15.
  *
  * A valid row is one field of the run's `rows` hash, its value `line|amount|currency|metadata`,
- * followed once an outcome is recorded by `|state|attempts|ambiguous|http|latency|chargeId|error`
- * (text fields escaped so they hold no `|`; the state is one letter, see STATE_LETTERS).
+ * followed once an attempt or an outcome is recorded by
+ * `|state|attempts|ambiguous|http|latency|chargeId|error|open|firstAt|budgetFrom` (text fields
+ * escaped so they hold no `|`; the state is one letter, see STATE_LETTERS; rows written before
+ * the last three fields existed end after `error`).
  */
 export class LuaScript {
   readonly sha: string;
@@ -34,6 +36,27 @@ local function split_row(value)
     string.sub(value, b + 1, c - 1), state, base
 end
 
+-- Every field of a stored value: 1 line, 2 amount, 3 currency, 4 metadata, 5 state, 6 attempts,
+-- 7 ambiguous, 8 http, 9 latency, 10 chargeId, 11 error, 12 open, 13 firstAt, 14 budgetFrom.
+local function fields_of(value)
+  local out, from = {}, 1
+  while true do
+    local at = string.find(value, '|', from, true)
+    if not at then
+      out[#out + 1] = string.sub(value, from)
+      return out
+    end
+    out[#out + 1] = string.sub(value, from, at - 1)
+    from = at + 1
+  end
+end
+
+local function field(f, i, default)
+  local v = f[i]
+  if v == nil or v == '' then return default end
+  return v
+end
+
 local function negated(amount)
   if string.sub(amount, 1, 1) == '-' then return string.sub(amount, 2) end
   return '-' .. amount
@@ -50,25 +73,28 @@ end
 `;
 
 /**
- * Creates a run in the registry, importing, unless the id exists or (with `soleUnfinished`) the
- * input has an unfinished run: one script on one key, so two processes cannot both pass the check.
- * KEYS: runs. ARGV: runId, inputHash, soleUnfinished ('1'|'0'), the record's JSON without its
- * closing `"n":<order>}` (the script appends the creation order: one more than any run's).
- * Returns {'created', record} | {'exists', record} | {'unfinished', runId, record}.
+ * Creates a run in the registry, importing, unless the id exists or (with known runs given) a run
+ * was created since the caller looked: one script on one key, so two processes cannot both pass
+ * the check. KEYS: runs. ARGV: runId, '1' when ARGV[4..] lists the known run ids else '0', the
+ * record's JSON without its closing `"n":<order>}` (the script appends the creation order: one
+ * more than any run's), then the known run ids.
+ * Returns {'created', record} | {'exists', record} | {'unknown', runId, record}.
  */
 export const CREATE_RUN = new LuaScript(`
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return {'exists', existing} end
+local known = {}
+for i = 4, #ARGV do known[ARGV[i]] = true end
 local newest = 0
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local run = cjson.decode(entries[i + 1])
   if run.n > newest then newest = run.n end
-  if ARGV[3] == '1' and run.inputHash == ARGV[2] and run.finishedAt == nil then
-    return {'unfinished', entries[i], entries[i + 1]}
+  if ARGV[2] == '1' and not known[entries[i]] then
+    return {'unknown', entries[i], entries[i + 1]}
   end
 end
-local record = ARGV[4] .. string.format('%d', newest + 1) .. '}'
+local record = ARGV[3] .. string.format('%d', newest + 1) .. '}'
 redis.call('HSET', KEYS[1], ARGV[1], record)
 return {'created', record}
 `);
@@ -188,8 +214,10 @@ return 1
 `);
 
 /**
- * Applies outcomes in order. KEYS: rows, tally. ARGV: pairs (user id, `state|attempts|…`). A user
- * id without a valid row, and a row turned invalid, are left alone (as SQLite's UPDATE does).
+ * Applies outcomes in order. KEYS: rows, tally. ARGV: pairs (user id,
+ * `state|attempts|ambiguous|http|latency|chargeId|error`); the row's first attempt time and
+ * budget are kept, its open attempt closed. A user id without a valid row, a row turned invalid,
+ * and a row already charged or declined are left alone: a late or stale outcome loses.
  */
 export const RECORD_OUTCOMES = new LuaScript(`${ROW_HELPERS}
 for i = 1, #ARGV, 2 do
@@ -197,8 +225,10 @@ for i = 1, #ARGV, 2 do
   local value = redis.call('HGET', KEYS[1], user)
   if value then
     local _, amount, currency, old, base = split_row(value)
-    if old ~= 'i' then
-      redis.call('HSET', KEYS[1], user, base .. '|' .. outcome)
+    if old ~= 'i' and old ~= 'c' and old ~= 'd' then
+      local f = fields_of(value)
+      redis.call('HSET', KEYS[1], user,
+        base .. '|' .. outcome .. '|0|' .. field(f, 13, '') .. '|' .. field(f, 14, '0'))
       local new = string.sub(outcome, 1, 1)
       if new ~= old then move(KEYS[2], old, new, currency, amount) end
     end
@@ -208,14 +238,46 @@ return 1
 `);
 
 /**
- * Charges that still need an attempt (pending, failed, unknown), in input order. KEYS: rows, order,
- * invalid. ARGV: rows to skip (= seq to read after), most charges to return, most rows to look at.
+ * Records attempts about to be sent: the row's attempts (never lowered), ambiguity, an open
+ * attempt, and its first attempt's time when it has none. Only pending rows are touched.
+ * KEYS: rows. ARGV: quadruples (user id, attempts, ambiguous '1'|'0', epoch ms). Returns, per
+ * user, 1 when it was recorded, 0 when the row is not pending (settled meanwhile) or absent.
+ */
+export const START_ATTEMPTS = new LuaScript(`${ROW_HELPERS}
+local out = {}
+for i = 1, #ARGV, 4 do
+  local user = ARGV[i]
+  local value = redis.call('HGET', KEYS[1], user)
+  local started = 0
+  if value then
+    local _, _, _, old, base = split_row(value)
+    if old == 'p' then
+      local f = fields_of(value)
+      local attempts = math.max(tonumber(field(f, 6, '0')), tonumber(ARGV[i + 1]))
+      local ambiguous = ARGV[i + 2]
+      if field(f, 7, '0') == '1' or field(f, 12, '0') == '1' then ambiguous = '1' end
+      redis.call('HSET', KEYS[1], user, base .. '|p|' .. string.format('%d', attempts) .. '|' ..
+        ambiguous .. '|' .. field(f, 8, '') .. '|' .. field(f, 9, '') .. '|' .. field(f, 10, '') ..
+        '|' .. field(f, 11, '') .. '|1|' .. field(f, 13, ARGV[i + 3]) .. '|' .. field(f, 14, '0'))
+      started = 1
+    end
+  end
+  out[#out + 1] = started
+end
+return out
+`);
+
+/**
+ * Charges that still need an attempt (pending; with ARGV[4] '1' failed and unknown too), in input
+ * order. KEYS: rows, order, invalid. ARGV: rows to skip (= seq to read after), most charges to
+ * return, most rows to look at, include ended. Rows superseded by a later input are skipped.
  * Returns {position reached, 1 when the end was reached else 0, then {seq, user id, value}*}.
  */
 export const PENDING_CHARGES = new LuaScript(`
 local position = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3])
+local ended = ARGV[4] == '1'
 local has_invalid = redis.call('EXISTS', KEYS[3]) == 1
 local out = {0, 0}
 local found = 0
@@ -237,7 +299,7 @@ while budget > 0 do
       local c = string.find(value, '|', b + 1, true)
       local d = string.find(value, '|', c + 1, true)
       local state = d and string.sub(value, d + 1, d + 1) or 'p'
-      if state == 'p' or state == 'f' or state == 'u' then
+      if state == 'p' or (ended and (state == 'f' or state == 'u')) then
         out[#out + 1] = seq
         out[#out + 1] = users[j]
         out[#out + 1] = value
@@ -262,20 +324,24 @@ return out
 
 /**
  * A page of every row in input order. KEYS: rows, order, invalid. ARGV: rows to skip, page size.
- * Returns {user id, 'v' | 'i', value}*.
+ * Returns {rows looked at, then {user id, 'v' | 'i', value}*}; a row superseded by a later input
+ * (its invalid entry emptied) is left out.
  */
 export const CHARGES_PAGE = new LuaScript(`
 local start = tonumber(ARGV[1])
 local users = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[2]) - 1)
 local has_invalid = redis.call('EXISTS', KEYS[3]) == 1
-local out = {}
+local out = {#users}
 for j = 1, #users do
   local invalid = has_invalid and redis.call('HGET', KEYS[3], string.format('%d', start + j))
-  out[#out + 1] = users[j]
-  if invalid then
+  if invalid == '' then
+    -- superseded by a later input of the run
+  elseif invalid then
+    out[#out + 1] = users[j]
     out[#out + 1] = 'i'
     out[#out + 1] = invalid
   else
+    out[#out + 1] = users[j]
     out[#out + 1] = 'v'
     out[#out + 1] = redis.call('HGET', KEYS[1], users[j]) or ''
   end
@@ -291,14 +357,18 @@ export const ONE_CHARGE = new LuaScript(`
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if value then return {'v', value} end
 local seq = redis.call('HGET', KEYS[2], '=' .. ARGV[1])
-if seq then return {'i', redis.call('HGET', KEYS[2], seq)} end
+if seq then
+  local invalid = redis.call('HGET', KEYS[2], seq)
+  if invalid and invalid ~= '' then return {'i', invalid} end
+end
 return false
 `);
 
 /**
- * Makes failed and unknown charges pending again, keeping their attempts and ambiguity, for a
- * run enqueued again: a charge in any other state (charged meanwhile by a worker, say) is left
- * alone. KEYS: rows, tally. ARGV: user ids. Returns how many were reopened.
+ * Makes failed and unknown charges pending again for a new round of attempts (`--retry-failed`):
+ * attempts, ambiguity and the first attempt's time are kept, the budget starts at the attempts
+ * so far. A charge in any other state (charged meanwhile by a worker, say) is left alone.
+ * KEYS: rows, tally. ARGV: user ids. Returns how many were reopened.
  */
 export const REOPEN_CHARGES = new LuaScript(`${ROW_HELPERS}
 local reopened = 0
@@ -307,17 +377,87 @@ for i = 1, #ARGV do
   if value then
     local _, amount, currency, old, base = split_row(value)
     if old == 'f' or old == 'u' then
-      local rest = string.sub(value, #base + 2)
-      local s1 = string.find(rest, '|', 1, true)
-      local s2 = string.find(rest, '|', s1 + 1, true)
-      local s3 = string.find(rest, '|', s2 + 1, true)
-      local attempts = string.sub(rest, s1 + 1, s2 - 1)
-      local ambiguous = string.sub(rest, s2 + 1, (s3 or 0) - 1)
-      redis.call('HSET', KEYS[1], ARGV[i], base .. '|p|' .. attempts .. '|' .. ambiguous .. '||||')
+      local f = fields_of(value)
+      local attempts = field(f, 6, '0')
+      redis.call('HSET', KEYS[1], ARGV[i], base .. '|p|' .. attempts .. '|' .. field(f, 7, '0') ..
+        '|' .. field(f, 8, '') .. '|' .. field(f, 9, '') .. '||' .. field(f, 11, '') .. '|0|' ..
+        field(f, 13, '') .. '|' .. attempts)
       move(KEYS[2], old, 'p', currency, amount)
       reopened = reopened + 1
     end
   end
 end
 return reopened
+`);
+
+/**
+ * Starts extending a run with a later input: takes the run's import lease, and empties (marks
+ * superseded) every invalid row, moving the tally. KEYS: rows, order, invalid, tally, lease,
+ * seen. ARGV: token, leaseMs. Returns 0 when another process holds the lease.
+ */
+export const BEGIN_EXTEND = new LuaScript(`${ROW_HELPERS}
+if not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[6])
+local entries = redis.call('HGETALL', KEYS[3])
+for i = 1, #entries, 2 do
+  local key, value = entries[i], entries[i + 1]
+  if string.sub(key, 1, 1) == '=' then
+    redis.call('HDEL', KEYS[3], key)
+  elseif value ~= '' then
+    local _, amount, currency = split_row(value .. '|')
+    redis.call('HINCRBY', KEYS[4], 'ni' .. currency, -1)
+    if amount ~= '0' and amount ~= '' then
+      redis.call('HINCRBY', KEYS[4], 'si' .. currency, negated(amount))
+    end
+    redis.call('HSET', KEYS[3], key, '')
+  end
+end
+return 1
+`);
+
+/**
+ * Adds rows of a later input to a run, in order, after every row it has. KEYS: rows, order,
+ * invalid, tally, lease, seen. ARGV: token, leaseMs, then triples (kind 'v' valid | 'i' invalid,
+ * user id, value). A valid row of a user the run holds is left as it is; an invalid row of such a
+ * user is dropped; a user met twice in this input (`seen`) is recorded invalid. Returns {-1} when
+ * the lease is lost, else {added, then {index of the row in ARGV's triples, first line}* of
+ * duplicates}.
+ */
+export const EXTEND_ROWS = new LuaScript(`${ROW_HELPERS}
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {-1} end
+redis.call('PEXPIRE', KEYS[5], ARGV[2])
+local out = {0}
+local added = 0
+local index = 0
+local function push_invalid(user, value)
+  local seq = redis.call('RPUSH', KEYS[2], user)
+  local field_name = string.format('%d', seq)
+  redis.call('HSET', KEYS[3], field_name, value)
+  redis.call('HSETNX', KEYS[3], '=' .. user, field_name)
+  local _, amount, currency = split_row(value)
+  redis.call('HINCRBY', KEYS[4], 'ni' .. currency, 1)
+  if amount ~= '0' and amount ~= '' then redis.call('HINCRBY', KEYS[4], 'si' .. currency, amount) end
+end
+for i = 3, #ARGV, 3 do
+  index = index + 1
+  local kind, user, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local line = string.sub(value, 1, string.find(value, '|', 1, true) - 1)
+  if kind == 'i' then
+    if user == '' or redis.call('HEXISTS', KEYS[1], user) == 0 then push_invalid(user, value) end
+  elseif redis.call('HSETNX', KEYS[6], user, line) == 0 then
+    local first_line = redis.call('HGET', KEYS[6], user)
+    push_invalid(user, value .. '|user_id: appears twice (first on line ' .. first_line .. ')')
+    out[#out + 1] = index
+    out[#out + 1] = first_line
+  elseif redis.call('HSETNX', KEYS[1], user, value) == 1 then
+    redis.call('RPUSH', KEYS[2], user)
+    local _, amount, currency = split_row(value)
+    redis.call('HINCRBY', KEYS[4], 'np' .. currency, 1)
+    if amount ~= '0' then redis.call('HINCRBY', KEYS[4], 'sp' .. currency, amount) end
+    added = added + 1
+  end
+end
+redis.call('PEXPIRE', KEYS[6], ARGV[2])
+out[1] = added
+return out
 `);

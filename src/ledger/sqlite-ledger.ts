@@ -3,13 +3,16 @@ import Database from 'better-sqlite3';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
 import {
+  type AttemptStart,
   type ChargeOutcome,
   type ChargeRecord,
   type DuplicateUser,
   emptyCounts,
+  type HeldCharge,
   type ImportRow,
   type Ledger,
   type PendingCharge,
+  type PendingOptions,
   type RunRecord,
   type StateCounts,
 } from './ledger.js';
@@ -22,6 +25,11 @@ export interface SqliteLedgerOptions {
   readonly batchSize?: number;
   /** Longest an outcome waits in the buffer before it is committed, in ms. Default 50. */
   readonly flushIntervalMs?: number;
+  /**
+   * How long a write waits for another process's lock (SQLITE_BUSY), in ms, before it fails: it
+   * is retried from a timer, so the event loop (and requests in flight) never block. Default 60 s.
+   */
+  readonly busyRetryMs?: number;
 }
 
 const SCHEMA = `
@@ -29,7 +37,8 @@ CREATE TABLE IF NOT EXISTS run_owners (
   run_id TEXT PRIMARY KEY,
   pid    INTEGER NOT NULL,
   host   TEXT NOT NULL,
-  since  TEXT NOT NULL
+  since  TEXT NOT NULL,
+  beat   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS runs (
   run_id      TEXT PRIMARY KEY,
@@ -56,15 +65,28 @@ CREATE TABLE IF NOT EXISTS charges (
   latency_ms  INTEGER,
   charge_id   TEXT,
   error       TEXT,
+  open        INTEGER NOT NULL DEFAULT 0,
+  first_at    INTEGER,
+  budget_from INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS charges_by_user ON charges (run_id, user_id)
   WHERE state <> 'invalid';
 `;
 
-// Charges still needing an attempt: never tried, or left failed/unknown by an earlier process.
-const OPEN_STATES = `('pending', 'failed', 'unknown')`;
+// Columns added since the first ledgers were written: a ledger of an older bulkbill gains them.
+const ADDED_COLUMNS: ReadonlyArray<[table: string, column: string, definition: string]> = [
+  ['charges', 'open', 'INTEGER NOT NULL DEFAULT 0'],
+  ['charges', 'first_at', 'INTEGER'],
+  ['charges', 'budget_from', 'INTEGER NOT NULL DEFAULT 0'],
+  ['run_owners', 'beat', 'INTEGER NOT NULL DEFAULT 0'],
+];
+// A charge no later write may change: the provider has settled it.
+const SETTLED = `('invalid', 'charged', 'declined')`;
 const PAGE = 1_000;
+/** A claim not renewed for this long is taken over, whichever host made it (a killed container). */
+export const CLAIM_LEASE_MS = 30_000;
+const CLAIM_BEAT_MS = 5_000;
 
 interface RunRow {
   run_id: string;
@@ -90,6 +112,9 @@ interface ChargeRow {
   latency_ms: number | null;
   charge_id: string | null;
   error: string | null;
+  open: number;
+  first_at: number | null;
+  budget_from: number;
 }
 
 const EMPTY: Readonly<Record<string, string>> = Object.freeze({});
@@ -115,7 +140,8 @@ function toCharge(row: ChargeRow): ChargeRecord {
     metadata: row.metadata ? (JSON.parse(row.metadata) as Record<string, string>) : EMPTY,
     state: row.state,
     attempts: row.attempts,
-    ambiguous: row.ambiguous === 1,
+    ambiguous: row.ambiguous === 1 || row.open === 1,
+    firstAttemptAt: row.first_at ?? undefined,
     httpStatus: row.http_status ?? undefined,
     latencyMs: row.latency_ms ?? undefined,
     chargeId: row.charge_id ?? undefined,
@@ -156,8 +182,11 @@ function prepareDatabase(path: string): Database.Database {
     // NORMAL in WAL mode can lose the last commits on power loss, never corrupt: a lost outcome is
     // retried with the same idempotency key, so durability of each commit is not needed.
     db.pragma('synchronous = NORMAL');
-    db.pragma('busy_timeout = 5000');
+    // Short: a write that meets another process's lock is retried from a timer (busyRetry), so
+    // SQLite never blocks the event loop for long. The open itself is retried above.
+    db.pragma('busy_timeout = 20');
     db.exec(SCHEMA);
+    migrate(db);
     return db;
   } catch (error) {
     db?.close();
@@ -165,36 +194,54 @@ function prepareDatabase(path: string): Database.Database {
   }
 }
 
+function migrate(db: Database.Database): void {
+  for (const [table, column, definition] of ADDED_COLUMNS) {
+    const columns = db.pragma(`table_info(${table})`) as Array<{ name: string }>;
+    if (columns.some((existing) => existing.name === column)) continue;
+    db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
+  }
+}
+
+function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || code === 'SQLITE_BUSY_SNAPSHOT';
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
 /**
  * The embedded ledger: one SQLite file in WAL mode. Outcomes are group-committed: buffered and
  * written in one transaction every `flushIntervalMs` or `batchSize` outcomes, so a charge costs a
  * fraction of a commit. An outcome lost in a crash before its commit only means the charge is
- * attempted again with the same idempotency key, which the provider answers with a replay.
+ * attempted again with the same idempotency key, which the provider answers with a replay. The
+ * start of every attempt is committed before its request leaves (startAttempts, grouped by the
+ * engine), with the outcomes buffered before it.
  */
 export class SqliteLedger implements Ledger {
   readonly #db: Database.Database;
   readonly #batchSize: number;
   readonly #flushIntervalMs: number;
+  readonly #busyRetryMs: number;
   readonly #buffer: Array<[string, ChargeOutcome]> = [];
   #timer: NodeJS.Timeout | undefined;
   #backgroundError: unknown;
   /** The import in progress: it holds the connection's one transaction across awaits. */
   #importing: Promise<RunRecord> | undefined;
+  /** Claims this process holds, renewed every CLAIM_BEAT_MS. */
+  readonly #claims = new Set<string>();
+  #beat: NodeJS.Timeout | undefined;
   readonly #statements;
 
   constructor(options: SqliteLedgerOptions) {
     this.#batchSize = options.batchSize ?? 1_000;
     this.#flushIntervalMs = options.flushIntervalMs ?? 50;
+    this.#busyRetryMs = options.busyRetryMs ?? 60_000;
     this.#db = openDatabase(options.path);
     const db = this.#db;
     this.#statements = {
       findRun: db.prepare<[string], RunRow>('SELECT * FROM runs WHERE run_id = ?'),
-      unfinished: db.prepare<[string], RunRow>(
-        'SELECT * FROM runs WHERE input_hash = ? AND finished_at IS NULL ORDER BY created_at DESC, rowid DESC LIMIT 1',
-      ),
-      latest: db.prepare<[string], RunRow>(
-        'SELECT * FROM runs WHERE input_hash = ? ORDER BY created_at DESC, rowid DESC LIMIT 1',
-      ),
+      listRuns: db.prepare<[], RunRow>('SELECT * FROM runs ORDER BY created_at DESC, rowid DESC'),
+      runIds: db.prepare<[], { run_id: string }>('SELECT run_id FROM runs'),
       insertRun: db.prepare(
         'INSERT INTO runs (run_id, input_hash, input_path, endpoint, created_at, total) VALUES (?, ?, ?, ?, ?, 0)',
       ),
@@ -208,14 +255,40 @@ export class SqliteLedger implements Ledger {
       firstLine: db.prepare<[string, string], { line: number }>(
         "SELECT line FROM charges WHERE run_id = ? AND user_id = ? AND state <> 'invalid'",
       ),
+      held: db.prepare<[string, string], HeldCharge>(
+        "SELECT line, amount, currency, state FROM charges WHERE run_id = ? AND user_id = ? AND state <> 'invalid'",
+      ),
+      maxSeq: db.prepare<[string], { seq: number | null }>(
+        'SELECT max(seq) AS seq FROM charges WHERE run_id = ?',
+      ),
+      dropInvalid: db.prepare("DELETE FROM charges WHERE run_id = ? AND state = 'invalid'"),
+      rowCount: db.prepare<[string], { n: number }>(
+        'SELECT count(*) AS n FROM charges WHERE run_id = ?',
+      ),
+      relabel: db.prepare(
+        'UPDATE runs SET input_hash = ?, input_path = ?, total = ?, finished_at = CASE WHEN ? THEN NULL ELSE finished_at END WHERE run_id = ?',
+      ),
       pending: db.prepare<[string, number, number], ChargeRow>(
-        `SELECT seq, user_id, amount, currency, attempts, ambiguous FROM charges
-         WHERE run_id = ? AND seq > ? AND state IN ${OPEN_STATES} ORDER BY seq LIMIT ?`,
+        `SELECT seq, user_id, amount, currency, attempts, ambiguous, open, first_at, budget_from
+         FROM charges WHERE run_id = ? AND seq > ? AND state = 'pending' ORDER BY seq LIMIT ?`,
+      ),
+      pendingOrEnded: db.prepare<[string, number, number], ChargeRow>(
+        `SELECT seq, user_id, amount, currency, attempts, ambiguous, open, first_at, budget_from
+         FROM charges WHERE run_id = ? AND seq > ? AND state IN ('pending', 'failed', 'unknown')
+         ORDER BY seq LIMIT ?`,
       ),
       update: db.prepare(
         `UPDATE charges SET state = ?, attempts = ?, ambiguous = ?, http_status = ?, latency_ms = ?,
-           charge_id = ?, error = ?
-         WHERE run_id = ? AND user_id = ? AND state <> 'invalid'`,
+           charge_id = ?, error = ?, open = 0
+         WHERE run_id = ? AND user_id = ? AND state NOT IN ${SETTLED}`,
+      ),
+      start: db.prepare(
+        `UPDATE charges SET attempts = ?, ambiguous = ?, open = 1, first_at = coalesce(first_at, ?)
+         WHERE run_id = ? AND user_id = ? AND state = 'pending'`,
+      ),
+      reopen: db.prepare(
+        `UPDATE charges SET state = 'pending', budget_from = attempts
+         WHERE run_id = ? AND state IN ('failed', 'unknown')`,
       ),
       counts: db.prepare<[string], { state: ChargeState; n: number }>(
         'SELECT state, count(*) AS n FROM charges WHERE run_id = ? GROUP BY state',
@@ -233,13 +306,16 @@ export class SqliteLedger implements Ledger {
         'SELECT * FROM charges WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?',
       ),
       open: db.prepare<[string], { n: number }>(
-        `SELECT count(*) AS n FROM charges WHERE run_id = ? AND state IN ${OPEN_STATES}`,
+        `SELECT count(*) AS n FROM charges WHERE run_id = ? AND state IN ('pending', 'failed', 'unknown')`,
       ),
-      owner: db.prepare<[string], { pid: number; host: string; since: string }>(
-        'SELECT pid, host, since FROM run_owners WHERE run_id = ?',
+      owner: db.prepare<[string], { pid: number; host: string; since: string; beat: number }>(
+        'SELECT pid, host, since, beat FROM run_owners WHERE run_id = ?',
       ),
       setOwner: db.prepare(
-        'INSERT OR REPLACE INTO run_owners (run_id, pid, host, since) VALUES (?, ?, ?, ?)',
+        'INSERT OR REPLACE INTO run_owners (run_id, pid, host, since, beat) VALUES (?, ?, ?, ?, ?)',
+      ),
+      renewOwner: db.prepare(
+        'UPDATE run_owners SET beat = ? WHERE run_id = ? AND pid = ? AND host = ?',
       ),
       dropOwner: db.prepare('DELETE FROM run_owners WHERE run_id = ? AND pid = ? AND host = ?'),
       finish: db.prepare(
@@ -253,31 +329,62 @@ export class SqliteLedger implements Ledger {
     return row && toRun(row);
   }
 
-  async findUnfinishedRun(inputHash: string): Promise<RunRecord | undefined> {
-    const row = this.#statements.unfinished.get(inputHash);
-    return row && toRun(row);
-  }
-
-  async findLatestRun(inputHash: string): Promise<RunRecord | undefined> {
-    const row = this.#statements.latest.get(inputHash);
-    return row && toRun(row);
+  async listRuns(): Promise<RunRecord[]> {
+    return this.#statements.listRuns.all().map(toRun);
   }
 
   async createRun(
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
-    options: { readonly soleUnfinished?: boolean } = {},
+    options: { readonly knownRuns?: readonly string[] } = {},
   ): Promise<RunRecord> {
+    return this.#transaction(() => this.#import(run, batches, onDuplicate, options.knownRuns));
+  }
+
+  async extendRun(
+    runId: string,
+    input: { readonly inputHash: string; readonly inputPath: string },
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+  ): Promise<RunRecord> {
+    return this.#transaction(() => this.#extend(runId, input, batches, onDuplicate));
+  }
+
+  async heldCharges(runId: string, userIds: readonly string[]): Promise<Map<string, HeldCharge>> {
+    const held = new Map<string, HeldCharge>();
+    const { held: statement } = this.#statements;
+    for (const userId of userIds) {
+      const row = statement.get(runId, userId);
+      if (row) held.set(userId, row);
+    }
+    return held;
+  }
+
+  /** Runs an import-like job in the connection's one transaction, held across its awaits. */
+  async #transaction(job: () => Promise<RunRecord>): Promise<RunRecord> {
     await this.#importDone();
-    const importing = this.#import(run, batches, onDuplicate, options.soleUnfinished === true);
+    const importing = job();
     this.#importing = importing;
     try {
       return await importing;
     } finally {
       this.#importing = undefined;
       // Outcomes recorded meanwhile were held back from the import's transaction.
-      this.#commit();
+      await this.#commitSoon();
+    }
+  }
+
+  async #begin(): Promise<void> {
+    try {
+      await this.#busyRetry(() => this.#db.exec('BEGIN IMMEDIATE'), 'begin an import');
+    } catch (error) {
+      // Another process holds the write lock past busyRetryMs: most likely importing a big file.
+      throw new BulkbillError(
+        ErrorCode.Usage,
+        'the ledger is busy: another process is writing to it (importing a large input?); run again once it is done',
+        { cause: error, retryable: true },
+      );
     }
   }
 
@@ -285,72 +392,30 @@ export class SqliteLedger implements Ledger {
     run: Omit<RunRecord, 'createdAt' | 'finishedAt' | 'total'>,
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
-    soleUnfinished: boolean,
+    knownRuns: readonly string[] | undefined,
   ): Promise<RunRecord> {
-    const { insertRun, insertCharge, firstLine: firstLineOf, setTotal } = this.#statements;
+    const { insertRun, setTotal } = this.#statements;
     const createdAt = new Date().toISOString();
     // One transaction for the whole import: a failed or aborted import leaves no trace.
-    try {
-      this.#db.exec('BEGIN IMMEDIATE');
-    } catch (error) {
-      // Another process holds the write lock past busy_timeout: most likely importing a big file.
-      if ((error as { code?: unknown }).code === 'SQLITE_BUSY') {
-        throw new BulkbillError(
-          ErrorCode.Usage,
-          'the ledger is busy: another process is writing to it (importing a large input?); run again once it is done',
-          { cause: error, retryable: true },
-        );
-      }
-      throw error;
-    }
+    await this.#begin();
     let committed = false;
     try {
       // Under the write lock: no other process can create a run between this check and ours.
       if (this.#statements.findRun.get(run.runId)) {
         throw new BulkbillError(ErrorCode.Usage, `run ${run.runId} already exists in this ledger`);
       }
-      const other = soleUnfinished ? this.#statements.unfinished.get(run.inputHash) : undefined;
-      if (other) {
-        throw new BulkbillError(
-          ErrorCode.Usage,
-          `${run.inputPath} already has the unfinished run ${other.run_id} (another process just created it); run again to resume it`,
-        );
-      }
-      insertRun.run(run.runId, run.inputHash, run.inputPath, run.endpoint, createdAt);
-      let seq = 0;
-      for await (const batch of batches) {
-        for (const row of batch) {
-          seq++;
-          const metadata =
-            Object.keys(row.metadata).length > 0 ? JSON.stringify(row.metadata) : null;
-          const invalid = row.invalidReason !== undefined;
-          const inserted = insertCharge.run(
-            run.runId,
-            seq,
-            row.line,
-            row.userId,
-            row.amount,
-            row.currency,
-            metadata,
-            invalid ? 'invalid' : 'pending',
-            invalid ? row.invalidReason : null,
-          );
-          if (inserted.changes > 0 || invalid) continue;
-          const firstLine = firstLineOf.get(run.runId, row.userId)?.line ?? 0;
-          onDuplicate({ userId: row.userId, line: row.line, firstLine });
-          insertCharge.run(
-            run.runId,
-            seq,
-            row.line,
-            row.userId,
-            row.amount,
-            row.currency,
-            metadata,
-            'invalid',
-            `user_id: appears twice (first on line ${firstLine})`,
+      if (knownRuns !== undefined) {
+        const known = new Set(knownRuns);
+        const other = this.#statements.runIds.all().find((row) => !known.has(row.run_id));
+        if (other) {
+          throw new BulkbillError(
+            ErrorCode.Usage,
+            `run ${other.run_id} was created in this ledger while ${run.inputPath} was being checked (another process?); run again to continue it`,
           );
         }
       }
+      insertRun.run(run.runId, run.inputHash, run.inputPath, run.endpoint, createdAt);
+      const seq = await this.#insertRows(run.runId, 0, batches, onDuplicate, undefined);
       setTotal.run(seq, run.runId);
       this.#db.exec('COMMIT');
       committed = true;
@@ -360,27 +425,177 @@ export class SqliteLedger implements Ledger {
     }
   }
 
-  async pendingCharges(runId: string, afterSeq: number, limit: number): Promise<PendingCharge[]> {
-    return this.#statements.pending.all(runId, afterSeq, limit).map((row) => ({
+  async #extend(
+    runId: string,
+    input: { readonly inputHash: string; readonly inputPath: string },
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+  ): Promise<RunRecord> {
+    const { findRun, dropInvalid, maxSeq, rowCount, relabel } = this.#statements;
+    await this.#begin();
+    let committed = false;
+    try {
+      if (!findRun.get(runId)) {
+        throw new BulkbillError(ErrorCode.Usage, `no run ${runId} in this ledger`);
+      }
+      dropInvalid.run(runId);
+      const before = maxSeq.get(runId)?.seq ?? 0;
+      // The users of this input, to tell a user met twice in it from one the run already holds.
+      this.#db.exec(
+        'CREATE TEMP TABLE IF NOT EXISTS input_users (user_id TEXT PRIMARY KEY, line INTEGER NOT NULL)',
+      );
+      this.#db.exec('DELETE FROM temp.input_users');
+      const seen = {
+        add: this.#db.prepare(
+          'INSERT OR IGNORE INTO temp.input_users (user_id, line) VALUES (?, ?)',
+        ),
+        line: this.#db.prepare<[string], { line: number }>(
+          'SELECT line FROM temp.input_users WHERE user_id = ?',
+        ),
+      };
+      const last = await this.#insertRows(runId, before, batches, onDuplicate, seen);
+      this.#db.exec('DELETE FROM temp.input_users');
+      const total = rowCount.get(runId)?.n ?? 0;
+      relabel.run(input.inputHash, input.inputPath, total, last > before ? 1 : 0, runId);
+      this.#db.exec('COMMIT');
+      committed = true;
+      const run = findRun.get(runId);
+      if (!run) throw new BulkbillError(ErrorCode.Usage, `no run ${runId} in this ledger`);
+      return toRun(run);
+    } finally {
+      if (!committed && this.#db.inTransaction) this.#db.exec('ROLLBACK');
+    }
+  }
+
+  /**
+   * Inserts rows after position `seq`; returns the last position used. With `seen` (extending a
+   * run), a valid row of a user the run holds is left as it is, and an invalid row of such a user
+   * is dropped; a user met twice in the input is still reported and recorded invalid.
+   */
+  async #insertRows(
+    runId: string,
+    after: number,
+    batches: AsyncIterable<readonly ImportRow[]>,
+    onDuplicate: (duplicate: DuplicateUser) => void,
+    seen:
+      | {
+          add: Database.Statement;
+          line: Database.Statement<[string], { line: number }>;
+        }
+      | undefined,
+  ): Promise<number> {
+    const { insertCharge, firstLine: firstLineOf, held } = this.#statements;
+    let seq = after;
+    const insert = (row: ImportRow, metadata: string | null, state: string, error: string | null) =>
+      insertCharge.run(
+        runId,
+        ++seq,
+        row.line,
+        row.userId,
+        row.amount,
+        row.currency,
+        metadata,
+        state,
+        error,
+      );
+    for await (const batch of batches) {
+      for (const row of batch) {
+        const metadata = Object.keys(row.metadata).length > 0 ? JSON.stringify(row.metadata) : null;
+        if (row.invalidReason !== undefined) {
+          if (seen && row.userId !== '' && held.get(runId, row.userId)) continue;
+          insert(row, metadata, 'invalid', row.invalidReason);
+          continue;
+        }
+        let firstLine: number | undefined;
+        if (seen) {
+          if (seen.add.run(row.userId, row.line).changes === 0) {
+            firstLine = seen.line.get(row.userId)?.line ?? 0;
+          } else if (held.get(runId, row.userId)) {
+            continue;
+          }
+        }
+        if (firstLine === undefined) {
+          const inserted = insert(row, metadata, 'pending', null);
+          if (inserted.changes > 0) continue;
+          seq--;
+          firstLine = firstLineOf.get(runId, row.userId)?.line ?? 0;
+        }
+        onDuplicate({ userId: row.userId, line: row.line, firstLine });
+        insert(row, metadata, 'invalid', `user_id: appears twice (first on line ${firstLine})`);
+      }
+    }
+    return seq;
+  }
+
+  async pendingCharges(
+    runId: string,
+    afterSeq: number,
+    limit: number,
+    options: PendingOptions = {},
+  ): Promise<PendingCharge[]> {
+    const statement = options.includeEnded
+      ? this.#statements.pendingOrEnded
+      : this.#statements.pending;
+    return statement.all(runId, afterSeq, limit).map((row) => ({
       seq: row.seq,
       userId: row.user_id,
       amount: row.amount,
       currency: row.currency,
       attempts: row.attempts,
-      ambiguous: row.ambiguous === 1,
+      budgetFrom: row.budget_from,
+      ambiguous: row.ambiguous === 1 || row.open === 1,
+      firstAttemptAt: row.first_at ?? undefined,
     }));
+  }
+
+  async startAttempts(runId: string, starts: readonly AttemptStart[]): Promise<boolean[]> {
+    if (starts.length === 0) return [];
+    await this.#importDone();
+    this.#throwBackgroundError();
+    const { start, update } = this.#statements;
+    return this.#busyRetry(() => {
+      // The outcomes recorded before these starts go first, in the same transaction: an attempt's
+      // start must never be overwritten by an older outcome.
+      const batch = this.#takeBuffer();
+      try {
+        return this.#db.transaction(() => {
+          this.#writeOutcomes(batch, update);
+          return starts.map(
+            (attempt) =>
+              start.run(
+                attempt.attempts,
+                attempt.ambiguous ? 1 : 0,
+                attempt.at,
+                runId,
+                attempt.userId,
+              ).changes > 0,
+          );
+        })();
+      } catch (error) {
+        this.#buffer.unshift(...batch);
+        throw error;
+      }
+    }, 'record attempts');
+  }
+
+  async reopenEnded(runId: string): Promise<number> {
+    await this.flush();
+    const reopened = this.#statements.reopen.run(runId).changes;
+    if (reopened > 0)
+      this.#db.prepare('UPDATE runs SET finished_at = NULL WHERE run_id = ?').run(runId);
+    return reopened;
   }
 
   record(runId: string, outcome: ChargeOutcome): void {
     this.#buffer.push([runId, outcome]);
-    if (this.#buffer.length >= this.#batchSize) this.#commit();
+    if (this.#buffer.length >= this.#batchSize && !this.#importing) this.#commitInBackground();
     else this.#timer ??= setTimeout(() => this.#commitInBackground(), this.#flushIntervalMs);
   }
 
   async flush(): Promise<void> {
     await this.#importDone();
     this.#throwBackgroundError();
-    this.#commit();
+    await this.#commitSoon();
   }
 
   async counts(runId: string): Promise<StateCounts> {
@@ -419,41 +634,79 @@ export class SqliteLedger implements Ledger {
     const { owner, setOwner } = this.#statements;
     const me = { pid: process.pid, host: hostname() };
     // IMMEDIATE: two processes claiming at once are serialized by SQLite's write lock.
-    this.#db
-      .transaction(() => {
-        const current = owner.get(runId);
-        if (current && !(current.pid === me.pid && current.host === me.host)) {
-          // A process of another host cannot be checked: its claim stands until released.
-          const alive = current.host !== me.host || processIsAlive(current.pid);
-          if (alive) {
-            throw new BulkbillError(
-              ErrorCode.Usage,
-              `run ${runId} is being billed by process ${current.pid} on ${current.host} since ${current.since}; wait for it to end or stop it, then run again`,
-            );
-          }
-        }
-        setOwner.run(runId, me.pid, me.host, new Date().toISOString());
-      })
-      .immediate();
+    await this.#busyRetry(
+      () =>
+        this.#db
+          .transaction(() => {
+            const current = owner.get(runId);
+            if (current && !(current.pid === me.pid && current.host === me.host)) {
+              // A claim is a lease: renewed while its process lives. One of this host whose
+              // process is gone, or one not renewed for CLAIM_LEASE_MS (a killed container), is free.
+              const fresh = Date.now() - current.beat < CLAIM_LEASE_MS;
+              const alive = current.host === me.host ? processIsAlive(current.pid) && fresh : fresh;
+              if (alive) {
+                throw new BulkbillError(
+                  ErrorCode.Usage,
+                  `run ${runId} is being billed by process ${current.pid} on ${current.host} since ${current.since}; wait for it to end or stop it, then run again (a claim not renewed for ${CLAIM_LEASE_MS / 1_000} s is taken over)`,
+                );
+              }
+            }
+            setOwner.run(runId, me.pid, me.host, new Date().toISOString(), Date.now());
+          })
+          .immediate(),
+      'claim the run',
+    );
+    this.#claims.add(runId);
+    this.#beat ??= setInterval(() => this.#renewClaims(), CLAIM_BEAT_MS);
+    this.#beat.unref();
   }
 
   async releaseRun(runId: string): Promise<void> {
-    this.#statements.dropOwner.run(runId, process.pid, hostname());
+    this.#claims.delete(runId);
+    if (this.#claims.size === 0 && this.#beat) {
+      clearInterval(this.#beat);
+      this.#beat = undefined;
+    }
+    await this.#busyRetry(
+      () => this.#statements.dropOwner.run(runId, process.pid, hostname()),
+      'release the run',
+    );
+  }
+
+  #renewClaims(): void {
+    if (this.#importing || !this.#db.open) return;
+    const now = Date.now();
+    const host = hostname();
+    try {
+      for (const runId of this.#claims) {
+        this.#statements.renewOwner.run(now, runId, process.pid, host);
+      }
+    } catch {
+      // Busy: the next beat renews it; a lease outlives several missed beats.
+    }
   }
 
   async finishIfComplete(runId: string): Promise<boolean> {
     await this.#importDone();
-    this.#commit();
+    await this.#commitSoon();
     if (!this.#statements.findRun.get(runId)) return false;
     if ((this.#statements.open.get(runId)?.n ?? 0) > 0) return false;
-    this.#statements.finish.run(new Date().toISOString(), runId);
+    await this.#busyRetry(
+      () => this.#statements.finish.run(new Date().toISOString(), runId),
+      'mark the run finished',
+    );
     return true;
   }
 
   async close(): Promise<void> {
+    if (this.#beat) clearInterval(this.#beat);
+    this.#beat = undefined;
     await this.#importDone();
-    this.#commit();
-    if (this.#db.open) this.#db.close();
+    try {
+      await this.#commitSoon();
+    } finally {
+      if (this.#db.open) this.#db.close();
+    }
   }
 
   /** Waits for the import in progress, if any, to commit or roll back. */
@@ -461,12 +714,43 @@ export class SqliteLedger implements Ledger {
     while (this.#importing) await this.#importing.catch(() => {});
   }
 
-  /** A timer's commit has no caller to throw to: keep the error for the next flush(). */
+  /**
+   * Runs a write, retrying it from a timer while another process holds the lock (SQLITE_BUSY),
+   * for up to busyRetryMs: never a busy wait that would stall requests in flight.
+   */
+  async #busyRetry<T>(write: () => T, what: string): Promise<T> {
+    const deadline = Date.now() + this.#busyRetryMs;
+    for (let wait = 5; ; wait = Math.min(wait * 2, 250)) {
+      try {
+        return write();
+      } catch (error) {
+        if (!isBusy(error) || Date.now() > deadline) {
+          if (error instanceof BulkbillError) throw error;
+          throw new BulkbillError(
+            ErrorCode.Io,
+            `cannot ${what} in the ledger: ${(error as Error).message}`,
+            { cause: error, retryable: isBusy(error) },
+          );
+        }
+        await sleep(wait);
+      }
+    }
+  }
+
+  /** A timer's commit has no caller to throw to: a busy ledger is tried again, any other error kept. */
   #commitInBackground(): void {
+    if (this.#timer) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
     try {
       this.#commit();
     } catch (error) {
-      this.#backgroundError ??= error;
+      if (isBusy(error)) {
+        this.#timer ??= setTimeout(() => this.#commitInBackground(), this.#flushIntervalMs);
+      } else {
+        this.#backgroundError ??= error;
+      }
     }
   }
 
@@ -481,18 +765,26 @@ export class SqliteLedger implements Ledger {
     );
   }
 
-  #commit(): void {
+  /** Commits the buffer now, waiting out another process's lock. */
+  async #commitSoon(): Promise<void> {
+    await this.#busyRetry(() => this.#commit(), 'record outcomes');
+  }
+
+  #takeBuffer(): Array<[string, ChargeOutcome]> {
     if (this.#timer) {
       clearTimeout(this.#timer);
       this.#timer = undefined;
     }
+    return this.#buffer.splice(0);
+  }
+
+  #commit(): void {
     // Written during an import, outcomes would join its transaction and vanish with its rollback;
     // the import commits them when it ends.
     if (this.#buffer.length === 0 || this.#importing) return;
-    const batch = this.#buffer.splice(0);
-    const { update } = this.#statements;
+    const batch = this.#takeBuffer();
     try {
-      this.#writeOutcomes(batch, update);
+      this.#db.transaction(() => this.#writeOutcomes(batch, this.#statements.update))();
     } catch (error) {
       // Nothing of the batch was written (one transaction): keep it for the next attempt.
       this.#buffer.unshift(...batch);
@@ -501,20 +793,18 @@ export class SqliteLedger implements Ledger {
   }
 
   #writeOutcomes(batch: ReadonlyArray<[string, ChargeOutcome]>, update: Database.Statement): void {
-    this.#db.transaction(() => {
-      for (const [runId, outcome] of batch) {
-        update.run(
-          outcome.state,
-          outcome.attempts,
-          outcome.ambiguous ? 1 : 0,
-          outcome.httpStatus ?? null,
-          outcome.latencyMs === undefined ? null : Math.round(outcome.latencyMs),
-          outcome.chargeId ?? null,
-          outcome.error ?? null,
-          runId,
-          outcome.userId,
-        );
-      }
-    })();
+    for (const [runId, outcome] of batch) {
+      update.run(
+        outcome.state,
+        outcome.attempts,
+        outcome.ambiguous ? 1 : 0,
+        outcome.httpStatus ?? null,
+        outcome.latencyMs === undefined ? null : Math.round(outcome.latencyMs),
+        outcome.chargeId ?? null,
+        outcome.error ?? null,
+        runId,
+        outcome.userId,
+      );
+    }
   }
 }

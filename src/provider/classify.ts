@@ -60,8 +60,10 @@ const MAY_HAVE_PROCESSED = new Set([500, 502, 504]);
  * 2xx charged (with the body's `id`); 408, 409, 425, 429 and 5xx retry; 401, 403, 404, 405
  * fatal; any other 4xx declined with the provider's reason; 1xx/3xx/unknown statuses fatal.
  * A failure is a retry, ambiguous exactly when the request had been sent; so are 500, 502 and
- * 504, which a server or gateway sends after it may have processed the charge (503, 408, 425,
- * 429 and 409 say it was not, or not yet). 429, and 503 with a Retry-After, are throttling.
+ * 504, which a server or gateway sends after it may have processed the charge (503, 408, 425
+ * and 429 say it was not), and 409, which says the provider holds the key: a request with it is
+ * still being processed, so the charge may be applied. 429, and 503 with a Retry-After, are
+ * throttling.
  * Fatal reasons never quote the body, which could echo a secret.
  */
 export function classify(exchange: ProviderExchange, context: ClassifyContext): AttemptResult {
@@ -74,7 +76,7 @@ export function classify(exchange: ProviderExchange, context: ClassifyContext): 
       return { kind: 'declined', status, reason: providerReason(body) ?? statusLine(status) };
     case 'retry': {
       let retryAfterMs: number | undefined;
-      if (status === 429 || status === 503) {
+      if (status === 429 || status === 503 || status === 409) {
         retryAfterMs = parseRetryAfter(exchange.retryAfter, {
           wallClock: context.wallClock,
           maxMs: context.maxRetryAfterMs,
@@ -85,10 +87,12 @@ export function classify(exchange: ProviderExchange, context: ClassifyContext): 
         kind: 'retry',
         status,
         reason: said === undefined ? statusLine(status) : `${status} ${said}`,
-        ambiguous: MAY_HAVE_PROCESSED.has(status),
+        // A 409 says the provider holds the key: an earlier request with it is being processed.
+        ambiguous: MAY_HAVE_PROCESSED.has(status) || status === 409,
         // A 503 without Retry-After is a failure, and uses up an attempt like one.
         throttled: status === 429 || (status === 503 && retryAfterMs !== undefined),
         retryAfterMs,
+        ...(status === 409 ? { conflict: true } : {}),
       };
     }
     case 'fatal':

@@ -23,6 +23,9 @@ export interface ConformanceBillOptions {
   readonly timeoutMs?: number;
   readonly maxAttempts?: number;
   readonly skipInvalid?: boolean;
+  readonly newCycle?: boolean;
+  readonly retryFailed?: boolean;
+  readonly keyRetentionMs?: number;
   readonly headers?: readonly string[];
   readonly env?: Readonly<Record<string, string | undefined>>;
   readonly signal?: AbortSignal;
@@ -222,6 +225,23 @@ export function engineConformance(name: string, factory: EngineFactory): void {
       expect(mock.stats().replays).toBeGreaterThan(0);
     });
 
+    it('waits out 409s while the first request with the key is in progress: charged once, never failed', async () => {
+      // Each first attempt times out while the provider still processes it; the retries meet 409
+      // (the key in use) until it settles, then the stored answer.
+      const mock = await provider({ latencyMs: 1_500 });
+      const under = await engine();
+      const userIds = users(5);
+      const result = await under.bill({
+        input: await inputOf(userIds),
+        endpoint: `${mock.url}/charge`,
+        timeoutMs: 300,
+        maxAttempts: 2,
+      });
+      expect(result.counts.charged).toBe(5);
+      expect(mock.stats().conflicts).toBeGreaterThan(0);
+      await expectAccounted(under, mock, result, userIds);
+    });
+
     it('waits out 429s and Retry-After without using up attempts', async () => {
       const mock = await provider({ latencyMs: 1, rate: 200, burst: 10 });
       const under = await engine();
@@ -237,11 +257,10 @@ export function engineConformance(name: string, factory: EngineFactory): void {
       await expectAccounted(under, mock, result, userIds);
     });
 
-    it('ends an attempt that timed out after sending as unknown, and a resume settles it', async () => {
-      // The deadline leaves a busy machine time to send the first attempt (one that expires
-      // before it is sent ends `failed`, rightly); the latency keeps the charge in progress at
-      // the provider until after the second attempt (at most 500 ms of backoff later), so that
-      // one is not answered by a replay.
+    it('ends an attempt that timed out after sending as unknown, and --retry-failed settles it', async () => {
+      // The deadline leaves a busy machine time to send the attempt (one that expires before it
+      // is sent ends `failed`, rightly); the provider takes longer, so the one attempt allowed
+      // times out after it may have charged.
       const mock = await provider({ latencyMs: 2_000 });
       const under = await engine();
       const input = await inputOf(users(5));
@@ -250,7 +269,7 @@ export function engineConformance(name: string, factory: EngineFactory): void {
         endpoint: `${mock.url}/charge`,
         runId: 'cycle-unknown',
         timeoutMs: 400,
-        maxAttempts: 2,
+        maxAttempts: 1,
       });
       expect(first.counts.unknown).toBe(5);
       const unknown = await under.charges('cycle-unknown');
@@ -258,12 +277,23 @@ export function engineConformance(name: string, factory: EngineFactory): void {
       // The resume comes once the provider has finished the first attempts, as an operator's
       // would: every retry then meets a stored answer, none a 409 for a key still in progress.
       while (mock.stats().in_flight > 0) await new Promise((resolve) => setTimeout(resolve, 50));
-      const second = await under.bill({
+      // A plain rerun leaves unknown charges as they are: retrying them is the operator's call.
+      const plain = await under.bill({
         input,
         endpoint: `${mock.url}/charge`,
         runId: 'cycle-unknown',
         timeoutMs: 5_000,
       });
+      expect(plain.counts.unknown).toBe(5);
+      const requests = mock.stats().requests;
+      const second = await under.bill({
+        input,
+        endpoint: `${mock.url}/charge`,
+        runId: 'cycle-unknown',
+        timeoutMs: 5_000,
+        retryFailed: true,
+      });
+      expect(mock.stats().requests).toBe(requests + 5);
       expect(second.counts.charged).toBe(5);
       await expectAccounted(under, mock, second, users(5));
     });

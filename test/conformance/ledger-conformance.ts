@@ -14,8 +14,8 @@ export interface LedgerTuning {
 export interface LedgerStorage {
   /** A ledger on this storage; ledgers opened on the same storage see the same runs. */
   open(tuning?: LedgerTuning): Ledger;
-  /** Writes a claim of the run as process `pid` of `host` would have. */
-  claimAs(runId: string, pid: number, host: string): Promise<void>;
+  /** Writes a claim of the run as process `pid` of `host` would have, last renewed `beatAgoMs` ago. */
+  claimAs(runId: string, pid: number, host: string, beatAgoMs?: number): Promise<void>;
   /** How many things the storage holds about the run (rows, keys, registry entries…): 0 is none. */
   traces(runId: string): Promise<number>;
   /** Deletes everything; every ledger opened on it is closed first. */
@@ -132,8 +132,7 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         );
         expect(await (await storageOf()).traces('r1')).toBe(0);
         expect(await ledger.findRun('r1')).toBeUndefined();
-        expect(await ledger.findLatestRun('hash-r1')).toBeUndefined();
-        expect(await ledger.findUnfinishedRun('hash-r1')).toBeUndefined();
+        expect(await ledger.listRuns()).toEqual([]);
         expect(Object.values(await ledger.counts('r1')).every((n) => n === 0)).toBe(true);
         expect(await ledger.totals('r1')).toEqual({});
         expect(await collect(ledger.charges('r1'))).toEqual([]);
@@ -173,31 +172,27 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         expect((await ledger.counts('r1')).pending).toBe(3);
       });
 
-      it('refuses a second unfinished run of the same input when asked to, from another ledger too', async () => {
+      it('refuses to create a run when another was created since the caller listed the runs, from another ledger too', async () => {
         const first = await open();
         const second = await open();
+        const known = (await second.listRuns()).map((run) => run.runId);
         await first.createRun(runOf('r1', 'same-input'), batchesOf(rows(1)), () => {});
         await expect(
           second.createRun(runOf('r2', 'same-input'), batchesOf(rows(1)), () => {}, {
-            soleUnfinished: true,
+            knownRuns: known,
           }),
-        ).rejects.toThrow(/already has the unfinished run r1/);
+        ).rejects.toThrow(/run r1 was created in this ledger while users\.csv was being checked/);
         expect(await second.findRun('r2')).toBeUndefined();
         expect(await (await storageOf()).traces('r2')).toBe(0);
-        // A named new cycle of the same file is allowed.
+        // With the runs listed again, or without the check, it is created.
+        await expect(
+          second.createRun(runOf('r2', 'same-input'), batchesOf(rows(1)), () => {}, {
+            knownRuns: ['r1'],
+          }),
+        ).resolves.toMatchObject({ runId: 'r2' });
         await expect(
           second.createRun(runOf('r3', 'same-input'), batchesOf(rows(1)), () => {}),
         ).resolves.toMatchObject({ runId: 'r3' });
-        // Once the runs are finished, a sole unfinished run may be created again.
-        for (const runId of ['r1', 'r3']) {
-          second.record(runId, outcome('u1'));
-          expect(await second.finishIfComplete(runId)).toBe(true);
-        }
-        await expect(
-          first.createRun(runOf('r4', 'same-input'), batchesOf(rows(1)), () => {}, {
-            soleUnfinished: true,
-          }),
-        ).resolves.toMatchObject({ runId: 'r4' });
       });
 
       it('records a duplicate user id invalid and tells onDuplicate the first line', async () => {
@@ -298,8 +293,7 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         const held = heldImport(ledger, 'r1', false);
         await held.yielded; // the first batch is written
         expect(await reader.findRun('r1')).toBeUndefined();
-        expect(await reader.findLatestRun('hash-r1')).toBeUndefined();
-        expect(await reader.findUnfinishedRun('hash-r1')).toBeUndefined();
+        expect(await reader.listRuns()).toEqual([]);
         expect(await reader.pendingCharges('r1', 0, 10)).toEqual([]);
         held.release();
         expect((await held.created).total).toBe(3);
@@ -368,7 +362,9 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
           amount: 200,
           currency: 'USD',
           attempts: 0,
+          budgetFrom: 0,
           ambiguous: false,
+          firstAttemptAt: undefined,
         });
         const second = await ledger.pendingCharges('r1', first.at(-1)?.seq ?? 0, 4);
         expect(second.map((c) => c.userId)).toEqual(['u5', 'u6', 'u7', 'u8']);
@@ -380,7 +376,7 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         expect(new Set(seqs).size).toBe(10);
       });
 
-      it('returns pending, failed and unknown charges only, with the attempts already counted', async () => {
+      it('returns pending charges only, and with includeEnded failed and unknown ones too, with the attempts already counted', async () => {
         const ledger = await open();
         await create(ledger, 'r1', [
           ...rows(6),
@@ -401,6 +397,11 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         await ledger.flush();
         const pending = await ledger.pendingCharges('r1', 0, 100);
         expect(pending.map((c) => [c.userId, c.attempts, c.ambiguous])).toEqual([
+          ['u5', 2, false],
+          ['u6', 0, false],
+        ]);
+        const withEnded = await ledger.pendingCharges('r1', 0, 100, { includeEnded: true });
+        expect(withEnded.map((c) => [c.userId, c.attempts, c.ambiguous])).toEqual([
           ['u3', 5, false],
           ['u4', 5, true],
           ['u5', 2, false],
@@ -804,25 +805,196 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
       });
     });
 
+    describe('attempts are ledger facts', () => {
+      it('records an attempt before it is sent: attempts, ambiguity, an open attempt and the first time', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(3));
+        expect(
+          await ledger.startAttempts('r1', [
+            { userId: 'u1', attempts: 1, ambiguous: false, at: 1_000 },
+            { userId: 'u2', attempts: 1, ambiguous: false, at: 1_000 },
+            { userId: 'nobody', attempts: 1, ambiguous: false, at: 1_000 },
+          ]),
+        ).toEqual([true, true, false]);
+        // Read from another ledger on the same storage: the start is durable, not buffered.
+        const reader = await open();
+        const [u1, u2] = await reader.pendingCharges('r1', 0, 2);
+        // A start with no outcome after it was cut off: it may have reached the provider.
+        expect(u1).toMatchObject({
+          userId: 'u1',
+          attempts: 1,
+          ambiguous: true,
+          firstAttemptAt: 1_000,
+        });
+        expect(u2).toMatchObject({ attempts: 1, ambiguous: true });
+
+        // The attempt ends, uncounted (throttled): the outcome closes it and lowers the count.
+        ledger.record('r1', outcome('u1', { state: 'pending', attempts: 0, ambiguous: false }));
+        // The next start commits that outcome first, then itself; the first time is kept.
+        await ledger.startAttempts('r1', [
+          { userId: 'u1', attempts: 1, ambiguous: false, at: 9_000 },
+        ]);
+        expect(await reader.charge('r1', 'u1')).toMatchObject({
+          state: 'pending',
+          attempts: 1,
+          ambiguous: true,
+          firstAttemptAt: 1_000,
+        });
+        ledger.record('r1', outcome('u1', { attempts: 1 }));
+        await ledger.flush();
+        expect(await reader.charge('r1', 'u1')).toMatchObject({
+          state: 'charged',
+          attempts: 1,
+          ambiguous: false,
+          firstAttemptAt: 1_000,
+        });
+        // A settled charge is never started again.
+        expect(
+          await ledger.startAttempts('r1', [
+            { userId: 'u1', attempts: 2, ambiguous: false, at: 1 },
+          ]),
+        ).toEqual([false]);
+        expect((await reader.charge('r1', 'u1'))?.attempts).toBe(1);
+      });
+
+      it('never moves a charge out of charged or declined: a late or stale outcome loses', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(3));
+        ledger.record('r1', outcome('u1'));
+        ledger.record(
+          'r1',
+          outcome('u2', { state: 'declined', httpStatus: 402, chargeId: undefined }),
+        );
+        await ledger.flush();
+        for (const state of ['unknown', 'failed', 'pending', 'declined'] as const) {
+          ledger.record('r1', outcome('u1', { state, chargeId: undefined, ambiguous: true }));
+        }
+        ledger.record('r1', outcome('u2', { state: 'charged' }));
+        await ledger.flush();
+        expect(await ledger.charge('r1', 'u1')).toMatchObject({
+          state: 'charged',
+          chargeId: 'ch_u1',
+        });
+        expect((await ledger.charge('r1', 'u2'))?.state).toBe('declined');
+        expect(await ledger.counts('r1')).toMatchObject({ charged: 1, declined: 1, pending: 1 });
+        expect(await ledger.totals('r1', 'charged')).toEqual({ USD: 200 });
+      });
+
+      it('reopens failed and unknown charges for a new round, attempts and ambiguity kept', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(4));
+        ledger.record('r1', outcome('u1', { state: 'failed', attempts: 5, chargeId: undefined }));
+        ledger.record(
+          'r1',
+          outcome('u2', { state: 'unknown', attempts: 3, ambiguous: true, chargeId: undefined }),
+        );
+        ledger.record('r1', outcome('u3'));
+        ledger.record('r1', outcome('u4', { state: 'declined', chargeId: undefined }));
+        expect(await ledger.finishIfComplete('r1')).toBe(false);
+        expect(await ledger.reopenEnded('r1')).toBe(2);
+        const reopened = await ledger.pendingCharges('r1', 0, 10);
+        expect(reopened.map((c) => [c.userId, c.attempts, c.budgetFrom, c.ambiguous])).toEqual([
+          ['u1', 5, 5, false],
+          ['u2', 3, 3, true],
+        ]);
+        expect(await ledger.counts('r1')).toMatchObject({ pending: 2, charged: 1, declined: 1 });
+        expect(await ledger.reopenEnded('r1')).toBe(0);
+      });
+    });
+
+    describe('extendRun: a later input of a run', () => {
+      it('adds new users, leaves held ones, and makes the invalid rows those of the new input', async () => {
+        const ledger = await open();
+        const duplicates: unknown[] = [];
+        await create(ledger, 'r1', [
+          row(2, 'u1'),
+          row(3, 'u2'),
+          row(4, '', { invalidReason: 'user_id: is missing' }),
+          row(5, 'u4', { invalidReason: 'amount: must be positive' }),
+        ]);
+        ledger.record('r1', outcome('u1'));
+        ledger.record('r1', outcome('u2'));
+        await ledger.flush();
+        expect(await ledger.finishIfComplete('r1')).toBe(true);
+        expect((await ledger.heldCharges('r1', ['u1', 'u4', 'nobody'])).get('u1')).toEqual({
+          line: 2,
+          amount: 200,
+          currency: 'USD',
+          state: 'charged',
+        });
+        const run = await ledger.extendRun(
+          'r1',
+          { inputHash: 'hash-2', inputPath: 'fixed.csv' },
+          batchesOf([
+            row(2, 'u2'),
+            row(3, 'u1'),
+            row(4, 'u3'),
+            row(5, 'u4'),
+            row(6, 'u3'),
+            row(7, 'u1', { invalidReason: 'currency: bad' }),
+            row(8, 'u9', { invalidReason: 'currency: bad' }),
+          ]),
+          (duplicate) => duplicates.push(duplicate),
+        );
+        expect(duplicates).toEqual([{ userId: 'u3', line: 6, firstLine: 4 }]);
+        expect(run).toMatchObject({
+          runId: 'r1',
+          inputHash: 'hash-2',
+          inputPath: 'fixed.csv',
+          finishedAt: undefined,
+          total: 6,
+        });
+        const all = await collect(ledger.charges('r1'));
+        expect(all.map((c) => [c.userId, c.line, c.state])).toEqual([
+          ['u1', 2, 'charged'],
+          ['u2', 3, 'charged'],
+          ['u3', 4, 'pending'],
+          ['u4', 5, 'pending'],
+          ['u3', 6, 'invalid'],
+          ['u9', 8, 'invalid'],
+        ]);
+        expect(await ledger.counts('r1')).toMatchObject({ charged: 2, pending: 2, invalid: 2 });
+        expect((await ledger.pendingCharges('r1', 0, 10)).map((c) => c.userId)).toEqual([
+          'u3',
+          'u4',
+        ]);
+        expect((await ledger.findRun('r1'))?.total).toBe(6);
+        expect((await ledger.charge('r1', 'u4'))?.state).toBe('pending');
+      });
+
+      it('leaves a finished run finished when the later input adds nobody', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(2));
+        ledger.record('r1', outcome('u1'));
+        ledger.record('r1', outcome('u2'));
+        expect(await ledger.finishIfComplete('r1')).toBe(true);
+        const run = await ledger.extendRun(
+          'r1',
+          { inputHash: 'hash-3', inputPath: 'again.csv' },
+          batchesOf([row(9, 'u2'), row(10, 'u1')]),
+          () => {},
+        );
+        expect(run.finishedAt).toEqual(expect.any(String));
+        expect(run.total).toBe(2);
+      });
+    });
+
     describe('runs', () => {
-      it('finds the newest unfinished and the newest run of an input', async () => {
+      it('lists every run, newest first, finished or not', async () => {
         const ledger = await open();
         await create(ledger, 'old', rows(1), 'same-input');
-        await create(ledger, 'mid', rows(1), 'same-input');
-        await create(ledger, 'other', rows(1), 'other-input');
-        await create(ledger, 'new', rows(1), 'same-input');
-        expect((await ledger.findUnfinishedRun('same-input'))?.runId).toBe('new');
-        expect((await ledger.findLatestRun('same-input'))?.runId).toBe('new');
-
-        ledger.record('new', outcome('u1'));
-        expect(await ledger.finishIfComplete('new')).toBe(true);
-        expect((await ledger.findUnfinishedRun('same-input'))?.runId).toBe('mid');
-        expect((await ledger.findLatestRun('same-input'))?.runId).toBe('new');
-        expect((await ledger.findLatestRun('same-input'))?.finishedAt).toEqual(expect.any(String));
-
-        expect((await ledger.findUnfinishedRun('other-input'))?.runId).toBe('other');
-        expect(await ledger.findUnfinishedRun('no-such-input')).toBeUndefined();
-        expect(await ledger.findLatestRun('no-such-input')).toBeUndefined();
+        await create(ledger, 'mid', rows(2), 'same-input');
+        await create(ledger, 'new', rows(3), 'other-input');
+        ledger.record('mid', outcome('u1'));
+        ledger.record('mid', outcome('u2'));
+        expect(await ledger.finishIfComplete('mid')).toBe(true);
+        const runs = await ledger.listRuns();
+        expect(runs.map((run) => [run.runId, run.total, run.finishedAt !== undefined])).toEqual([
+          ['new', 3, false],
+          ['mid', 2, true],
+          ['old', 1, false],
+        ]);
+        expect(runs[2]?.inputHash).toBe('same-input');
       });
 
       it('finishes a run only when nothing is pending, failed or unknown', async () => {
@@ -928,6 +1100,16 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         const ledger = await open();
         await create(ledger, 'r1', rows(1));
         await (await storageOf()).claimAs('r1', deadPid(), 'another-host');
+        await expect(ledger.claimRun('r1')).rejects.toThrow(/on another-host/);
+      });
+
+      it('takes over a claim not renewed for the lease, whichever host made it (a killed container)', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1));
+        await (await storageOf()).claimAs('r1', process.pid, 'another-host', 31_000);
+        await expect(ledger.claimRun('r1')).resolves.toBeUndefined();
+        // Now ours, and renewed: another process of this host is refused.
+        await (await storageOf()).claimAs('r1', process.pid, 'another-host', 29_000);
         await expect(ledger.claimRun('r1')).rejects.toThrow(/on another-host/);
       });
     });

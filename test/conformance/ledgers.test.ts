@@ -31,13 +31,13 @@ ledgerConformance('SqliteLedger', async () => {
     open(tuning) {
       return new SqliteLedger({ path, ...tuning });
     },
-    async claimAs(runId, pid, host) {
+    async claimAs(runId, pid, host, beatAgoMs = 0) {
       raw((db) =>
         db
           .prepare(
-            'INSERT OR REPLACE INTO run_owners (run_id, pid, host, since) VALUES (?, ?, ?, ?)',
+            'INSERT OR REPLACE INTO run_owners (run_id, pid, host, since, beat) VALUES (?, ?, ?, ?, ?)',
           )
-          .run(runId, pid, host, '2026-11-30T00:00:00.000Z'),
+          .run(runId, pid, host, '2026-11-30T00:00:00.000Z', Date.now() - beatAgoMs),
       );
     },
     async traces(runId) {
@@ -70,10 +70,15 @@ ledgerConformance('RedisLedger', async () => {
     open(tuning) {
       return new RedisLedger({ redis: REDIS_URL, prefix, ...tuning });
     },
-    async claimAs(runId, pid, host) {
+    async claimAs(runId, pid, host, beatAgoMs = 0) {
       await redisAdmin().set(
         `${prefix}:{${runId}}:owner`,
-        JSON.stringify({ pid, host, since: '2026-11-30T00:00:00.000Z' }),
+        JSON.stringify({
+          pid,
+          host,
+          since: '2026-11-30T00:00:00.000Z',
+          beat: Date.now() - beatAgoMs,
+        }),
       );
     },
     async traces(runId) {

@@ -51,7 +51,7 @@ describe('bulkbill enqueue, run --redis and worker checks (end to end)', () => {
   it('enqueue killed -9 while adding jobs, then again: the same run resumes and the queue holds one job per user', async () => {
     const input = join(ws.dir, 'large.csv');
     const userIds = await writeLargeInput(input);
-    const args = ['enqueue', input, ...placeFlags(place)];
+    const args = ['enqueue', input, ...placeFlags(place), '--run-id', 'cycle-killed'];
 
     const first = children.spawn(args);
     // The run is announced after the import, before the first job is added.
@@ -102,7 +102,7 @@ describe('bulkbill enqueue, run --redis and worker checks (end to end)', () => {
       { userId: 'ok:2', amount: 200, currency: 'usd' },
       { userId: 'ok-3', amount: 300, currency: 'EUR' },
     ]);
-    const refused = await runCli(['enqueue', input, ...placeFlags(place)]);
+    const refused = await runCli(['enqueue', input, ...placeFlags(place), '--run-id', 'bad']);
     expect(refused.code).toBe(2);
     expect(refused.stdout).toBe('');
     const problems = refused.stderr
@@ -141,6 +141,8 @@ describe('bulkbill enqueue, run --redis and worker checks (end to end)', () => {
       'run',
       input,
       ...placeFlags(place),
+      '--run-id',
+      'cycle-run',
       '--endpoint',
       `${mock.url}/charge`,
       '--report',

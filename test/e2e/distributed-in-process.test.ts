@@ -66,7 +66,13 @@ async function usersFile(count: number, amount = 100, currency = 'USD'): Promise
 }
 
 async function enqueueFile(input: string): Promise<string> {
-  const result = await enqueue({ input, redis: connect('short'), prefix, queue: 'q' });
+  const result = await enqueue({
+    input,
+    redis: connect('short'),
+    prefix,
+    queue: 'q',
+    runId: `cycle-${prefix}`,
+  });
   return result.choice.run.runId;
 }
 
@@ -185,6 +191,7 @@ describe('status of a run on the distributed engine', () => {
       redis: REDIS_URL,
       prefix,
       queue: 'q',
+      runId: 'cycle-dry',
       concurrency: 10,
       dryRun: true,
     });

@@ -1,8 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -24,85 +19,28 @@ import {
   useChildren,
 } from '../helpers/distributed.js';
 import { globEscape, uniquePrefix } from '../helpers/redis.js';
+import { OwnRedisServer } from '../helpers/redis-server.js';
 
 // Redis stopped and started again under running workers. This file runs its own redis-server
 // (append-only file, fsync on every write, no snapshots) on a free port, so that it can stop
 // it without touching the Redis other tests share.
 
-/** A free TCP port on 127.0.0.1 (free when asked; nothing else here takes ports by number). */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
-
-let port = 0;
-let dataDir = '';
-let server: ChildProcess | undefined;
-
-/** Starts redis-server on `port` with its data in `dataDir`; resolves once it accepts connections. */
-async function startRedis(): Promise<void> {
-  const child = spawn(
-    'redis-server',
-    [
-      ...['--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir],
-      ...['--appendonly', 'yes', '--appendfsync', 'always', '--save', ''],
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  server = child;
-  let log = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    log += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    log += chunk;
-  });
-  await pollUntil(
-    'redis-server ready',
-    async () => {
-      if (child.exitCode !== null) throw new Error(`redis-server ended: ${log}`);
-      return /Ready to accept connections/.test(log) ? true : undefined;
-    },
-    10_000,
-  );
-}
-
-/** Stops the server as an operator would (SIGTERM: it syncs its append-only file and exits). */
-async function stopRedis(): Promise<void> {
-  const child = server;
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGTERM');
-  await exited;
-}
+const redisServer = new OwnRedisServer({ appendonly: true });
 
 const ws = useCliWorkspace('bulkbill-e2e-restart-');
 let admin: Redis | undefined;
 let place: RedisPlace;
 
 beforeAll(async () => {
-  port = await freePort();
-  dataDir = await mkdtemp(join(tmpdir(), 'bulkbill-redis-'));
-  await startRedis();
-  admin = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 3 });
+  await redisServer.start();
+  admin = new Redis(redisServer.port, '127.0.0.1', { maxRetriesPerRequest: 3 });
   admin.on('error', () => {});
-  place = { url: `redis://127.0.0.1:${port}`, prefix: uniquePrefix(), queue: 'charges' };
+  place = { url: redisServer.url, prefix: uniquePrefix(), queue: 'charges' };
 });
 afterAll(async () => {
   admin?.disconnect();
   // Whatever happened in the test: the server must not outlive the file.
-  if (server && server.exitCode === null && server.signalCode === null) {
-    const exited = once(server, 'exit');
-    server.kill('SIGKILL');
-    await exited;
-  }
-  await rm(dataDir, { recursive: true, force: true });
+  await redisServer.destroy();
 });
 afterEach(async () => {
   // The server is this file's own, but keep to the house rule: leave no keys behind.
@@ -138,12 +76,12 @@ describe('the distributed engine across a Redis restart', () => {
     await pollUntil('200 charges made', async () =>
       mock.stats().charges >= 200 && mock.stats().in_flight > 0 ? true : undefined,
     );
-    await stopRedis();
+    await redisServer.stop();
     const atStop = mock.stats();
     expect(atStop.charges).toBeLessThan(rows.length);
     // Down for a moment: the requests in flight finish at the provider meanwhile.
     await new Promise((resolve) => setTimeout(resolve, 1_500));
-    await startRedis();
+    await redisServer.start();
 
     const codes = await Promise.all(workers.map((worker) => worker.exited));
     expect(codes, workers.map((worker) => worker.stderr()).join('\n')).toEqual([0, 0]);

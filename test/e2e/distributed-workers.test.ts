@@ -31,8 +31,16 @@ const ws = useCliWorkspace('bulkbill-e2e-workers-');
 const { place, queue, children } = useRedisPlace();
 
 /** `bulkbill enqueue <input>` on this test's prefix and queue; returns the run id it printed. */
+let cycles = 0;
 async function enqueue(input: string): Promise<string> {
-  const result = await runCli(['enqueue', input, ...placeFlags(place)]);
+  // The machine's Redis keeps nothing on disk: a run on it must be named.
+  const result = await runCli([
+    'enqueue',
+    input,
+    ...placeFlags(place),
+    '--run-id',
+    `cycle-${++cycles}`,
+  ]);
   expect(result.code, result.stderr).toBe(0);
   const runId = result.stdout.trim();
   expect(result.stderr).toContain(`new run ${runId}`);

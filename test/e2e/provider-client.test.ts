@@ -119,7 +119,7 @@ describe('ProviderClient against the mock provider', () => {
     });
   });
 
-  it('retries a 409 while the same key is still being processed', async () => {
+  it('retries a 409 while the same key is still being processed: ambiguous, a conflict', async () => {
     const results = await Promise.all([
       plainClient.attempt(charge('frank')),
       plainClient.attempt(charge('frank')),
@@ -127,7 +127,8 @@ describe('ProviderClient against the mock provider', () => {
     expect(results.map((result) => result.kind).sort()).toEqual(['charged', 'retry']);
     expect(results.find((result) => result.kind === 'retry')).toMatchObject({
       status: 409,
-      ambiguous: false,
+      ambiguous: true,
+      conflict: true,
       throttled: false,
     });
     expect(plain.chargesOf('frank')).toHaveLength(1);

@@ -148,14 +148,17 @@ describe('bulkbill run (end to end)', () => {
       mock: { latencyMs: 1, failRate: 1 },
       flags: ['--max-attempts', '2'],
       state: 'failed',
+      attempts: '2',
     },
     {
-      name: 'unknown (every attempt timed out after sending)',
+      // One attempt: a retry would meet 409 (the key still in progress) and wait it out.
+      name: 'unknown (the attempt timed out after sending)',
       mock: { latencyMs: 800, jitter: 0 },
-      flags: ['--max-attempts', '2', '--timeout', '100ms'],
+      flags: ['--max-attempts', '1', '--timeout', '100ms'],
       state: 'unknown',
+      attempts: '1',
     },
-  ])('exits 1 when charges end $name', async ({ mock: options, flags, state }) => {
+  ])('exits 1 when charges end $name', async ({ mock: options, flags, state, attempts }) => {
     const rows = plainUsers(3);
     const input = await writeCsvInput(join(ws.dir, 'few.csv'), rows);
     const mock = await provider(options);
@@ -163,7 +166,8 @@ describe('bulkbill run (end to end)', () => {
     expect(result.code, result.stderr).toBe(1);
     const reportRows = await readReport(ws.report);
     expect(reportRows.map((row) => row.status)).toEqual([state, state, state]);
-    expect(reportRows.map((row) => row.attempts)).toEqual(['2', '2', '2']);
+    expect(reportRows.map((row) => row.attempts)).toEqual([attempts, attempts, attempts]);
+    expect(result.stderr).toContain('--retry-failed');
     if (state === 'unknown') {
       expect(reportRows.every((row) => row.ambiguous === 'true')).toBe(true);
       return;
@@ -403,16 +407,16 @@ describe('bulkbill run (end to end)', () => {
     });
   }, 30_000);
 
-  it('refuses to resume a run id with another input file or another endpoint (exit 2, nobody charged)', async () => {
+  it('refuses to resume a run id with a file of other users or another endpoint (exit 2, nobody charged)', async () => {
     const first = await writeCsvInput(join(ws.dir, 'first.csv'), plainUsers(5));
-    const other = await writeCsvInput(join(ws.dir, 'other.csv'), plainUsers(6));
+    const other = await writeCsvInput(join(ws.dir, 'other.csv'), plainUsers(6, 'stranger'));
     const mock = await provider();
     const planned = await runCli(runArgs(first, mock, '--run-id', 'cycle-a', '--dry-run'));
     expect(planned.code, planned.stderr).toBe(0);
 
     const otherFile = await runCli(runArgs(other, mock, '--run-id', 'cycle-a'));
     expect(otherFile.code).toBe(2);
-    expect(otherFile.stderr).toMatch(/cycle-a was created from another input/);
+    expect(otherFile.stderr).toMatch(/run cycle-a holds none of the users of .*other\.csv/);
     const otherEndpoint = await runCli([
       ...['run', first, '--endpoint', `${mock.url}/v2/charge`, '--ledger', ws.ledger],
       ...['--run-id', 'cycle-a'],

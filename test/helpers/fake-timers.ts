@@ -23,6 +23,11 @@ export class FakeTimers implements Timers {
     return id;
   }
 
+  /** Runs `run` as the real event loop would after this turn's I/O: before time moves on. */
+  defer(run: () => void): void {
+    setImmediate(run);
+  }
+
   clearTimeout(handle: unknown): void {
     this.#pending = this.#pending.filter((timer) => timer.id !== handle);
   }

@@ -89,8 +89,8 @@ describe('classify: answers', () => {
     }
   });
 
-  it('408, 409, 425, 429, 503 and other 5xx are retried, not ambiguous: nothing was processed', () => {
-    for (const status of [408, 409, 425, 429, 501, 503, 599]) {
+  it('408, 425, 429, 503 and other 5xx are retried, not ambiguous: nothing was processed', () => {
+    for (const status of [408, 425, 429, 501, 503, 599]) {
       expect(classify(answer(status), context)).toMatchObject({
         kind: 'retry',
         status,
@@ -107,7 +107,19 @@ describe('classify: answers', () => {
       throttled: false,
       retryAfterMs: undefined,
     });
-    expect(classify(answer(409), context)).toMatchObject({ reason: '409 Conflict' });
+  });
+
+  it('409 says the provider holds the key: a retry, ambiguous, a conflict, with its Retry-After', () => {
+    expect(classify(answer(409), context)).toEqual({
+      kind: 'retry',
+      status: 409,
+      reason: '409 Conflict',
+      ambiguous: true,
+      throttled: false,
+      retryAfterMs: undefined,
+      conflict: true,
+    });
+    expect(classify(answer(409, '', '3'), context)).toMatchObject({ retryAfterMs: 3_000 });
   });
 
   it('429 is throttling, with or without Retry-After', () => {

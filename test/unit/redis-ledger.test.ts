@@ -206,45 +206,38 @@ describe("RedisLedger: the distributed engine's extras", () => {
     };
   }
 
-  it('reopens failed and unknown charges as pending, attempts and ambiguity kept, and nothing else', async () => {
-    const ledger = open();
-    await ledger.createRun(runOf('r'), batchesOf(rows(4)), () => {});
-    ledger.record('r', outcome('u1', 'failed', false));
-    ledger.record('r', outcome('u2', 'unknown', true));
-    ledger.record('r', outcome('u3', 'charged', false));
-    expect(await ledger.reopen('r', ['u1', 'u2', 'u3', 'u4', 'nobody'])).toBe(2);
-    expect(await ledger.charge('r', 'u1')).toMatchObject({
-      state: 'pending',
-      attempts: 3,
-      ambiguous: false,
-      httpStatus: undefined,
-      error: undefined,
-    });
-    expect(await ledger.charge('r', 'u2')).toMatchObject({
-      state: 'pending',
-      attempts: 3,
-      ambiguous: true,
-    });
-    expect(await ledger.charge('r', 'u3')).toMatchObject({ state: 'charged', chargeId: 'ch_1' });
-    expect(await ledger.counts('r')).toMatchObject({
-      pending: 3,
-      charged: 1,
-      failed: 0,
-      unknown: 0,
-    });
-    expect(await ledger.totals('r', 'pending')).toEqual({ USD: 300 });
-    expect(await ledger.reopen('r', ['u1', 'u2'])).toBe(0);
-  });
-
   it("reads a charge's state and ambiguity with one HGET, as a worker does before each attempt", async () => {
     const ledger = open();
     await ledger.createRun(runOf('r'), batchesOf(rows(3)), () => {});
     ledger.record('r', outcome('u1', 'unknown', true));
     ledger.record('r', outcome('u2', 'charged', false));
     await ledger.flush();
-    expect(await ledger.chargeState('r', 'u1')).toEqual({ state: 'unknown', ambiguous: true });
-    expect(await ledger.chargeState('r', 'u2')).toEqual({ state: 'charged', ambiguous: false });
-    expect(await ledger.chargeState('r', 'u3')).toEqual({ state: 'pending', ambiguous: false });
+    const blank = { attempts: 0, budgetFrom: 0, firstAttemptAt: undefined };
+    expect(await ledger.chargeState('r', 'u1')).toEqual({
+      ...blank,
+      attempts: 3,
+      state: 'unknown',
+      ambiguous: true,
+    });
+    expect(await ledger.chargeState('r', 'u2')).toEqual({
+      ...blank,
+      attempts: 3,
+      state: 'charged',
+      ambiguous: false,
+    });
+    expect(await ledger.chargeState('r', 'u3')).toEqual({
+      ...blank,
+      state: 'pending',
+      ambiguous: false,
+    });
+    await ledger.startAttempts('r', [{ userId: 'u3', attempts: 1, ambiguous: false, at: 42 }]);
+    expect(await ledger.chargeState('r', 'u3')).toEqual({
+      state: 'pending',
+      attempts: 1,
+      budgetFrom: 0,
+      ambiguous: true,
+      firstAttemptAt: 42,
+    });
     expect(await ledger.chargeState('r', 'nobody')).toBeUndefined();
   });
 
@@ -301,14 +294,14 @@ describe('RedisLedger: imports', () => {
   it('lets only one of two imports of the same input started at once through', async () => {
     const [a, b] = [open(), open()];
     const results = await Promise.allSettled([
-      a.createRun(runOf('ra', 'twin'), batchesOf(rows(500)), () => {}, { soleUnfinished: true }),
-      b.createRun(runOf('rb', 'twin'), batchesOf(rows(500)), () => {}, { soleUnfinished: true }),
+      a.createRun(runOf('ra', 'twin'), batchesOf(rows(500)), () => {}, { knownRuns: [] }),
+      b.createRun(runOf('rb', 'twin'), batchesOf(rows(500)), () => {}, { knownRuns: [] }),
     ]);
     expect(results.filter((result) => result.status === 'fulfilled')).toHaveLength(1);
     const refused = results.find((result) => result.status === 'rejected');
     expect(refused?.reason).toBeInstanceOf(BulkbillError);
-    expect(String(refused?.reason)).toMatch(/already has the unfinished run r[ab]/);
-    const winner = (await a.findUnfinishedRun('twin'))?.runId;
+    expect(String(refused?.reason)).toMatch(/run r[ab] was created in this ledger while/);
+    const winner = (await a.listRuns())[0]?.runId;
     expect(await scanKeys(`${prefix}:{${winner === 'ra' ? 'rb' : 'ra'}}:*`)).toEqual([]);
   });
 
@@ -421,8 +414,7 @@ await ledger.createRun({ runId: 'r1', inputHash: 'h', inputPath: 'users.csv', en
       expect(ttl).toBeLessThanOrEqual(60_000);
       const reader = open();
       expect(await reader.findRun('r1')).toBeUndefined();
-      expect(await reader.findLatestRun('h')).toBeUndefined();
-      expect(await reader.findUnfinishedRun('h')).toBeUndefined();
+      expect(await reader.listRuns()).toEqual([]);
       expect(await reader.pendingCharges('r1', 0, 10)).toEqual([]);
       expect(await reader.counts('r1')).toMatchObject({ pending: 0 });
 
@@ -431,7 +423,7 @@ await ledger.createRun({ runId: 'r1', inputHash: 'h', inputPath: 'users.csv', en
         { runId: 'r1', inputHash: 'h', inputPath: 'users.csv', endpoint: 'e' },
         batchesOf(rows(5)),
         () => {},
-        { soleUnfinished: true },
+        { knownRuns: [] },
       );
       expect(run.total).toBe(5);
       expect(await admin.hlen(rowsKey)).toBe(5);

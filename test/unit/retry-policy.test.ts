@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   type ChargeAttempts,
   decideRetry,
+  gateAttempt,
   RETRY_DEFAULTS,
   resolveRetryPolicy,
   statusVerdict,
@@ -55,6 +56,9 @@ describe('RETRY_DEFAULTS', () => {
       honourRetryAfter: true,
       maxRetryAfterMs: 300_000,
       throttlesConsumeAttempts: false,
+      conflictBaseDelayMs: 2_000,
+      maxWaits: 50,
+      keyRetentionMs: 86_400_000,
     });
   });
 });
@@ -210,7 +214,7 @@ describe('decideRetry', () => {
     expect(decideRetry(ignoring, fresh, huge, half)).toMatchObject({ delayMs: 250 });
   });
 
-  it('does not use up attempts on throttling', () => {
+  it('does not use up attempts on throttling, but ends a charge throttled maxWaits times in a row', () => {
     const throttled = retry({ status: 429, throttled: true, retryAfterMs: 1_000 });
     let state: ChargeAttempts = { attempts: 4, ambiguous: false };
     for (let step = 0; step < 50; step++) {
@@ -218,6 +222,18 @@ describe('decideRetry', () => {
       expect(decision).toMatchObject({ action: 'retry', attempts: 4, throttled: true });
       state = decision;
     }
+    expect(decideRetry(policy, state, throttled, half)).toMatchObject({
+      action: 'finish',
+      state: 'failed',
+      attempts: 4,
+      waits: 51,
+      reason: 'throttled 51 times in a row: 503 Service Unavailable',
+    });
+    // A throttle-free answer starts the count again.
+    expect(decideRetry(policy, { ...state, attempts: 2 }, retry(), half)).toMatchObject({
+      waits: 0,
+      attempts: 3,
+    });
     // …unless the policy says so.
     const counting = resolveRetryPolicy({ throttlesConsumeAttempts: true });
     expect(decideRetry(counting, state, throttled, half)).toEqual({
@@ -242,5 +258,88 @@ describe('decideRetry', () => {
       action: 'finish',
       state: 'failed',
     });
+  });
+
+  it('a 409 (key in use) is ambiguous, uses no attempt, waits longer, and never ends failed', () => {
+    const conflict = retry({
+      status: 409,
+      ambiguous: true,
+      conflict: true,
+      reason: '409 Conflict',
+    });
+    let state: ChargeAttempts = { attempts: 4, ambiguous: false };
+    const first = decideRetry(policy, state, conflict, top);
+    // Its own, longer backoff: 2 s for the first wait, then doubling to the 30 s cap.
+    expect(first).toMatchObject({ action: 'retry', attempts: 4, ambiguous: true, delayMs: 2_000 });
+    for (let step = 0; step < 49; step++) {
+      const decision = decideRetry(policy, state, conflict, top);
+      expect(decision.action).toBe('retry');
+      state = decision;
+    }
+    expect(decideRetry(policy, state, conflict, top)).toMatchObject({ delayMs: 30_000 });
+    state = decideRetry(policy, state, conflict, top);
+    expect(decideRetry(policy, state, conflict, top)).toMatchObject({
+      action: 'finish',
+      state: 'unknown',
+      ambiguous: true,
+      reason: 'answered 409 (key in use) 51 times in a row: 409 Conflict',
+    });
+    // Attempts running out after a 409 end unknown, not failed.
+    expect(decideRetry(policy, { attempts: 4, ambiguous: true }, retry(), half)).toMatchObject({
+      state: 'unknown',
+    });
+    // A Retry-After on the 409 is honoured.
+    expect(
+      decideRetry(
+        policy,
+        { attempts: 0, ambiguous: false },
+        { ...conflict, retryAfterMs: 9_000 },
+        half,
+      ),
+    ).toMatchObject({ delayMs: 9_000 });
+  });
+});
+
+describe('gateAttempt', () => {
+  const now = Date.UTC(2026, 11, 1);
+  const day = 86_400_000;
+
+  it('lets a charge with attempts left, and within the key retention, go', () => {
+    expect(
+      gateAttempt(policy, { attempts: 4, ambiguous: true, firstAttemptAt: now - day + 1 }, now),
+    ).toBe(undefined);
+    expect(
+      gateAttempt(policy, { attempts: 0, ambiguous: false, firstAttemptAt: undefined }, now),
+    ).toBe(undefined);
+  });
+
+  it('ends a charge whose attempts are used up (a crash cut off the last): unknown when ambiguous', () => {
+    expect(
+      gateAttempt(policy, { attempts: 5, ambiguous: true, firstAttemptAt: now }, now),
+    ).toMatchObject({
+      state: 'unknown',
+      reason: expect.stringMatching(
+        /its 5 attempts are used up and one may have reached the provider/,
+      ),
+    });
+    expect(
+      gateAttempt(policy, { attempts: 5, ambiguous: false, firstAttemptAt: now }, now),
+    ).toEqual({
+      state: 'failed',
+      reason: 'its 5 attempts are used up',
+    });
+  });
+
+  it('does not retry an ambiguous charge first tried longer ago than the provider keeps keys', () => {
+    const old = { attempts: 1, ambiguous: true, firstAttemptAt: now - day - 1 };
+    expect(gateAttempt(policy, old, now)).toEqual({
+      state: 'unknown',
+      reason:
+        'its first attempt (2026-11-29T23:59:59.999Z) is older than the provider keeps idempotency keys (--key-retention 24h): a retry could charge twice; check this user at the provider',
+    });
+    // Nothing can have been charged: a retry cannot charge twice, whenever it comes.
+    expect(gateAttempt(policy, { ...old, ambiguous: false }, now)).toBeUndefined();
+    const week = resolveRetryPolicy({ keyRetentionMs: 7 * day });
+    expect(gateAttempt(week, old, now)).toBeUndefined();
   });
 });

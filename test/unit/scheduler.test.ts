@@ -122,6 +122,7 @@ function start(
     rate: options.rate,
     clock: timers.clock,
     timers,
+    wallClock: () => 1_800_000_000_000 + timers.clock.now(),
     // Full jitter drawn at its top: the delay is exactly the exponential cap of the attempt.
     random: () => 0.999_999,
     signal: options.signal,

@@ -71,7 +71,10 @@ export async function billDistributed(
   } = options;
   const config = parseOptions(distributedBillOptionsSchema, plain, label);
   const started = performance.now();
-  const policy = resolveRetryPolicy({ maxAttempts: config.maxAttempts });
+  const policy = resolveRetryPolicy({
+    maxAttempts: config.maxAttempts,
+    keyRetentionMs: config.keyRetentionMs,
+  });
   const client = clientFromOptions({
     endpoint: config.endpoint,
     headers: config.headers,
@@ -96,6 +99,8 @@ export async function billDistributed(
       runId: config.runId,
       endpoint: client.endpoint,
       skipInvalid: config.skipInvalid,
+      newCycle: config.newCycle,
+      retryFailed: config.retryFailed,
       format: config.format as InputFormat | undefined,
       dryRun: config.dryRun,
       signal,

@@ -1,10 +1,9 @@
 import { Queue } from 'bullmq';
-import { UsageError } from '../../domain/errors.js';
+import { BulkbillError, ErrorCode, UsageError } from '../../domain/errors.js';
 import { runIdProblem } from '../../domain/idempotency-key.js';
 import { hashInput, type InputFormat } from '../../input/index.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
-import { importRun } from '../import.js';
-import { chooseRun, freshRunId, type RunChoice, UNBOUND_ENDPOINT } from '../run-choice.js';
+import { endpointMismatch, type RunChoice, settleRun, UNBOUND_ENDPOINT } from '../run-choice.js';
 import {
   type ChargeJobData,
   DEFAULT_PREFIX,
@@ -15,6 +14,7 @@ import {
   ledgerPrefix,
   type QueuePlace,
 } from './jobs.js';
+import { redisKeepsNothing } from './redis-checks.js';
 
 export interface EnqueueOptions extends QueuePlace {
   /** The billing cycle: a CSV or NDJSON file. */
@@ -24,6 +24,10 @@ export interface EnqueueOptions extends QueuePlace {
   /** Binds the run to this endpoint now (printable form); default: its first worker binds it. */
   readonly endpoint?: string | undefined;
   readonly skipInvalid?: boolean | undefined;
+  /** Create a new run although the input shares users with an unfinished one. */
+  readonly newCycle?: boolean | undefined;
+  /** Make the run's failed and unknown charges pending again and queue them. */
+  readonly retryFailed?: boolean | undefined;
   readonly format?: InputFormat | undefined;
   /** Told which run is queued, once it is chosen (before any job is added). */
   readonly onRun?: ((choice: RunChoice) => void | Promise<void>) | undefined;
@@ -67,30 +71,35 @@ export async function enqueue(options: EnqueueOptions): Promise<EnqueueResult> {
   const ledger = new RedisLedger({ redis: options.redis, prefix: ledgerPrefix(prefix) });
   let queue: Queue | undefined;
   try {
-    const inputHash = await hashInput(options.input);
-    let choice = await chooseRun(ledger, options, inputHash, options.endpoint);
-    let importMs = 0;
-    if (choice === undefined) {
-      const started = performance.now();
-      const run = await importRun(
-        ledger,
-        {
-          runId: options.runId ?? freshRunId(),
-          inputHash,
-          inputPath: options.input,
-          endpoint: options.endpoint ?? UNBOUND_ENDPOINT,
-        },
-        {
-          skipInvalid: options.skipInvalid === true,
-          format: options.format,
-          soleUnfinished: options.runId === undefined,
-        },
+    if (options.runId === undefined && (await redisKeepsNothing(options.redis))) {
+      throw new BulkbillError(
+        ErrorCode.Usage,
+        'this Redis keeps nothing on disk (appendonly no, no save points): after a restart it would hold no run, and a run without --run-id would bill everyone again under new idempotency keys. Name the cycle with --run-id (the same one after a restart), or turn on appendonly yes',
       );
-      importMs = performance.now() - started;
-      choice = { run, how: 'created' };
-    } else if (options.endpoint !== undefined && choice.run.endpoint === UNBOUND_ENDPOINT) {
-      await ledger.bindEndpoint(choice.run.runId, options.endpoint);
     }
+    const inputHash = await hashInput(options.input);
+    const endpoint = options.endpoint;
+    const choice = await settleRun(
+      ledger,
+      {
+        input: options.input,
+        runId: options.runId,
+        newCycle: options.newCycle,
+        retryFailed: options.retryFailed === true && options.dryRun !== true,
+        skipInvalid: options.skipInvalid === true,
+        format: options.format,
+      },
+      inputHash,
+      endpoint ?? UNBOUND_ENDPOINT,
+      {
+        checkRun: async (run) => {
+          if (endpoint === undefined) return;
+          if (run.endpoint === UNBOUND_ENDPOINT) await ledger.bindEndpoint(run.runId, endpoint);
+          else if (run.endpoint !== endpoint) throw endpointMismatch(run, endpoint);
+        },
+      },
+    );
+    const { importMs } = choice;
     await options.onRun?.(choice);
     const { runId } = choice.run;
     if (choice.how === 'finished' || options.dryRun) {
@@ -117,11 +126,6 @@ export async function enqueue(options: EnqueueOptions): Promise<EnqueueResult> {
       }
       const page = await ledger.pendingCharges(runId, afterSeq, batchSize);
       if (page.length === 0) break;
-      // A charge that failed or ended unknown in an earlier pass is pending again while retried.
-      await ledger.reopen(
-        runId,
-        page.filter((charge) => charge.attempts > 0 || charge.ambiguous).map((c) => c.userId),
-      );
       await queue.addBulk(
         page.map((charge) => ({
           name: JOB_NAME,

@@ -45,3 +45,19 @@ export async function redisWarnings(redis: Redis): Promise<string[]> {
   }
   return warnings;
 }
+
+/**
+ * Whether Redis keeps nothing on disk (appendonly no, no save points): a restart then forgets
+ * every run, so a run can only be found again by the id the operator gives it. False when the
+ * server does not let CONFIG GET be read (managed Redis, which persists).
+ */
+export async function redisKeepsNothing(redis: Redis): Promise<boolean> {
+  try {
+    const [appendonly, save] = (await Promise.all(
+      ['appendonly', 'save'].map((name) => redis.config('GET', name) as Promise<string[]>),
+    )) as [string[], string[]];
+    return appendonly[1] === 'no' && (save[1] ?? '') === '';
+  } catch {
+    return false;
+  }
+}

@@ -3,7 +3,8 @@ import { DelayedError, type Job, Queue, RateLimitError, UnrecoverableError, Work
 import type { Redis } from 'ioredis';
 import type { Random } from '../../control/backoff.js';
 import { MisconfigurationWatch } from '../../control/misconfiguration-watch.js';
-import { decideRetry, type RetryPolicy } from '../../control/retry-policy.js';
+import { decideRetry, gateAttempt, type RetryPolicy } from '../../control/retry-policy.js';
+import { BulkbillError } from '../../domain/errors.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
 import type { ChargeOutcome } from '../../ledger/ledger.js';
@@ -69,17 +70,6 @@ export interface WorkerSnapshot {
   readonly retries: number;
 }
 
-/** A charge's attempt ends in a retry later: carries our backoff to BullMQ's backoff strategy. */
-class RetryLater extends Error {
-  override readonly name = 'RetryLater';
-  constructor(
-    message: string,
-    readonly delayMs: number,
-  ) {
-    super(message);
-  }
-}
-
 // A decline held back while the watch decides. A crashed worker's held jobs come back after this.
 const HOLD_MS = 60_000;
 // A job whose worker died this many times (a charge that crashes workers) ends `unknown` rather
@@ -120,6 +110,8 @@ export class BillingWorker {
   // The misconfiguration watch, over this worker's answers, and the declines it holds back.
   readonly #watch = new MisconfigurationWatch();
   #held: Array<{ job: Job<ChargeJobData>; outcome: ChargeOutcome }> = [];
+  /** Throttled and 409 answers in a row, per job this worker retried (bounded by maxWaits). */
+  readonly #waits = new Map<string, number>();
 
   private constructor(options: BillingWorkerOptions) {
     this.#options = options;
@@ -150,10 +142,8 @@ export class BillingWorker {
       stalledInterval: lockDuration,
       maxStalledCount: 1_000_000,
       name: options.name ?? `${hostname()}:${process.pid}`,
-      settings: {
-        backoffStrategy: (_attempts, _type, error) =>
-          error instanceof RetryLater ? error.delayMs : 1_000,
-      },
+      // Retries go back to delayed through #giveBack; this only paces an unexpected error's.
+      settings: { backoffStrategy: () => 1_000 },
     });
     this.#worker.on('error', (error) => this.#logConnectionError(error));
     this.#done = new Promise((resolve) => {
@@ -291,6 +281,20 @@ export class BillingWorker {
   }
 
   async #process(job: Job<ChargeJobData>, token: string | undefined): Promise<string> {
+    try {
+      return await this.#bill(job, token);
+    } catch (error) {
+      // Redis (the ledger) failed, not the provider: the job waits and comes back, using up no
+      // attempt of BullMQ's (which would remove it once they ran out, leaving the charge pending).
+      if (error instanceof BulkbillError && error.code === 'BULKBILL_IO') {
+        this.#log('warn', `job ${job.id}: ${error.message}; tried again in 1 s`);
+        return this.#giveBack(job, token, 1_000);
+      }
+      throw error;
+    }
+  }
+
+  async #bill(job: Job<ChargeJobData>, token: string | undefined): Promise<string> {
     const data = job.data;
     const refusal = await this.#refusal(data.r);
     if (refusal !== undefined) {
@@ -303,32 +307,55 @@ export class BillingWorker {
     if (current === undefined) {
       throw new UnrecoverableError(`run ${data.r} has no user ${data.u} in the ledger`);
     }
-    if (
-      current.state === 'charged' ||
-      current.state === 'declined' ||
-      current.state === 'invalid'
-    ) {
-      return `already ${current.state}`;
-    }
+    // Only a pending charge is attempted: failed and unknown ones wait for --retry-failed.
+    if (current.state !== 'pending') return `already ${current.state}`;
     this.#touched.add(data.r);
+    // What the ledger holds governs, whichever worker wrote it: an attempt left open by a worker
+    // that died (or stalled) may have reached the provider.
+    const before = {
+      attempts: current.attempts - current.budgetFrom,
+      ambiguous: current.ambiguous || data.x,
+    };
+    const blank = {
+      userId: data.u,
+      httpStatus: undefined,
+      latencyMs: undefined,
+      chargeId: undefined,
+    } as const;
     if (job.stalledCounter >= MAX_STALLS) {
       await this.#settle(data.r, {
-        userId: data.u,
+        ...blank,
         state: 'unknown',
-        attempts: data.n + job.attemptsMade,
+        attempts: current.attempts,
         ambiguous: true,
-        httpStatus: undefined,
-        latencyMs: undefined,
-        chargeId: undefined,
         error: `its worker died ${job.stalledCounter} times while billing it`,
       });
       throw new UnrecoverableError('unknown: stalled too often');
     }
-    // A stalled job's last attempt was cut off in a dead worker: it may have reached the provider.
-    const before = {
-      attempts: job.attemptsMade,
-      ambiguous: data.x || current.ambiguous || job.stalledCounter > 0,
-    };
+    const refused = gateAttempt(
+      this.#options.policy,
+      { ...before, firstAttemptAt: current.firstAttemptAt },
+      Date.now(),
+    );
+    if (refused) {
+      await this.#settle(data.r, {
+        ...blank,
+        state: refused.state,
+        attempts: current.attempts,
+        ambiguous: before.ambiguous,
+        error: refused.reason,
+      });
+      throw new UnrecoverableError(`${refused.state}: ${refused.reason}`);
+    }
+    const [recorded] = await this.#ledger.startAttempts(data.r, [
+      {
+        userId: data.u,
+        attempts: current.budgetFrom + before.attempts + 1,
+        ambiguous: before.ambiguous,
+        at: Date.now(),
+      },
+    ]);
+    if (!recorded) return 'settled by another worker';
     this.#inFlight++;
     this.#attempts++;
     const started = performance.now();
@@ -345,32 +372,65 @@ export class BillingWorker {
     }
     const latencyMs = performance.now() - started;
     this.#latencies.add(latencyMs);
+    const putBack = async (attempts: number, ambiguous: boolean) => {
+      // The attempt is over and the charge stays pending: the ledger says whether it counted.
+      await this.#settle(data.r, {
+        userId: data.u,
+        state: 'pending',
+        attempts: current.budgetFrom + attempts,
+        ambiguous,
+        httpStatus: result.status,
+        latencyMs,
+        chargeId: undefined,
+        error: result.kind === 'charged' ? undefined : result.reason,
+      });
+    };
     const verdict = this.#watch.observe(result);
-    if (verdict.action === 'pend') return this.#giveBack(job, token);
+    if (verdict.action === 'pend') {
+      await putBack(before.attempts, before.ambiguous);
+      return this.#giveBack(job, token);
+    }
     if (verdict.action === 'stop') {
       // This charge and the held ones stay pending: held jobs go back when the worker closes.
+      await putBack(before.attempts, before.ambiguous);
       await this.#stop(data.r, verdict.reason);
       return this.#giveBack(job, token);
     }
-    const decision = decideRetry(this.#options.policy, before, result, this.#random);
+    const decision = decideRetry(
+      this.#options.policy,
+      { ...before, waits: this.#waits.get(String(job.id)) ?? 0 },
+      result,
+      this.#random,
+    );
     const outcome: ChargeOutcome = {
       userId: data.u,
       state: decision.action === 'finish' ? decision.state : 'pending',
-      attempts: data.n + decision.attempts,
+      attempts: current.budgetFrom + decision.attempts,
       ambiguous: decision.ambiguous,
       httpStatus: result.status,
       latencyMs,
       chargeId: result.kind === 'charged' ? result.chargeId : undefined,
-      error: result.kind === 'charged' ? undefined : result.reason,
+      error:
+        decision.action === 'finish' && decision.reason !== undefined
+          ? decision.reason
+          : result.kind === 'charged'
+            ? undefined
+            : result.reason,
     };
-    if (verdict.action === 'hold') return this.#hold(job, token, outcome);
+    if (verdict.action === 'hold') {
+      await putBack(before.attempts, before.ambiguous);
+      return this.#hold(job, token, outcome);
+    }
     if (verdict.action === 'release') await this.#release();
     switch (decision.action) {
       case 'stop':
+        await putBack(before.attempts, before.ambiguous);
         await this.#stop(data.r, decision.reason);
         return this.#giveBack(job, token);
       case 'retry':
-        if (decision.ambiguous !== data.x) await job.updateData({ ...data, x: decision.ambiguous });
+        await putBack(decision.attempts, decision.ambiguous);
+        if (decision.waits) this.#waits.set(String(job.id), decision.waits);
+        else this.#waits.delete(String(job.id));
         if (decision.throttled) {
           // The provider asked everyone to slow down: the whole queue waits, no attempt is used.
           const pause = result.kind === 'retry' ? (result.retryAfterMs ?? decision.delayMs) : 0;
@@ -378,8 +438,9 @@ export class BillingWorker {
           throw new RateLimitError();
         }
         this.#retries++;
-        throw new RetryLater(outcome.error ?? 'retry', decision.delayMs);
+        return this.#giveBack(job, token, decision.delayMs);
       case 'finish':
+        this.#waits.delete(String(job.id));
         await this.#settle(data.r, outcome);
         if (decision.state === 'charged') return 'charged';
         // Declined, failed and unknown end the job at once: BullMQ must not retry them.
@@ -394,9 +455,12 @@ export class BillingWorker {
     if (outcome.state !== 'pending' && outcome.state !== 'invalid') this.#ended[outcome.state]++;
   }
 
-  /** Puts a job back untouched (no attempt used), for another worker or a later run. */
-  async #giveBack(job: Job<ChargeJobData>, token: string | undefined): Promise<never> {
-    await job.moveToDelayed(Date.now(), token);
+  /**
+   * Puts a job back in delayed for `delayMs` (none: at once), for this or another worker: BullMQ
+   * counts no attempt of it, the ledger holds the charge's.
+   */
+  async #giveBack(job: Job<ChargeJobData>, token: string | undefined, delayMs = 0): Promise<never> {
+    await job.moveToDelayed(Date.now() + Math.max(0, Math.round(delayMs)), token);
     throw new DelayedError();
   }
 
