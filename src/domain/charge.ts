@@ -17,8 +17,18 @@ export function userIdProblem(value: unknown): string | undefined {
   if (value.length > USER_ID_MAX_LENGTH) {
     return `must be at most ${USER_ID_MAX_LENGTH} characters, got ${value.length}`;
   }
+  // A lone surrogate (a JSON "\ud800" escape) has no UTF-8 form: it would reach the provider,
+  // and the ledger, as U+FFFD, another id than the input's.
+  const lone = LONE_SURROGATE.exec(value);
+  if (lone) {
+    const unit = value.charCodeAt(lone.index).toString(16).padStart(4, '0');
+    return `must be well-formed Unicode, got a lone surrogate \\u${unit} at character ${lone.index + 1}`;
+  }
   return undefined;
 }
+
+// With the u flag a surrogate pair is one code point: only unpaired halves match.
+const LONE_SURROGATE = /\p{Cs}/u;
 
 /** Why `value` is not a positive integer amount in minor units, or undefined when it is one. */
 export function amountProblem(value: unknown): string | undefined {

@@ -136,6 +136,20 @@ describe('readInput, NDJSON', () => {
     ]);
   });
 
+  it('refuses a user id that is not well-formed Unicode (a lone surrogate), naming the line', async () => {
+    expect(
+      await read(
+        '{"user_id":"ok-\\ud83d\\udcb3","amount":1,"currency":"USD"}\n' +
+          '{"user_id":"half-\\ud83d","amount":1,"currency":"USD"}\n' +
+          '{"user_id":"\\udcb3-low","amount":1,"currency":"USD"}\n',
+      ),
+    ).toEqual([
+      '1: ok-💳 1 USD',
+      '2: user_id: must be well-formed Unicode, got a lone surrogate \\ud83d at character 6',
+      '3: user_id: must be well-formed Unicode, got a lone surrogate \\udcb3 at character 1',
+    ]);
+  });
+
   it('keeps the user id as it came on a row with problems', async () => {
     const rows = await rowsOf(
       json({ user_id: 'u1', amount: 1.5, currency: 'USD' }) +
