@@ -205,7 +205,7 @@ program
   .option('--concurrency <n>', 'jobs this worker runs at once', integerFlag('--concurrency'), 64)
   .option(
     '--rate <n>',
-    'most requests per second across every worker of the queue (default: unlimited)',
+    "most requests per second across every worker of the queue, kept on the queue: the stricter of two holds, 0 clears it (default: the queue's rate, if any)",
     numberFlag('--rate'),
   )
   .option(

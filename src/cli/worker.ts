@@ -40,8 +40,10 @@ function checkFlags(flags: WorkerFlags): void {
     wholeAtLeastOne('--global-concurrency', flags.globalConcurrency, 1_000_000);
   }
   wholeAtLeastOne('--max-attempts', flags.maxAttempts, 100);
-  if (flags.rate !== undefined && !(flags.rate > 0)) {
-    throw new UsageError(`--rate: expected a number above 0, got ${flags.rate}`);
+  if (flags.rate !== undefined && !(flags.rate >= 0)) {
+    throw new UsageError(
+      `--rate: expected a number above 0 (or 0 to clear the queue's rate), got ${flags.rate}`,
+    );
   }
   if (!(flags.keyRetention > 0)) {
     throw new UsageError(
@@ -119,7 +121,7 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
         queue: flags.queue,
         endpoint: client.endpoint,
         concurrency: flags.concurrency,
-        rate: flags.rate ?? null,
+        rate: worker.rate ?? null,
         globalConcurrency: flags.globalConcurrency ?? null,
       },
       'worker started',

@@ -173,19 +173,30 @@ describe('bulkbill worker (distributed engine, end to end)', () => {
     expect(again.code, again.stderr).toBe(expectedExitStatus(byUser.values()));
   }, 60_000);
 
-  it('holds --rate across workers: three workers at the provider own rate get no 429', async () => {
+  it("--rate is the queue's: a worker without it and one with a looser one keep the stricter rate, no 429", async () => {
     const RATE = 150;
     const rows = plainUsers(450);
     const input = await writeCsvInput(join(ws.dir, 'rate.csv'), rows);
-    // The provider's token bucket holds RATE (burst = RATE): three workers pacing themselves
-    // each at RATE would empty it within a second and be answered 429.
+    // The provider's token bucket holds RATE (burst = RATE): a worker not pacing itself at RATE
+    // would empty it within a second and be answered 429.
     const mock = await ws.provider({ latencyMs: 20, jitter: 0, rate: RATE, seed: 3 });
     const runId = await enqueue(input);
-    const flags = ['--exit-when-idle', '--rate', String(RATE), '--concurrency', '20'];
-    const workers = [spawnWorker(mock, ...flags), spawnWorker(mock, ...flags)];
-    workers.push(spawnWorker(mock, ...flags));
+    const common = ['--exit-when-idle', '--concurrency', '20'];
+    const strict = spawnWorker(mock, ...common, '--rate', String(RATE));
+    await waitForStderr(strict, /worker started/);
+    // Started beside it: one with no --rate, one with a looser one. Both keep the queue's.
+    const flagless = spawnWorker(mock, ...common);
+    const loose = spawnWorker(mock, ...common, '--rate', String(RATE * 2));
+    const workers = [strict, flagless, loose];
     const codes = await Promise.all(workers.map((worker) => worker.exited));
     expect(codes, workers.map((worker) => worker.stderr()).join('\n')).toEqual([0, 0, 0]);
+    expect(loose.stderr()).toMatch(
+      /the queue keeps 150\/s, stricter than this worker's --rate 300\/s: 150\/s holds for every worker/,
+    );
+    for (const worker of workers) {
+      const started = logLines(worker).find((line) => line.msg === 'worker started');
+      expect(started?.rate).toBe(RATE);
+    }
 
     const stats = mock.stats();
     expect(stats.rejected_429).toBe(0);

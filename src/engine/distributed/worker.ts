@@ -18,10 +18,9 @@ import {
   DEFAULT_PREFIX,
   DEFAULT_QUEUE,
   ledgerPrefix,
-  limiterOf,
   type QueuePlace,
-  UNLIMITED,
 } from './jobs.js';
+import { QueueRate } from './queue-settings.js';
 
 /** Its `redis` connection should wait for Redis to come back: connectRedis(url, 'patient'). */
 export interface BillingWorkerOptions extends QueuePlace {
@@ -32,7 +31,11 @@ export interface BillingWorkerOptions extends QueuePlace {
   readonly policy: RetryPolicy;
   /** Jobs this worker runs at once. */
   readonly concurrency: number;
-  /** Requests per second across every worker of the queue. Default: unlimited. */
+  /**
+   * Requests per second across every worker of the queue: a setting of the queue, kept in Redis,
+   * that every worker obeys (one without a rate too); the stricter of two rates holds, and 0
+   * clears it. Default: the queue's rate, if it has one.
+   */
   readonly rate?: number | undefined;
   /** Jobs in flight across every worker of the queue; set on the queue and kept there (0 removes it). */
   readonly globalConcurrency?: number | undefined;
@@ -70,6 +73,8 @@ export interface WorkerSnapshot {
   readonly retries: number;
 }
 
+// How soon a worker follows a rate another worker made stricter.
+const RATE_REFRESH_MS = 2_000;
 // A decline held back while the watch decides. A crashed worker's held jobs come back after this.
 const HOLD_MS = 60_000;
 // A job whose worker died this many times (a charge that crashes workers) ends `unknown` rather
@@ -89,6 +94,8 @@ export class BillingWorker {
   readonly #ledgerRedis: Redis;
   readonly #queue: Queue<ChargeJobData>;
   readonly #worker: Worker<ChargeJobData>;
+  readonly #rate: QueueRate;
+  #rateTimer: NodeJS.Timeout | undefined;
   readonly #random: Random;
   /** Runs whose endpoint was checked: run id → refusal, or undefined when it bills ours. */
   readonly #runs = new Map<string, Promise<string | undefined>>();
@@ -131,13 +138,15 @@ export class BillingWorker {
     });
     this.#queue = new Queue<ChargeJobData>(queueName, { connection: options.redis, prefix });
     this.#queue.on('error', () => {});
+    this.#rate = new QueueRate(options.redis, prefix, queueName);
     const lockDuration = options.lockDurationMs ?? 30_000;
     this.#worker = new Worker<ChargeJobData>(queueName, (job, token) => this.#process(job, token), {
       connection: options.redis,
       prefix,
       autorun: false,
       concurrency: options.concurrency,
-      limiter: options.rate === undefined ? UNLIMITED : limiterOf(options.rate),
+      // The queue's rate, changed in place as the queue's setting changes (BullMQ reads it per job).
+      limiter: this.#rate.limiter,
       lockDuration,
       stalledInterval: lockDuration,
       maxStalledCount: 1_000_000,
@@ -151,7 +160,12 @@ export class BillingWorker {
     });
   }
 
-  /** Starts a worker: sets the queue's global concurrency when asked, then takes jobs. */
+  /** The queue's rate this worker keeps, per second (undefined: none). */
+  get rate(): number | undefined {
+    return this.#rate.rate;
+  }
+
+  /** Starts a worker: joins the queue's rate, sets its global concurrency when asked, then takes jobs. */
   static async start(options: BillingWorkerOptions): Promise<BillingWorker> {
     const worker = new BillingWorker(options);
     await worker.#begin();
@@ -160,6 +174,25 @@ export class BillingWorker {
 
   async #begin(): Promise<void> {
     const { globalConcurrency, exitWhenIdle } = this.#options;
+    const agreement = await this.#rate.join(this.#options.rate);
+    if (agreement.warning) this.#log('warn', agreement.warning);
+    this.#rateTimer = setInterval(() => {
+      this.#rate.refresh().then(
+        (changed) => {
+          if (changed) {
+            const rate = this.#rate.rate;
+            this.#log(
+              'warn',
+              rate === undefined
+                ? "the queue's rate was cleared: no rate limit"
+                : `the queue's rate is now ${rate}/s (set by another worker): this worker keeps it`,
+            );
+          }
+        },
+        () => {},
+      );
+    }, RATE_REFRESH_MS);
+    this.#rateTimer.unref();
     if (globalConcurrency === 0) await this.#queue.removeGlobalConcurrency();
     else if (globalConcurrency !== undefined) {
       await this.#queue.setGlobalConcurrency(globalConcurrency);
@@ -200,6 +233,7 @@ export class BillingWorker {
     if (this.#closing) return;
     this.#end = { reason, stoppedBecause: this.#stoppedBecause };
     if (this.#idleTimer) clearInterval(this.#idleTimer);
+    if (this.#rateTimer) clearInterval(this.#rateTimer);
     this.#closing = (async () => {
       try {
         await this.#worker.close();
