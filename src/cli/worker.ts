@@ -108,6 +108,7 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
       queue: flags.queue,
       endpoint: client.endpoint,
       sender: client,
+      credentials: (seen: string) => client.credentials(seen),
       policy,
       concurrency: flags.concurrency,
       rate: flags.rate,

@@ -4,10 +4,15 @@ import { z } from 'zod';
 import type { Random } from '../control/backoff.js';
 import { resolveRetryPolicy } from '../control/retry-policy.js';
 import { type Clock, systemClock } from '../domain/clock.js';
-import { describeValue, UsageError } from '../domain/errors.js';
+import { BulkbillError, describeValue, ErrorCode, UsageError } from '../domain/errors.js';
 import { runIdProblem } from '../domain/idempotency-key.js';
 import { hashInput, type InputFormat } from '../input/index.js';
-import type { Ledger, RunRecord, StateCounts } from '../ledger/ledger.js';
+import {
+  type Ledger,
+  otherCredentials,
+  type RunRecord,
+  type StateCounts,
+} from '../ledger/ledger.js';
 import { SqliteLedger } from '../ledger/sqlite-ledger.js';
 import { etaMsOf, PaceMeter, type ProgressEvent } from '../observe/progress.js';
 import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
@@ -241,8 +246,11 @@ export async function bill(
       inputHash,
       endpoint,
       {
-        checkRun: (run) => {
+        checkRun: async (run) => {
           if (run.endpoint !== endpoint) throw endpointMismatch(run, endpoint);
+          await bindCredentials(ledger, run.runId, (seen) =>
+            (client as ProviderClient).credentials(seen),
+          );
         },
         claim: async (run) => {
           await ledger.claimRun(run.runId);
@@ -251,6 +259,11 @@ export async function bill(
       },
     );
     const { importMs } = choice;
+    if (choice.how === 'created') {
+      await bindCredentials(ledger, choice.run.runId, (seen) =>
+        (client as ProviderClient).credentials(seen),
+      );
+    }
     const { run } = choice;
     // Found before anyone is charged, not after everyone was.
     if (options.reportPath && !config.dryRun) {
@@ -364,6 +377,23 @@ export async function unbilledResult(args: {
   }
   const plan = await planRun(ledger, run, counts, args.planning);
   return { ...base, outcome: 'planned', wallMs: args.elapsedMs(), plan, reportPath: undefined };
+}
+
+/**
+ * Binds a run to the fingerprint of the credentials it is billed with, or refuses it when it
+ * was billed with other ones (another account: its idempotency keys would mean nothing there).
+ */
+export async function bindCredentials(
+  ledger: Ledger,
+  runId: string,
+  fingerprintOf: (seen: string) => string,
+): Promise<string> {
+  const seen = await ledger.credentials(runId);
+  const mine = fingerprintOf(seen);
+  if ((await ledger.bindCredentials(runId, mine)) === 'other') {
+    throw new BulkbillError(ErrorCode.Usage, otherCredentials(runId));
+  }
+  return mine;
 }
 
 /** Fails with a usage error when `path` cannot be created or written. */

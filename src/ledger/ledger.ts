@@ -216,5 +216,22 @@ export interface Ledger {
   releaseRun(runId: string): Promise<void>;
   /** Marks the run finished when every charge is charged, declined or invalid; says whether it did. */
   finishIfComplete(runId: string): Promise<boolean>;
+  /** The fingerprint of the credentials the run is bound to ('' when none yet). */
+  credentials(runId: string): Promise<string>;
+  /**
+   * Binds the run to a credentials fingerprint (provider/credentials.ts; never a secret), made
+   * with the salt of what credentials() returned: `bound` when it had none, `same` when it is
+   * this one, `rebound` when it had another but no charge was ever attempted (a wrong token
+   * stopped it at once), `other` when the run was billed with other credentials: refuse it.
+   */
+  bindCredentials(
+    runId: string,
+    fingerprint: string,
+  ): Promise<'bound' | 'same' | 'rebound' | 'other'>;
   close(): Promise<void>;
+}
+
+/** The refusal of a run bound to other credentials. */
+export function otherCredentials(runId: string): string {
+  return `run ${runId} was billed with other credentials (its sensitive headers differ from those its charges were sent with); with another account's credentials its idempotency keys mean nothing, and users could be charged twice. Use the run's credentials, or a new --run-id`;
 }

@@ -12,6 +12,7 @@ import {
   type HeldCharge,
   type ImportRow,
   type Ledger,
+  otherCredentials,
   type PendingCharge,
   type PendingOptions,
   type RunRecord,
@@ -21,6 +22,7 @@ import { processIsAlive } from './process-alive.js';
 import {
   BEGIN_EXTEND,
   BEGIN_IMPORT,
+  BIND_CREDENTIALS,
   CHARGES_PAGE,
   CREATE_RUN,
   DISCARD_IMPORT,
@@ -329,6 +331,8 @@ export class RedisLedger implements Ledger {
   readonly #starts = new Map<
     string,
     {
+      runId: string;
+      credentials: string;
       starts: AttemptStart[];
       waiters: Array<{
         from: number;
@@ -508,13 +512,19 @@ export class RedisLedger implements Ledger {
    * for the calls of one event-loop turn). Says, per start, whether it was recorded: false when
    * the charge is not pending any more (settled by another worker), so it must not be sent.
    */
-  startAttempts(runId: string, starts: readonly AttemptStart[]): Promise<boolean[]> {
+  startAttempts(
+    runId: string,
+    starts: readonly AttemptStart[],
+    options: { readonly credentials?: string } = {},
+  ): Promise<boolean[]> {
     if (starts.length === 0) return Promise.resolve([]);
     return new Promise<boolean[]>((resolve, reject) => {
-      let group = this.#starts.get(runId);
+      const credentials = options.credentials ?? '';
+      const groupKey = `${credentials}\u0000${runId}`;
+      let group = this.#starts.get(groupKey);
       if (group === undefined) {
-        group = { starts: [], waiters: [] };
-        this.#starts.set(runId, group);
+        group = { runId, credentials, starts: [], waiters: [] };
+        this.#starts.set(groupKey, group);
       }
       group.waiters.push({ from: group.starts.length, count: starts.length, resolve, reject });
       group.starts.push(...starts);
@@ -531,16 +541,25 @@ export class RedisLedger implements Ledger {
     this.#starts.clear();
     const written = this.#write().then(() =>
       Promise.all(
-        groups.map(async ([runId, group]) => {
+        groups.map(async ([, group]) => {
+          const { runId } = group;
           const args: Array<string | number> = [];
           for (const start of group.starts) {
             args.push(start.userId, start.attempts, start.ambiguous ? '1' : '0', start.at);
           }
-          const keys = [this.#runKeys(runId).rows];
+          const runKeys = this.#runKeys(runId);
+          const keys = [runKeys.rows, runKeys.credentials, runKeys.attempted];
           const recorded: number[] = [];
           for (let from = 0; from < args.length; from += 4 * OUTCOMES_PER_SCRIPT) {
             const slice = args.slice(from, from + 4 * OUTCOMES_PER_SCRIPT);
-            recorded.push(...((await this.#eval(START_ATTEMPTS, keys, slice)) as number[]));
+            const answer = (await this.#eval(START_ATTEMPTS, keys, [
+              group.credentials,
+              ...slice,
+            ])) as number[];
+            if (answer[0] === -1) {
+              throw new BulkbillError(ErrorCode.Usage, otherCredentials(runId));
+            }
+            recorded.push(...answer);
           }
           for (const waiter of group.waiters) {
             waiter.resolve(
@@ -865,6 +884,22 @@ export class RedisLedger implements Ledger {
     await this.#call(() => this.#redis.del(this.#runKeys(runId).stopped));
   }
 
+  async credentials(runId: string): Promise<string> {
+    return (await this.#call(() => this.#redis.get(this.#runKeys(runId).credentials))) ?? '';
+  }
+
+  async bindCredentials(
+    runId: string,
+    fingerprint: string,
+  ): Promise<'bound' | 'same' | 'rebound' | 'other'> {
+    const keys = this.#runKeys(runId);
+    return (await this.#eval(
+      BIND_CREDENTIALS,
+      [keys.credentials, keys.attempted],
+      [fingerprint],
+    )) as 'bound' | 'same' | 'rebound' | 'other';
+  }
+
   async close(): Promise<void> {
     if (this.#beat) clearInterval(this.#beat);
     this.#beat = undefined;
@@ -889,6 +924,8 @@ export class RedisLedger implements Ledger {
       owner: `${base}owner`,
       stopped: `${base}stopped`,
       seen: `${base}seen`,
+      credentials: `${base}credentials`,
+      attempted: `${base}attempted`,
     };
   }
 
@@ -1058,7 +1095,7 @@ export class RedisLedger implements Ledger {
           const keys = this.#runKeys(runId);
           for (let start = 0; start < args.length; start += 2 * OUTCOMES_PER_SCRIPT) {
             const slice = args.slice(start, start + 2 * OUTCOMES_PER_SCRIPT);
-            await this.#eval(RECORD_OUTCOMES, [keys.rows, keys.tally], slice);
+            await this.#eval(RECORD_OUTCOMES, [keys.rows, keys.tally, keys.attempted], slice);
           }
         }),
       );

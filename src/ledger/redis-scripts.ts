@@ -214,7 +214,7 @@ return 1
 `);
 
 /**
- * Applies outcomes in order. KEYS: rows, tally. ARGV: pairs (user id,
+ * Applies outcomes in order. KEYS: rows, tally, attempts (see START_ATTEMPTS). ARGV: pairs (user id,
  * `state|attempts|ambiguous|http|latency|chargeId|error`); the row's first attempt time and
  * budget are kept, its open attempt closed. A user id without a valid row, a row turned invalid,
  * and a row already charged or declined are left alone: a late or stale outcome loses.
@@ -231,6 +231,12 @@ for i = 1, #ARGV, 2 do
         base .. '|' .. outcome .. '|0|' .. field(f, 13, '') .. '|' .. field(f, 14, '0'))
       local new = string.sub(outcome, 1, 1)
       if new ~= old then move(KEYS[2], old, new, currency, amount) end
+      if field(f, 12, '0') == '1' then redis.call('HINCRBY', KEYS[3], 'open', -1) end
+      -- An attempt that counted, or a charge that ended: the run was billed with its credentials.
+      local o = fields_of(outcome)
+      if new ~= 'p' or field(o, 2, '0') ~= '0' or field(o, 3, '0') == '1' then
+        redis.call('HSET', KEYS[3], 'real', '1')
+      end
     end
   end
 end
@@ -239,13 +245,21 @@ return 1
 
 /**
  * Records attempts about to be sent: the row's attempts (never lowered), ambiguity, an open
- * attempt, and its first attempt's time when it has none. Only pending rows are touched.
- * KEYS: rows. ARGV: quadruples (user id, attempts, ambiguous '1'|'0', epoch ms). Returns, per
- * user, 1 when it was recorded, 0 when the row is not pending (settled meanwhile) or absent.
+ * attempt, and its first attempt's time when it has none. Only pending rows are touched, and
+ * only when the run is bound to the sender's credentials (checked in the same script, so no
+ * request leaves under other credentials once a run is bound). KEYS: rows, credentials,
+ * attempts (hash: `open` attempts not yet recorded, `real` once one was). ARGV: the sender's credentials fingerprint ('' skips the check), then quadruples
+ * (user id, attempts, ambiguous '1'|'0', epoch ms). Returns {-1} when the run is bound to other
+ * credentials, else, per user, 1 when it was recorded, 0 when the row is not pending (settled
+ * meanwhile) or absent.
  */
 export const START_ATTEMPTS = new LuaScript(`${ROW_HELPERS}
+if ARGV[1] ~= '' then
+  local bound = redis.call('GET', KEYS[2])
+  if bound and bound ~= ARGV[1] then return {-1} end
+end
 local out = {}
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   local user = ARGV[i]
   local value = redis.call('HGET', KEYS[1], user)
   local started = 0
@@ -259,6 +273,7 @@ for i = 1, #ARGV, 4 do
       redis.call('HSET', KEYS[1], user, base .. '|p|' .. string.format('%d', attempts) .. '|' ..
         ambiguous .. '|' .. field(f, 8, '') .. '|' .. field(f, 9, '') .. '|' .. field(f, 10, '') ..
         '|' .. field(f, 11, '') .. '|1|' .. field(f, 13, ARGV[i + 3]) .. '|' .. field(f, 14, '0'))
+      if field(f, 12, '0') ~= '1' then redis.call('HINCRBY', KEYS[3], 'open', 1) end
       started = 1
     end
   end
@@ -460,4 +475,19 @@ end
 redis.call('PEXPIRE', KEYS[6], ARGV[2])
 out[1] = added
 return out
+`);
+
+/**
+ * Binds a run to a credentials fingerprint: when it has none, or another but no charge of it was
+ * ever attempted (no attempt counted or left open: a wrong token's 401s count none). KEYS:
+ * credentials, attempts. ARGV: fingerprint. Returns 'bound' | 'same' | 'rebound' | 'other'.
+ */
+export const BIND_CREDENTIALS = new LuaScript(`
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then return 'same' end
+local open = tonumber(redis.call('HGET', KEYS[2], 'open') or '0')
+if current and (open > 0 or redis.call('HEXISTS', KEYS[2], 'real') == 1) then return 'other' end
+redis.call('SET', KEYS[1], ARGV[1])
+if current then return 'rebound' end
+return 'bound'
 `);

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
   endpoint    TEXT NOT NULL,
   created_at  TEXT NOT NULL,
   finished_at TEXT,
-  total       INTEGER NOT NULL
+  total       INTEGER NOT NULL,
+  credentials TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_by_input ON runs (input_hash, created_at);
 CREATE TABLE IF NOT EXISTS charges (
@@ -80,6 +81,7 @@ const ADDED_COLUMNS: ReadonlyArray<[table: string, column: string, definition: s
   ['charges', 'first_at', 'INTEGER'],
   ['charges', 'budget_from', 'INTEGER NOT NULL DEFAULT 0'],
   ['run_owners', 'beat', 'INTEGER NOT NULL DEFAULT 0'],
+  ['runs', 'credentials', "TEXT NOT NULL DEFAULT ''"],
 ];
 // A charge no later write may change: the provider has settled it.
 const SETTLED = `('invalid', 'charged', 'declined')`;
@@ -320,6 +322,14 @@ export class SqliteLedger implements Ledger {
       dropOwner: db.prepare('DELETE FROM run_owners WHERE run_id = ? AND pid = ? AND host = ?'),
       finish: db.prepare(
         'UPDATE runs SET finished_at = ? WHERE run_id = ? AND finished_at IS NULL',
+      ),
+      credentials: db.prepare<[string], { credentials: string }>(
+        'SELECT credentials FROM runs WHERE run_id = ?',
+      ),
+      setCredentials: db.prepare('UPDATE runs SET credentials = ? WHERE run_id = ?'),
+      attempted: db.prepare<[string], { one: number }>(
+        `SELECT 1 AS one FROM charges WHERE run_id = ? AND (attempts > 0 OR open = 1
+           OR state IN ('charged', 'declined', 'failed', 'unknown')) LIMIT 1`,
       ),
     };
   }
@@ -696,6 +706,30 @@ export class SqliteLedger implements Ledger {
       'mark the run finished',
     );
     return true;
+  }
+
+  async credentials(runId: string): Promise<string> {
+    return this.#statements.credentials.get(runId)?.credentials ?? '';
+  }
+
+  async bindCredentials(
+    runId: string,
+    fingerprint: string,
+  ): Promise<'bound' | 'same' | 'rebound' | 'other'> {
+    const { credentials, setCredentials, attempted } = this.#statements;
+    return this.#busyRetry(
+      () =>
+        this.#db
+          .transaction(() => {
+            const current = credentials.get(runId)?.credentials ?? '';
+            if (current === fingerprint) return 'same' as const;
+            if (current !== '' && attempted.get(runId)) return 'other' as const;
+            setCredentials.run(fingerprint, runId);
+            return current === '' ? ('bound' as const) : ('rebound' as const);
+          })
+          .immediate(),
+      'bind the run to its credentials',
+    );
   }
 
   async close(): Promise<void> {

@@ -4,6 +4,7 @@ import { RETRY_DEFAULTS } from '../control/retry-policy.js';
 import { describeValue, UsageError } from '../domain/errors.js';
 import type { AttemptResult } from '../domain/outcome.js';
 import { type ClassifyContext, classify } from './classify.js';
+import { credentialsFingerprint, fingerprintSalt } from './credentials.js';
 import {
   describeHeaders,
   parseHeaderFlags,
@@ -134,6 +135,17 @@ export class ProviderClient {
     const handler = new AttemptHandler(this.#shared, capturedResolve);
     this.#pool.dispatch({ path: this.#path, method: 'POST', headers, body }, handler);
     return promise;
+  }
+
+  /**
+   * The fingerprint of this client's credentials (its sensitive headers), with `salt` (a run's
+   * stored fingerprint: its salt is used) or a fresh salt; never the values themselves.
+   */
+  credentials(stored = ''): string {
+    const salt = fingerprintSalt(stored);
+    return salt === undefined
+      ? credentialsFingerprint(this.#headers)
+      : credentialsFingerprint(this.#headers, salt);
   }
 
   /** The extra headers as safe to log: secret values read `[redacted]`. */

@@ -15,6 +15,7 @@ export {
   type ProviderClientOptions,
   printableEndpoint,
 } from './client.js';
+export { credentialsFingerprint, fingerprintSalt, sameCredentials } from './credentials.js';
 export {
   describeHeaders,
   type HeaderTemplate,

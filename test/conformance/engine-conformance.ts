@@ -337,6 +337,46 @@ export function engineConformance(name: string, factory: EngineFactory): void {
       expect(JSON.stringify(charges)).not.toContain('sk_test');
     });
 
+    it('refuses to continue a run with other credentials once a charge was attempted, storing no secret', async () => {
+      const mock = await provider({ latencyMs: 40 });
+      const under = await engine();
+      const input = await inputOf(users(60));
+      const headers = ['Authorization: Bearer ${BILLING_TOKEN}'];
+      const controller = new AbortController();
+      setTimeout(() => controller.abort(), 150);
+      const first = await under.bill({
+        input,
+        endpoint: `${mock.url}/charge`,
+        runId: 'cycle-account',
+        concurrency: 5,
+        headers,
+        env: { BILLING_TOKEN: 'sk_live_account_one' },
+        signal: controller.signal,
+      });
+      expect(first.outcome).toBe('interrupted');
+      const requests = mock.stats().requests;
+      await expect(
+        under.bill({
+          input,
+          endpoint: `${mock.url}/charge`,
+          runId: 'cycle-account',
+          headers,
+          env: { BILLING_TOKEN: 'sk_live_account_two' },
+        }),
+      ).rejects.toThrow(/run cycle-account was billed with other credentials/);
+      expect(mock.stats().requests).toBe(requests);
+      const same = await under.bill({
+        input,
+        endpoint: `${mock.url}/charge`,
+        runId: 'cycle-account',
+        headers,
+        env: { BILLING_TOKEN: 'sk_live_account_one' },
+      });
+      expect(same.outcome).toBe('completed');
+      await expectAccounted(under, mock, same, users(60));
+      expect(JSON.stringify(await under.charges('cycle-account'))).not.toContain('sk_live');
+    });
+
     it('stops when the first 20 answers are all the same 400, declining nobody', async () => {
       const server = createServer((req, res) => {
         req.resume().on('end', () => {

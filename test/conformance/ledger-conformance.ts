@@ -902,6 +902,21 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
       });
     });
 
+    describe('credentials', () => {
+      it('binds a run to a fingerprint, rebinds it while nothing was attempted, then refuses others', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(2));
+        expect(await ledger.credentials('r1')).toBe('');
+        expect(await ledger.bindCredentials('r1', 'v1:s:aaa')).toBe('bound');
+        expect(await ledger.bindCredentials('r1', 'v1:s:aaa')).toBe('same');
+        // Nothing attempted yet (a wrong token stopped the run at once): the right one may bind.
+        expect(await ledger.bindCredentials('r1', 'v1:s:bbb')).toBe('rebound');
+        await ledger.startAttempts('r1', [{ userId: 'u1', attempts: 1, ambiguous: false, at: 1 }]);
+        expect(await ledger.bindCredentials('r1', 'v1:s:ccc')).toBe('other');
+        expect(await (await open()).credentials('r1')).toBe('v1:s:bbb');
+      });
+    });
+
     describe('extendRun: a later input of a run', () => {
       it('adds new users, leaves held ones, and makes the invalid rows those of the new input', async () => {
         const ledger = await open();

@@ -11,6 +11,7 @@ import {
   type BillHooks,
   type BillResult,
   billOptionsSchema,
+  bindCredentials,
   checkWritable,
   parseOptions,
   unbilledResult,
@@ -108,6 +109,10 @@ export async function billDistributed(
         if (reportPathOf && !config.dryRun && choice.how !== 'finished') {
           await checkWritable(reportPathOf(choice.run.runId), label('reportPath'));
         }
+        // Refused here, before a job is queued, as the local engine refuses it.
+        if (!config.dryRun && choice.how !== 'finished') {
+          await bindCredentials(ledger, choice.run.runId, (seen) => client.credentials(seen));
+        }
         onRun?.(choice);
       },
     });
@@ -133,6 +138,7 @@ export async function billDistributed(
       queue: config.queue,
       endpoint: client.endpoint,
       sender: sender ?? client,
+      credentials: (seen: string) => client.credentials(seen),
       policy,
       concurrency: config.concurrency,
       rate: config.rate,

@@ -7,7 +7,7 @@ import { decideRetry, gateAttempt, type RetryPolicy } from '../../control/retry-
 import { BulkbillError } from '../../domain/errors.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
-import type { ChargeOutcome } from '../../ledger/ledger.js';
+import { type ChargeOutcome, otherCredentials } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { LatencyLog } from '../latency-log.js';
 import { endpointMismatch } from '../run-choice.js';
@@ -28,6 +28,11 @@ export interface BillingWorkerOptions extends QueuePlace {
   readonly endpoint: string;
   /** Sends attempts: a ProviderClient on the endpoint, with its headers and timeout. */
   readonly sender: ChargeSender;
+  /**
+   * The fingerprint of the sender's credentials with a run's salt (ProviderClient.credentials):
+   * a run is bound to the first and refused by a worker with others. Default: not checked.
+   */
+  readonly credentials?: ((seen: string) => string) | undefined;
   readonly policy: RetryPolicy;
   /** Jobs this worker runs at once. */
   readonly concurrency: number;
@@ -117,6 +122,8 @@ export class BillingWorker {
   // The misconfiguration watch, over this worker's answers, and the declines it holds back.
   readonly #watch = new MisconfigurationWatch();
   #held: Array<{ job: Job<ChargeJobData>; outcome: ChargeOutcome }> = [];
+  /** The credentials fingerprint this worker bills each run with (checked at every start). */
+  readonly #fingerprints = new Map<string, string>();
   /** Throttled and 409 answers in a row, per job this worker retried (bounded by maxWaits). */
   readonly #waits = new Map<string, number>();
 
@@ -304,9 +311,17 @@ export class BillingWorker {
         const run = await this.#ledger.findRun(runId);
         if (run === undefined) return undefined;
         const bound = await this.#ledger.bindEndpoint(runId, this.#options.endpoint);
-        return bound === this.#options.endpoint
-          ? undefined
-          : endpointMismatch({ ...run, endpoint: bound }, this.#options.endpoint).message;
+        if (bound !== this.#options.endpoint) {
+          return endpointMismatch({ ...run, endpoint: bound }, this.#options.endpoint).message;
+        }
+        const fingerprintOf = this.#options.credentials;
+        if (fingerprintOf === undefined) return undefined;
+        const mine = fingerprintOf(await this.#ledger.credentials(runId));
+        if ((await this.#ledger.bindCredentials(runId, mine)) === 'other') {
+          return otherCredentials(runId);
+        }
+        this.#fingerprints.set(runId, mine);
+        return undefined;
       })();
       this.#runs.set(runId, checked);
       checked.catch(() => this.#runs.delete(runId));
@@ -381,14 +396,26 @@ export class BillingWorker {
       });
       throw new UnrecoverableError(`${refused.state}: ${refused.reason}`);
     }
-    const [recorded] = await this.#ledger.startAttempts(data.r, [
-      {
-        userId: data.u,
-        attempts: current.budgetFrom + before.attempts + 1,
-        ambiguous: before.ambiguous,
-        at: Date.now(),
-      },
-    ]);
+    let recorded: boolean | undefined;
+    try {
+      [recorded] = await this.#ledger.startAttempts(
+        data.r,
+        [
+          {
+            userId: data.u,
+            attempts: current.budgetFrom + before.attempts + 1,
+            ambiguous: before.ambiguous,
+            at: Date.now(),
+          },
+        ],
+        { credentials: this.#fingerprints.get(data.r) ?? '' },
+      );
+    } catch (error) {
+      if (!(error instanceof BulkbillError) || error.code !== 'BULKBILL_USAGE') throw error;
+      // Another worker bound the run to its credentials first: this one must not bill it.
+      await this.#stop(data.r, error.message, { noteOnRun: false });
+      return this.#giveBack(job, token);
+    }
     if (!recorded) return 'settled by another worker';
     this.#inFlight++;
     this.#attempts++;
