@@ -27,6 +27,7 @@ program
   )
   .option('--rate <n>', 'requests per second (token bucket); past it 429', numberFlag('--rate'))
   .option('--burst <n>', 'token bucket size (default: the rate)', numberFlag('--burst'))
+  .option('--no-retry-after', 'answer 429 without a Retry-After header')
   .option('--fail-rate <p>', 'probability of a 503 before charging', numberFlag('--fail-rate'), 0)
   .option(
     '--lost-rate <p>',

@@ -13,6 +13,7 @@ interface MockProviderFlags {
   overload: '503' | 'queue';
   rate?: number;
   burst?: number;
+  retryAfter: boolean;
   failRate: number;
   lostRate: number;
   slowRate: number;
@@ -34,6 +35,7 @@ export async function mockProviderCommand(flags: MockProviderFlags): Promise<num
       latencyMs: flags.latency,
       jitter: flags.jitter,
       overload: flags.overload,
+      retryAfter: flags.retryAfter,
       failRate: flags.failRate,
       lostRate: flags.lostRate,
       slowRate: flags.slowRate,
@@ -54,7 +56,9 @@ export async function mockProviderCommand(flags: MockProviderFlags): Promise<num
     options.capacity === undefined
       ? undefined
       : `capacity ${options.capacity} (${options.overload})`,
-    options.rate === undefined ? undefined : `rate ${options.rate}/s`,
+    options.rate === undefined
+      ? undefined
+      : `rate ${options.rate}/s${options.retryAfter ? '' : ' (429 without Retry-After)'}`,
     options.failRate > 0 ? `fail ${options.failRate}` : undefined,
     options.lostRate > 0 ? `lost ${options.lostRate}` : undefined,
     options.slowRate > 0

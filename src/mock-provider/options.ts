@@ -28,6 +28,11 @@ export const mockProviderOptionsSchema = z
     rate: z.number().finite().positive().optional(),
     /** Token bucket size (largest burst). Default: max(1, rate). */
     burst: z.number().finite().min(1).optional(),
+    /**
+     * Send `Retry-After` with a 429 past `rate`; false answers 429 without it, as providers that
+     * never say how long to wait do. Default true.
+     */
+    retryAfter: z.boolean().default(true),
     /** Probability of a 503 before anything is charged. Default 0. */
     failRate: probability.default(0),
     /** Probability that the charge is applied and the connection then dropped unanswered. Default 0. */

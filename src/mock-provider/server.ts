@@ -191,6 +191,10 @@ export async function startMockProvider(
     }
     if (bucket && !bucket.tryTake()) {
       counters.rejected_429++;
+      if (!config.retryAfter) {
+        send(res, 429, ANSWER.rateLimited);
+        return;
+      }
       const seconds = Math.max(1, Math.ceil(bucket.msUntilAvailable() / 1_000));
       send(res, 429, ANSWER.rateLimited, ['retry-after', String(seconds)]);
       return;
