@@ -1,6 +1,7 @@
 import type { Random } from '../control/backoff.js';
 import { MisconfigurationWatch } from '../control/misconfiguration-watch.js';
 import { decideRetry, gateAttempt, type RetryPolicy } from '../control/retry-policy.js';
+import { ThrottleGovernor } from '../control/throttle.js';
 import { TokenBucket } from '../control/token-bucket.js';
 import type { Clock } from '../domain/clock.js';
 import { idempotencyKey } from '../domain/idempotency-key.js';
@@ -95,8 +96,10 @@ interface HeldDecline {
 /**
  * The local engine's dispatch loop: pulls pending charges from the ledger in input order,
  * keeps at most `concurrency` attempts in flight and at most `rate` per second, retries with
- * backoff without holding a slot, pauses all dispatch for a provider's Retry-After, records
- * every terminal outcome in the ledger, and stops at once on a misconfiguration.
+ * backoff without holding a slot, obeys the throttle governor (a run-wide pause for Retry-After
+ * or growing throttles without one, then dispatch spread out at a learned rate), records each
+ * attempt before its request leaves and every outcome after, and stops at once on a
+ * misconfiguration.
  */
 export class Scheduler {
   readonly #options: SchedulerOptions;
@@ -108,7 +111,8 @@ export class Scheduler {
   #exhausted = false;
   #loading = false;
   #inFlight = 0;
-  #pausedUntil = 0;
+  /** The run-wide pause and the dispatch rate learned from throttles. */
+  readonly #governor: ThrottleGovernor;
   #wakeTimer: unknown;
   #wakeAt = Number.POSITIVE_INFINITY;
   #stopping = false;
@@ -128,6 +132,7 @@ export class Scheduler {
 
   constructor(options: SchedulerOptions) {
     this.#options = options;
+    this.#governor = new ThrottleGovernor({ clock: options.clock, random: options.random });
     this.#bucket =
       options.rate === undefined
         ? undefined
@@ -157,7 +162,7 @@ export class Scheduler {
       inFlight: this.#inFlight,
       retrying: this.#retries.size,
       attempts: this.#attempts,
-      pausedMs: Math.max(0, this.#pausedUntil - this.#options.clock.now()),
+      pausedMs: Math.max(0, this.#governor.pausedUntil() - this.#options.clock.now()),
     };
   }
 
@@ -173,8 +178,10 @@ export class Scheduler {
     const { clock, concurrency } = this.#options;
     while (!this.#stopping && this.#inFlight < concurrency) {
       const now = clock.now();
-      if (now < this.#pausedUntil) {
-        this.#wake(this.#pausedUntil);
+      // A throttle's pause, and after any pause the learned rate: dispatch resumes spread out.
+      const readyAt = this.#governor.readyAt();
+      if (now < readyAt) {
+        this.#wake(readyAt);
         break;
       }
       const due = this.#retries.peek();
@@ -194,6 +201,7 @@ export class Scheduler {
         this.#end(charge, refused.state, undefined, undefined, refused.reason);
         continue;
       }
+      this.#governor.tryDispatch();
       this.#begin(charge);
     }
     if (!this.#exhausted && this.#fresh.length - this.#freshIndex < this.#pageSize() / 2) {
@@ -302,14 +310,20 @@ export class Scheduler {
     const started = clock.now();
     sender
       .attempt(charge.request)
-      .then((result) => this.#settle(charge, result, clock.now() - started))
+      .then((result) => this.#settle(charge, result, started, clock.now() - started))
       // A client that rejects, or a ledger that cannot record, ends the run with that error.
       .catch((error: unknown) => this.#fail(error));
   }
 
-  #settle(charge: Charge, result: AttemptResult, latencyMs: number): void {
+  #settle(charge: Charge, result: AttemptResult, sentAt: number, latencyMs: number): void {
     this.#inFlight--;
     this.#latencies.add(latencyMs);
+    this.#governor.observe(result, sentAt);
+    if (result.kind === 'retry' && result.throttled) {
+      // A provider that has let nothing through for long: stop, the charges stay pending.
+      const stop = this.#governor.stopReason();
+      if (stop !== undefined) this.#stop(stop);
+    }
     const verdict = this.#watch.observe(result);
     switch (verdict.action) {
       case 'hold':
@@ -357,10 +371,6 @@ export class Scheduler {
     }
     if (decision.action === 'retry') {
       const now = clock.now();
-      if (decision.throttled) {
-        const pause = result.kind === 'retry' ? (result.retryAfterMs ?? decision.delayMs) : 0;
-        this.#pausedUntil = Math.max(this.#pausedUntil, now + pause);
-      }
       // The ledger learns the attempt is over (and whether it counted) before the next starts.
       this.#putBack(charge, result, latencyMs);
       charge.dueAt = now + decision.delayMs;

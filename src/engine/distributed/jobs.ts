@@ -15,6 +15,8 @@ export interface ChargeJobData {
   readonly n: number;
   /** Some attempt so far may have reached the provider unanswered. */
   readonly x: boolean;
+  /** Throttled and 409 answers in a row so far (absent: 0), bounded by the retry policy's maxWaits. */
+  readonly w?: number;
 }
 
 export const JOB_NAME = 'charge';
@@ -70,7 +72,9 @@ export function limiterOf(ratePerSecond: number): { max: number; duration: numbe
 
 /**
  * The limiter of a worker without --rate. BullMQ checks a manual rate limit (a provider's
- * Retry-After, set with Queue.rateLimit) only through a limiter's max, so there is always one;
- * this one never limits by itself.
+ * Retry-After, set on the limiter key) only through a limiter's max, so there is always one;
+ * this one never limits by itself. Its window is short because BullMQ holds a worker that puts a
+ * job back (RateLimitError) for the limiter key's PTTL, whatever the key holds: a long window
+ * there would hold it that long.
  */
-export const UNLIMITED = { max: 1e15, duration: 60_000 } as const;
+export const UNLIMITED = { max: 1e15, duration: 1_000 } as const;

@@ -4,6 +4,8 @@ import type { Redis } from 'ioredis';
 import type { Random } from '../../control/backoff.js';
 import { MisconfigurationWatch } from '../../control/misconfiguration-watch.js';
 import { decideRetry, gateAttempt, type RetryPolicy } from '../../control/retry-policy.js';
+import { ThrottleGovernor } from '../../control/throttle.js';
+import { systemClock } from '../../domain/clock.js';
 import { BulkbillError } from '../../domain/errors.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
@@ -20,6 +22,7 @@ import {
   ledgerPrefix,
   type QueuePlace,
 } from './jobs.js';
+import { QueuePause } from './queue-pause.js';
 import { QueueRate } from './queue-settings.js';
 
 /** Its `redis` connection should wait for Redis to come back: connectRedis(url, 'patient'). */
@@ -101,6 +104,9 @@ export class BillingWorker {
   readonly #worker: Worker<ChargeJobData>;
   readonly #rate: QueueRate;
   #rateTimer: NodeJS.Timeout | undefined;
+  /** This worker's pause and learned rate; the queue's pause is shared through #pause. */
+  readonly #governor: ThrottleGovernor;
+  readonly #pause: QueuePause;
   readonly #random: Random;
   /** Runs whose endpoint was checked: run id → refusal, or undefined when it bills ours. */
   readonly #runs = new Map<string, Promise<string | undefined>>();
@@ -124,8 +130,6 @@ export class BillingWorker {
   #held: Array<{ job: Job<ChargeJobData>; outcome: ChargeOutcome }> = [];
   /** The credentials fingerprint this worker bills each run with (checked at every start). */
   readonly #fingerprints = new Map<string, string>();
-  /** Throttled and 409 answers in a row, per job this worker retried (bounded by maxWaits). */
-  readonly #waits = new Map<string, number>();
 
   private constructor(options: BillingWorkerOptions) {
     this.#options = options;
@@ -146,6 +150,14 @@ export class BillingWorker {
     this.#queue = new Queue<ChargeJobData>(queueName, { connection: options.redis, prefix });
     this.#queue.on('error', () => {});
     this.#rate = new QueueRate(options.redis, prefix, queueName);
+    this.#governor = new ThrottleGovernor({ clock: systemClock, random: this.#random });
+    this.#pause = new QueuePause({
+      redis: options.redis,
+      prefix,
+      queue: queueName,
+      random: this.#random,
+      clock: systemClock,
+    });
     const lockDuration = options.lockDurationMs ?? 30_000;
     this.#worker = new Worker<ChargeJobData>(queueName, (job, token) => this.#process(job, token), {
       connection: options.redis,
@@ -381,6 +393,18 @@ export class BillingWorker {
       });
       throw new UnrecoverableError('unknown: stalled too often');
     }
+    // The queue's pause and this worker's learned rate, before anything is recorded or sent.
+    for (;;) {
+      const now = systemClock.now();
+      const held = this.#governor.pausedUntil() - now;
+      if (held > 0) {
+        // Waited out in Redis with the other workers (the job back to waiting), not in a slot.
+        await this.#pause.extend(held);
+        throw new RateLimitError();
+      }
+      if (this.#governor.tryDispatch()) break;
+      await new Promise((resolve) => setTimeout(resolve, this.#governor.readyAt() - now));
+    }
     const refused = gateAttempt(
       this.#options.policy,
       { ...before, firstAttemptAt: current.firstAttemptAt },
@@ -419,7 +443,7 @@ export class BillingWorker {
     if (!recorded) return 'settled by another worker';
     this.#inFlight++;
     this.#attempts++;
-    const started = performance.now();
+    const started = systemClock.now();
     let result: AttemptResult;
     try {
       result = await this.#options.sender.attempt({
@@ -431,8 +455,12 @@ export class BillingWorker {
     } finally {
       this.#inFlight--;
     }
-    const latencyMs = performance.now() - started;
+    const latencyMs = systemClock.now() - started;
     this.#latencies.add(latencyMs);
+    this.#governor.observe(result, started);
+    const throttled = result.kind === 'retry' && result.throttled;
+    if (!throttled && result.status !== undefined) void this.#pause.answered(started);
+    const stop = throttled ? this.#governor.stopReason() : undefined;
     const putBack = async (attempts: number, ambiguous: boolean) => {
       // The attempt is over and the charge stays pending: the ledger says whether it counted.
       await this.#settle(data.r, {
@@ -459,7 +487,7 @@ export class BillingWorker {
     }
     const decision = decideRetry(
       this.#options.policy,
-      { ...before, waits: this.#waits.get(String(job.id)) ?? 0 },
+      { ...before, waits: data.w ?? 0 },
       result,
       this.#random,
     );
@@ -488,20 +516,34 @@ export class BillingWorker {
         await putBack(before.attempts, before.ambiguous);
         await this.#stop(data.r, decision.reason);
         return this.#giveBack(job, token);
-      case 'retry':
+      case 'retry': {
         await putBack(decision.attempts, decision.ambiguous);
-        if (decision.waits) this.#waits.set(String(job.id), decision.waits);
-        else this.#waits.delete(String(job.id));
+        const waits = decision.waits ?? 0;
+        if (decision.ambiguous !== data.x || waits !== (data.w ?? 0)) {
+          await job.updateData({ ...data, x: decision.ambiguous, w: waits });
+        }
+        if (stop !== undefined) {
+          await this.#stop(data.r, stop, { noteOnRun: false });
+          return this.#giveBack(job, token);
+        }
         if (decision.throttled) {
-          // The provider asked everyone to slow down: the whole queue waits, no attempt is used.
-          const pause = result.kind === 'retry' ? (result.retryAfterMs ?? decision.delayMs) : 0;
-          await this.#queue.rateLimit(Math.max(1, Math.round(pause)));
-          throw new RateLimitError();
+          // The provider asked everyone to slow down: the whole queue waits (a shorter pause
+          // never cuts a longer one), no attempt is used.
+          const { pauseMs } = await this.#pause.throttled({
+            retryAfterMs: result.kind === 'retry' ? result.retryAfterMs : undefined,
+            sentAt: started,
+          });
+          if (pauseMs > 0) {
+            this.#governor.pauseUntil(systemClock.now() + pauseMs);
+            // Back to waiting; BullMQ holds this worker for the limiter key's PTTL: the pause.
+            throw new RateLimitError();
+          }
+          // A lone episode pauses nobody (the learned rate slows dispatch): retry after the backoff.
         }
         this.#retries++;
         return this.#giveBack(job, token, decision.delayMs);
+      }
       case 'finish':
-        this.#waits.delete(String(job.id));
         await this.#settle(data.r, outcome);
         if (decision.state === 'charged') return 'charged';
         // Declined, failed and unknown end the job at once: BullMQ must not retry them.
