@@ -27,6 +27,8 @@ export interface StatusFlags {
 }
 
 const number = new Intl.NumberFormat('en-US');
+/** How long `status --wait` sees pending charges with nothing queued before it says so and ends. */
+const STUCK_MS = 10_000;
 
 export async function statusCommand(flags: StatusFlags): Promise<number> {
   if (flags.redis !== undefined) return redisStatusCommand(flags, flags.redis);
@@ -230,6 +232,7 @@ async function waitForEnd(
   );
   const started = performance.now();
   const pace = new PaceMeter();
+  let stuckSince = started;
   try {
     for (;;) {
       const status = await reader.read(flags.runId);
@@ -253,6 +256,18 @@ async function waitForEnd(
           flags.json,
         );
         return counts.failed + counts.unknown > 0 ? ExitStatus.Failed : ExitStatus.Ok;
+      }
+      // Pending charges and not one job on the queue: no worker can end them. Said after a grace
+      // (an enqueue may be adding its jobs right now), with what to run.
+      const { waiting, active, delayed } = status.queue;
+      if (waiting + active + delayed > 0 || status.stoppedBecause !== undefined) stuckSince = now;
+      else if (now - stuckSince >= STUCK_MS) {
+        display.finish();
+        printStatus(status, flags.json);
+        process.stderr.write(
+          `bulkbill: nothing can make progress: ${number.format(counts.pending)} charges of run ${run.runId} are pending and no job is queued for any worker${status.workers.length === 0 ? ' (and no worker is live)' : ''}. Queue them again (the same idempotency keys; nobody is charged twice): bulkbill enqueue <input> --redis … --run-id ${run.runId}, then start a worker: bulkbill worker --redis … --endpoint …\n`,
+        );
+        return ExitStatus.Failed;
       }
       if (status.stoppedBecause !== undefined && status.workers.length === 0) {
         display.finish();

@@ -172,6 +172,35 @@ describe('bulkbill enqueue, run --redis and worker checks (end to end)', () => {
     expect(status.queue).toEqual({ waiting: 0, active: 0, delayed: 0 });
   });
 
+  it('enqueue without --run-id on a Redis that keeps nothing on disk is refused; with one it queues', async () => {
+    const input = await writeCsvInput(join(ws.dir, 'named.csv'), plainUsers(5));
+    const refused = await runCli(['enqueue', input, ...placeFlags(place)]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/keeps nothing on disk .*--run-id.*appendonly yes/s);
+    expect(await keysUnder(place.prefix)).toEqual([]);
+    const named = await runCli(['enqueue', input, ...placeFlags(place), '--run-id', 'c-named']);
+    expect(named.code, named.stderr).toBe(0);
+    expect(named.stdout.trim()).toBe('c-named');
+  });
+
+  it('status --wait says when nothing can make progress (pending charges, no job queued) and what to run', async () => {
+    const input = await writeCsvInput(join(ws.dir, 'lost.csv'), plainUsers(8));
+    const enqueued = await runCli(['enqueue', input, ...placeFlags(place), '--run-id', 'c-lost']);
+    expect(enqueued.code, enqueued.stderr).toBe(0);
+    // The jobs are lost (a Redis restored from an older snapshot, a flushed queue): the ledger
+    // still holds every charge pending.
+    await queue().drain(true);
+    const started = performance.now();
+    const waited = await runCli([
+      ...['status', ...placeFlags(place), '--run-id', 'c-lost', '--wait'],
+    ]);
+    expect(waited.code).toBe(1);
+    expect(waited.stderr).toMatch(
+      /nothing can make progress: 8 charges of run c-lost are pending and no job is queued .*bulkbill enqueue <input> --redis … --run-id c-lost/,
+    );
+    expect(performance.now() - started).toBeLessThan(25_000);
+  }, 40_000);
+
   it('a worker warns when Redis keeps nothing on disk (and only then)', async () => {
     const [, appendonly] = (await redisAdmin().config('GET', 'appendonly')) as string[];
     const [, save] = (await redisAdmin().config('GET', 'save')) as string[];
