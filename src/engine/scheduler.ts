@@ -401,6 +401,7 @@ export class Scheduler {
       latencyMs,
       chargeId: result?.kind === 'charged' ? result.chargeId : undefined,
       error: reason,
+      firstAttemptAt: charge.firstAttemptAt,
     });
   }
 
@@ -415,6 +416,7 @@ export class Scheduler {
       latencyMs,
       chargeId: undefined,
       error: 'reason' in result ? result.reason : undefined,
+      firstAttemptAt: charge.firstAttemptAt,
     });
   }
 

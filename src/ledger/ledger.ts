@@ -100,6 +100,8 @@ export interface ChargeOutcome {
   readonly latencyMs: number | undefined;
   readonly chargeId: string | undefined;
   readonly error: string | undefined;
+  /** When its first attempt was started (epoch ms), as the engine knows it; kept if already set. */
+  readonly firstAttemptAt?: number | undefined;
 }
 
 /** A row for the import: a charge, or an invalid row (recorded only with --skip-invalid). */

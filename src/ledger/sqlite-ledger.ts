@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS charges (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS charges_by_user ON charges (run_id, user_id)
   WHERE state <> 'invalid';
+CREATE TABLE IF NOT EXISTS attempt_starts (
+  id     INTEGER PRIMARY KEY,
+  run_id TEXT NOT NULL,
+  starts TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempt_starts_by_run ON attempt_starts (run_id);
 `;
 
 // Columns added since the first ledgers were written: a ledger of an older bulkbill gains them.
@@ -83,7 +89,9 @@ const ADDED_COLUMNS: ReadonlyArray<[table: string, column: string, definition: s
   ['run_owners', 'beat', 'INTEGER NOT NULL DEFAULT 0'],
   ['runs', 'credentials', "TEXT NOT NULL DEFAULT ''"],
 ];
-// A charge no later write may change: the provider has settled it.
+// A charge no later write may change: the provider has settled it. (Statements that find a row by
+// user also say `state <> 'invalid'` in so many words: only then does SQLite use the partial
+// index charges_by_user; `NOT IN` or `= 'pending'` alone make each write a scan of the run.)
 const SETTLED = `('invalid', 'charged', 'declined')`;
 const PAGE = 1_000;
 /** A claim not renewed for this long is taken over, whichever host made it (a killed container). */
@@ -216,8 +224,8 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
  * written in one transaction every `flushIntervalMs` or `batchSize` outcomes, so a charge costs a
  * fraction of a commit. An outcome lost in a crash before its commit only means the charge is
  * attempted again with the same idempotency key, which the provider answers with a replay. The
- * start of every attempt is committed before its request leaves (startAttempts, grouped by the
- * engine), with the outcomes buffered before it.
+ * start of every attempt is committed before its request leaves (startAttempts, one log row per
+ * group the engine sends together).
  */
 export class SqliteLedger implements Ledger {
   readonly #db: Database.Database;
@@ -231,6 +239,8 @@ export class SqliteLedger implements Ledger {
   #importing: Promise<RunRecord> | undefined;
   /** Claims this process holds, renewed every CLAIM_BEAT_MS. */
   readonly #claims = new Set<string>();
+  /** Per run, the charges whose start is logged and whose outcome was not recorded yet. */
+  readonly #started = new Map<string, Set<string>>();
   #beat: NodeJS.Timeout | undefined;
   readonly #statements;
 
@@ -281,12 +291,24 @@ export class SqliteLedger implements Ledger {
       ),
       update: db.prepare(
         `UPDATE charges SET state = ?, attempts = ?, ambiguous = ?, http_status = ?, latency_ms = ?,
-           charge_id = ?, error = ?, open = 0
-         WHERE run_id = ? AND user_id = ? AND state NOT IN ${SETTLED}`,
+           charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?)
+         WHERE run_id = ? AND user_id = ? AND state <> 'invalid' AND state NOT IN ${SETTLED}`,
       ),
-      start: db.prepare(
-        `UPDATE charges SET attempts = ?, ambiguous = ?, open = 1, first_at = coalesce(first_at, ?)
-         WHERE run_id = ? AND user_id = ? AND state = 'pending'`,
+      // Which of a JSON list of user ids are pending, by their place in the list: one statement.
+      pendingOf: db
+        .prepare<[string, string], number>(
+          `SELECT j.key FROM json_each(?) AS j WHERE EXISTS (SELECT 1 FROM charges AS c
+             WHERE c.run_id = ? AND c.user_id = j.value AND c.state <> 'invalid' AND c.state = 'pending')`,
+        )
+        .pluck(),
+      logStarts: db.prepare('INSERT INTO attempt_starts (run_id, starts) VALUES (?, ?)'),
+      loggedStarts: db.prepare<[string], { starts: string }>(
+        'SELECT starts FROM attempt_starts WHERE run_id = ? ORDER BY id',
+      ),
+      dropStarts: db.prepare('DELETE FROM attempt_starts WHERE run_id = ?'),
+      foldStart: db.prepare(
+        `UPDATE charges SET open = 1, attempts = max(attempts, ?), first_at = coalesce(first_at, ?)
+         WHERE run_id = ? AND user_id = ? AND state <> 'invalid' AND state = 'pending'`,
       ),
       reopen: db.prepare(
         `UPDATE charges SET state = 'pending', budget_from = attempts
@@ -327,9 +349,10 @@ export class SqliteLedger implements Ledger {
         'SELECT credentials FROM runs WHERE run_id = ?',
       ),
       setCredentials: db.prepare('UPDATE runs SET credentials = ? WHERE run_id = ?'),
-      attempted: db.prepare<[string], { one: number }>(
+      attempted: db.prepare<[string, string], { one: number }>(
         `SELECT 1 AS one FROM charges WHERE run_id = ? AND (attempts > 0 OR open = 1
-           OR state IN ('charged', 'declined', 'failed', 'unknown')) LIMIT 1`,
+           OR state IN ('charged', 'declined', 'failed', 'unknown'))
+         UNION ALL SELECT 1 FROM attempt_starts WHERE run_id = ? LIMIT 1`,
       ),
     };
   }
@@ -558,34 +581,53 @@ export class SqliteLedger implements Ledger {
     }));
   }
 
+  /**
+   * Logs the attempts about to be sent: one row per call (a JSON list) in attempt_starts, one
+   * commit, instead of a write to each charge's row, so the start before each request costs little
+   * at thousands of charges a second. The charges' rows learn of a start from its outcome; a start
+   * left in the log by a process that died is folded into its charge when the run is claimed
+   * next (foldStarts): the charge then shows the attempt counted and open, so ambiguous. A
+   * process's log rows are deleted once every start in them has its outcome committed.
+   */
   async startAttempts(runId: string, starts: readonly AttemptStart[]): Promise<boolean[]> {
     if (starts.length === 0) return [];
     await this.#importDone();
     this.#throwBackgroundError();
-    const { start, update } = this.#statements;
-    return this.#busyRetry(() => {
-      // The outcomes recorded before these starts go first, in the same transaction: an attempt's
-      // start must never be overwritten by an older outcome.
-      const batch = this.#takeBuffer();
-      try {
-        return this.#db.transaction(() => {
-          this.#writeOutcomes(batch, update);
-          return starts.map(
-            (attempt) =>
-              start.run(
-                attempt.attempts,
-                attempt.ambiguous ? 1 : 0,
-                attempt.at,
-                runId,
-                attempt.userId,
-              ).changes > 0,
-          );
-        })();
-      } catch (error) {
-        this.#buffer.unshift(...batch);
-        throw error;
+    const { pendingOf, logStarts } = this.#statements;
+    const recorded = new Array<boolean>(starts.length).fill(false);
+    const ids = JSON.stringify(starts.map((start) => start.userId));
+    for (const index of pendingOf.all(ids, runId)) recorded[index] = true;
+    // The log row: [[user id, attempts, epoch ms], …] of the pending ones.
+    const logged: Array<[string, number, number]> = [];
+    starts.forEach((start, index) => {
+      if (recorded[index]) logged.push([start.userId, start.attempts, start.at]);
+    });
+    if (logged.length === 0) return recorded;
+    const text = JSON.stringify(logged);
+    await this.#busyRetry(() => logStarts.run(runId, text), 'record attempts');
+    let open = this.#started.get(runId);
+    if (open === undefined) {
+      open = new Set();
+      this.#started.set(runId, open);
+    }
+    for (const [userId] of logged) open.add(userId);
+    return recorded;
+  }
+
+  /** Folds the starts a dead process left in the log into their charges (see startAttempts). */
+  #foldStarts(runId: string): void {
+    if ((this.#started.get(runId)?.size ?? 0) > 0) return;
+    const { loggedStarts, foldStart, dropStarts } = this.#statements;
+    this.#db.transaction(() => {
+      for (const { starts } of loggedStarts.all(runId)) {
+        for (const [userId, attempts, at] of JSON.parse(starts) as Array<
+          [string, number, number]
+        >) {
+          foldStart.run(attempts, at, runId, userId);
+        }
       }
-    }, 'record attempts');
+      dropStarts.run(runId);
+    })();
   }
 
   async reopenEnded(runId: string): Promise<number> {
@@ -598,6 +640,7 @@ export class SqliteLedger implements Ledger {
 
   record(runId: string, outcome: ChargeOutcome): void {
     this.#buffer.push([runId, outcome]);
+    this.#started.get(runId)?.delete(outcome.userId);
     if (this.#buffer.length >= this.#batchSize && !this.#importing) this.#commitInBackground();
     else this.#timer ??= setTimeout(() => this.#commitInBackground(), this.#flushIntervalMs);
   }
@@ -666,6 +709,8 @@ export class SqliteLedger implements Ledger {
           .immediate(),
       'claim the run',
     );
+    // Starts a process that died left behind: their charges may have reached the provider.
+    await this.#busyRetry(() => this.#foldStarts(runId), 'fold attempts left by a crash');
     this.#claims.add(runId);
     this.#beat ??= setInterval(() => this.#renewClaims(), CLAIM_BEAT_MS);
     this.#beat.unref();
@@ -723,7 +768,7 @@ export class SqliteLedger implements Ledger {
           .transaction(() => {
             const current = credentials.get(runId)?.credentials ?? '';
             if (current === fingerprint) return 'same' as const;
-            if (current !== '' && attempted.get(runId)) return 'other' as const;
+            if (current !== '' && attempted.get(runId, runId)) return 'other' as const;
             setCredentials.run(fingerprint, runId);
             return current === '' ? ('bound' as const) : ('rebound' as const);
           })
@@ -817,8 +862,18 @@ export class SqliteLedger implements Ledger {
     // the import commits them when it ends.
     if (this.#buffer.length === 0 || this.#importing) return;
     const batch = this.#takeBuffer();
+    // Runs whose every logged start has its outcome in this batch or an earlier one: their log
+    // rows go in the same transaction.
+    const settled: string[] = [];
+    for (const [runId, open] of this.#started) if (open.size === 0) settled.push(runId);
     try {
-      this.#db.transaction(() => this.#writeOutcomes(batch, this.#statements.update))();
+      this.#db.transaction(() => {
+        this.#writeOutcomes(batch, this.#statements.update);
+        for (const runId of settled) this.#statements.dropStarts.run(runId);
+      })();
+      for (const runId of settled) {
+        if (this.#started.get(runId)?.size === 0) this.#started.delete(runId);
+      }
     } catch (error) {
       // Nothing of the batch was written (one transaction): keep it for the next attempt.
       this.#buffer.unshift(...batch);
@@ -836,6 +891,7 @@ export class SqliteLedger implements Ledger {
         outcome.latencyMs === undefined ? null : Math.round(outcome.latencyMs),
         outcome.chargeId ?? null,
         outcome.error ?? null,
+        outcome.firstAttemptAt ?? null,
         runId,
         outcome.userId,
       );

@@ -806,7 +806,7 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
     });
 
     describe('attempts are ledger facts', () => {
-      it('records an attempt before it is sent: attempts, ambiguity, an open attempt and the first time', async () => {
+      it('records an attempt before it is sent: a process taking the run over sees it counted, open, with its first time', async () => {
         const ledger = await open({ flushIntervalMs: 60_000 });
         await create(ledger, 'r1', rows(3));
         expect(
@@ -816,9 +816,10 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
             { userId: 'nobody', attempts: 1, ambiguous: false, at: 1_000 },
           ]),
         ).toEqual([true, true, false]);
-        // Read from another ledger on the same storage: the start is durable, not buffered.
-        const reader = await open();
-        const [u1, u2] = await reader.pendingCharges('r1', 0, 2);
+        // The process dies here (its ledger is never used again): another takes the run over.
+        const next = await open();
+        await next.claimRun('r1');
+        const [u1, u2, u3] = await next.pendingCharges('r1', 0, 3);
         // A start with no outcome after it was cut off: it may have reached the provider.
         expect(u1).toMatchObject({
           userId: 'u1',
@@ -827,34 +828,24 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
           firstAttemptAt: 1_000,
         });
         expect(u2).toMatchObject({ attempts: 1, ambiguous: true });
+        expect(u3).toMatchObject({ attempts: 0, ambiguous: false, firstAttemptAt: undefined });
 
-        // The attempt ends, uncounted (throttled): the outcome closes it and lowers the count.
-        ledger.record('r1', outcome('u1', { state: 'pending', attempts: 0, ambiguous: false }));
-        // The next start commits that outcome first, then itself; the first time is kept.
-        await ledger.startAttempts('r1', [
-          { userId: 'u1', attempts: 1, ambiguous: false, at: 9_000 },
-        ]);
-        expect(await reader.charge('r1', 'u1')).toMatchObject({
-          state: 'pending',
-          attempts: 1,
-          ambiguous: true,
-          firstAttemptAt: 1_000,
-        });
-        ledger.record('r1', outcome('u1', { attempts: 1 }));
-        await ledger.flush();
+        // Its next attempt is charged: the outcome closes it and keeps the first time.
+        await next.startAttempts('r1', [{ userId: 'u1', attempts: 2, ambiguous: true, at: 9_000 }]);
+        next.record('r1', outcome('u1', { attempts: 2, ambiguous: true, firstAttemptAt: 1_000 }));
+        await next.flush();
+        const reader = await open();
         expect(await reader.charge('r1', 'u1')).toMatchObject({
           state: 'charged',
-          attempts: 1,
-          ambiguous: false,
+          attempts: 2,
+          ambiguous: true,
           firstAttemptAt: 1_000,
         });
         // A settled charge is never started again.
         expect(
-          await ledger.startAttempts('r1', [
-            { userId: 'u1', attempts: 2, ambiguous: false, at: 1 },
-          ]),
+          await next.startAttempts('r1', [{ userId: 'u1', attempts: 3, ambiguous: false, at: 1 }]),
         ).toEqual([false]);
-        expect((await reader.charge('r1', 'u1'))?.attempts).toBe(1);
+        expect((await reader.charge('r1', 'u1'))?.attempts).toBe(2);
       });
 
       it('never moves a charge out of charged or declined: a late or stale outcome loses', async () => {
