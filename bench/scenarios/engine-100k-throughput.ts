@@ -14,8 +14,11 @@ import type { BenchSettings, ScenarioReport, Verdict } from '../lib/report.js';
 export const ENGINE_100K_THROUGHPUT = 'engine-100k-throughput';
 
 const CONCURRENCY = 256;
-/** The issue's target: durability nearly free, the engine at least 60% of the bare loop's charges/s. */
-const TARGET_RATIO = 0.6;
+/**
+ * The target (issue 8): attempts recorded before they are sent, and still at least 90% of the bare
+ * loop's charges/s at zero latency, in one run.
+ */
+const TARGET_RATIO = 0.9;
 
 export interface Engine100kThroughputRaw {
   readonly users: number;

@@ -95,6 +95,8 @@ export async function demoCommand(flags: DemoFlags): Promise<number> {
     const status = await runCommand(input, {
       endpoint: `${provider.url}/charge`,
       runId,
+      // Every demo is a cycle of its own against a fresh mock, whatever an earlier one left.
+      newCycle: true,
       concurrency: flags.concurrency,
       ledger: 'bulkbill-demo.db',
       report: `${runId}.report.csv`,

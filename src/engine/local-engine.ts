@@ -388,12 +388,15 @@ export async function bindCredentials(
   runId: string,
   fingerprintOf: (seen: string) => string,
 ): Promise<string> {
-  const seen = await ledger.credentials(runId);
-  const mine = fingerprintOf(seen);
-  if ((await ledger.bindCredentials(runId, mine)) === 'other') {
-    throw new BulkbillError(ErrorCode.Usage, otherCredentials(runId));
+  // Two processes binding at once make their fingerprints with salts of their own: the one that
+  // finds the run bound meanwhile reads it again and makes its fingerprint with that salt.
+  for (;;) {
+    const seen = await ledger.credentials(runId);
+    const mine = fingerprintOf(seen);
+    const bound = await ledger.bindCredentials(runId, mine, seen);
+    if (bound === 'other') throw new BulkbillError(ErrorCode.Usage, otherCredentials(runId));
+    if (bound !== 'changed') return mine;
   }
-  return mine;
 }
 
 /** Fails with a usage error when `path` cannot be created or written. */

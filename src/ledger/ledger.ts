@@ -224,12 +224,15 @@ export interface Ledger {
    * Binds the run to a credentials fingerprint (provider/credentials.ts; never a secret), made
    * with the salt of what credentials() returned: `bound` when it had none, `same` when it is
    * this one, `rebound` when it had another but no charge was ever attempted (a wrong token
-   * stopped it at once), `other` when the run was billed with other credentials: refuse it.
+   * stopped it at once), `other` when the run was billed with other credentials: refuse it;
+   * `changed` when it no longer holds `seen` (another process bound it meanwhile, with its own
+   * salt): read it again and retry. `fingerprint` is made with the salt of `seen`.
    */
   bindCredentials(
     runId: string,
     fingerprint: string,
-  ): Promise<'bound' | 'same' | 'rebound' | 'other'>;
+    seen: string,
+  ): Promise<'bound' | 'same' | 'rebound' | 'other' | 'changed'>;
   close(): Promise<void>;
 }
 

@@ -891,13 +891,14 @@ export class RedisLedger implements Ledger {
   async bindCredentials(
     runId: string,
     fingerprint: string,
-  ): Promise<'bound' | 'same' | 'rebound' | 'other'> {
+    seen: string,
+  ): Promise<'bound' | 'same' | 'rebound' | 'other' | 'changed'> {
     const keys = this.#runKeys(runId);
     return (await this.#eval(
       BIND_CREDENTIALS,
       [keys.credentials, keys.attempted],
-      [fingerprint],
-    )) as 'bound' | 'same' | 'rebound' | 'other';
+      [fingerprint, seen],
+    )) as 'bound' | 'same' | 'rebound' | 'other' | 'changed';
   }
 
   async close(): Promise<void> {

@@ -480,11 +480,13 @@ return out
 /**
  * Binds a run to a credentials fingerprint: when it has none, or another but no charge of it was
  * ever attempted (no attempt counted or left open: a wrong token's 401s count none). KEYS:
- * credentials, attempts. ARGV: fingerprint. Returns 'bound' | 'same' | 'rebound' | 'other'.
+ * credentials, attempts. ARGV: fingerprint, the value the caller read ('' none). Returns 'bound'
+ * | 'same' | 'rebound' | 'other', or 'changed' when the key no longer holds what the caller read.
  */
 export const BIND_CREDENTIALS = new LuaScript(`
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then return 'same' end
+if (current or '') ~= ARGV[2] then return 'changed' end
 local open = tonumber(redis.call('HGET', KEYS[2], 'open') or '0')
 if current and (open > 0 or redis.call('HEXISTS', KEYS[2], 'real') == 1) then return 'other' end
 redis.call('SET', KEYS[1], ARGV[1])

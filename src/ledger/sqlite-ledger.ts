@@ -239,8 +239,12 @@ export class SqliteLedger implements Ledger {
   #importing: Promise<RunRecord> | undefined;
   /** Claims this process holds, renewed every CLAIM_BEAT_MS. */
   readonly #claims = new Set<string>();
-  /** Per run, the charges whose start is logged and whose outcome was not recorded yet. */
-  readonly #started = new Map<string, Set<string>>();
+  /** Per run, the charges whose start is logged and whose outcome was not recorded: their log row. */
+  readonly #started = new Map<string, Map<string, number>>();
+  /** Log rows with starts still waiting for their outcome: how many. */
+  readonly #rowsLeft = new Map<number, number>();
+  /** Log rows whose every start has its outcome recorded: deleted with the next commit of them. */
+  #droppable: number[] = [];
   #beat: NodeJS.Timeout | undefined;
   readonly #statements;
 
@@ -269,6 +273,11 @@ export class SqliteLedger implements Ledger {
       ),
       held: db.prepare<[string, string], HeldCharge>(
         "SELECT line, amount, currency, state FROM charges WHERE run_id = ? AND user_id = ? AND state <> 'invalid'",
+      ),
+      // The valid rows of a JSON list of user ids, in one statement (a batch of the input).
+      heldOf: db.prepare<[string, string], HeldCharge & { user_id: string }>(
+        `SELECT c.user_id, c.line, c.amount, c.currency, c.state FROM json_each(?) AS j
+         JOIN charges AS c ON c.run_id = ? AND c.user_id = j.value AND c.state <> 'invalid'`,
       ),
       maxSeq: db.prepare<[string], { seq: number | null }>(
         'SELECT max(seq) AS seq FROM charges WHERE run_id = ?',
@@ -306,6 +315,7 @@ export class SqliteLedger implements Ledger {
         'SELECT starts FROM attempt_starts WHERE run_id = ? ORDER BY id',
       ),
       dropStarts: db.prepare('DELETE FROM attempt_starts WHERE run_id = ?'),
+      dropStart: db.prepare('DELETE FROM attempt_starts WHERE id = ?'),
       foldStart: db.prepare(
         `UPDATE charges SET open = 1, attempts = max(attempts, ?), first_at = coalesce(first_at, ?)
          WHERE run_id = ? AND user_id = ? AND state <> 'invalid' AND state = 'pending'`,
@@ -386,10 +396,14 @@ export class SqliteLedger implements Ledger {
 
   async heldCharges(runId: string, userIds: readonly string[]): Promise<Map<string, HeldCharge>> {
     const held = new Map<string, HeldCharge>();
-    const { held: statement } = this.#statements;
-    for (const userId of userIds) {
-      const row = statement.get(runId, userId);
-      if (row) held.set(userId, row);
+    if (userIds.length === 0) return held;
+    for (const row of this.#statements.heldOf.all(JSON.stringify(userIds), runId)) {
+      held.set(row.user_id, {
+        line: row.line,
+        amount: row.amount,
+        currency: row.currency,
+        state: row.state,
+      });
     }
     return held;
   }
@@ -586,8 +600,8 @@ export class SqliteLedger implements Ledger {
    * commit, instead of a write to each charge's row, so the start before each request costs little
    * at thousands of charges a second. The charges' rows learn of a start from its outcome; a start
    * left in the log by a process that died is folded into its charge when the run is claimed
-   * next (foldStarts): the charge then shows the attempt counted and open, so ambiguous. A
-   * process's log rows are deleted once every start in them has its outcome committed.
+   * next (foldStarts): the charge then shows the attempt counted and open, so ambiguous. A log
+   * row is deleted in the commit that holds the last outcome of its starts.
    */
   async startAttempts(runId: string, starts: readonly AttemptStart[]): Promise<boolean[]> {
     if (starts.length === 0) return [];
@@ -604,18 +618,39 @@ export class SqliteLedger implements Ledger {
     });
     if (logged.length === 0) return recorded;
     const text = JSON.stringify(logged);
-    await this.#busyRetry(() => logStarts.run(runId, text), 'record attempts');
+    const row = Number(
+      (await this.#busyRetry(() => logStarts.run(runId, text), 'record attempts')).lastInsertRowid,
+    );
     let open = this.#started.get(runId);
     if (open === undefined) {
-      open = new Set();
+      open = new Map();
       this.#started.set(runId, open);
     }
-    for (const [userId] of logged) open.add(userId);
+    this.#rowsLeft.set(row, logged.length);
+    for (const [userId] of logged) {
+      this.#closeStart(open, userId);
+      open.set(userId, row);
+    }
     return recorded;
+  }
+
+  /** The outcome of a logged start is recorded: its log row may go once all of its have. */
+  #closeStart(open: Map<string, number> | undefined, userId: string): void {
+    const row = open?.get(userId);
+    if (row === undefined) return;
+    open?.delete(userId);
+    const left = (this.#rowsLeft.get(row) ?? 1) - 1;
+    if (left > 0) {
+      this.#rowsLeft.set(row, left);
+    } else {
+      this.#rowsLeft.delete(row);
+      this.#droppable.push(row);
+    }
   }
 
   /** Folds the starts a dead process left in the log into their charges (see startAttempts). */
   #foldStarts(runId: string): void {
+    // This process's own starts still waiting for outcomes are not a dead process's.
     if ((this.#started.get(runId)?.size ?? 0) > 0) return;
     const { loggedStarts, foldStart, dropStarts } = this.#statements;
     this.#db.transaction(() => {
@@ -640,7 +675,7 @@ export class SqliteLedger implements Ledger {
 
   record(runId: string, outcome: ChargeOutcome): void {
     this.#buffer.push([runId, outcome]);
-    this.#started.get(runId)?.delete(outcome.userId);
+    this.#closeStart(this.#started.get(runId), outcome.userId);
     if (this.#buffer.length >= this.#batchSize && !this.#importing) this.#commitInBackground();
     else this.#timer ??= setTimeout(() => this.#commitInBackground(), this.#flushIntervalMs);
   }
@@ -760,7 +795,8 @@ export class SqliteLedger implements Ledger {
   async bindCredentials(
     runId: string,
     fingerprint: string,
-  ): Promise<'bound' | 'same' | 'rebound' | 'other'> {
+    seen: string,
+  ): Promise<'bound' | 'same' | 'rebound' | 'other' | 'changed'> {
     const { credentials, setCredentials, attempted } = this.#statements;
     return this.#busyRetry(
       () =>
@@ -768,6 +804,7 @@ export class SqliteLedger implements Ledger {
           .transaction(() => {
             const current = credentials.get(runId)?.credentials ?? '';
             if (current === fingerprint) return 'same' as const;
+            if (current !== seen) return 'changed' as const;
             if (current !== '' && attempted.get(runId, runId)) return 'other' as const;
             setCredentials.run(fingerprint, runId);
             return current === '' ? ('bound' as const) : ('rebound' as const);
@@ -862,21 +899,18 @@ export class SqliteLedger implements Ledger {
     // the import commits them when it ends.
     if (this.#buffer.length === 0 || this.#importing) return;
     const batch = this.#takeBuffer();
-    // Runs whose every logged start has its outcome in this batch or an earlier one: their log
-    // rows go in the same transaction.
-    const settled: string[] = [];
-    for (const [runId, open] of this.#started) if (open.size === 0) settled.push(runId);
+    // Log rows whose every start has its outcome in this batch or an earlier one go with it.
+    const dropped = this.#droppable;
+    this.#droppable = [];
     try {
       this.#db.transaction(() => {
         this.#writeOutcomes(batch, this.#statements.update);
-        for (const runId of settled) this.#statements.dropStarts.run(runId);
+        for (const row of dropped) this.#statements.dropStart.run(row);
       })();
-      for (const runId of settled) {
-        if (this.#started.get(runId)?.size === 0) this.#started.delete(runId);
-      }
     } catch (error) {
       // Nothing of the batch was written (one transaction): keep it for the next attempt.
       this.#buffer.unshift(...batch);
+      this.#droppable = dropped.concat(this.#droppable);
       throw error;
     }
   }

@@ -1,7 +1,10 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
+import { bindCredentials } from '../../src/engine/local-engine.js';
 import type { ChargeOutcome, ChargeRecord, ImportRow, Ledger } from '../../src/ledger/ledger.js';
+import { credentialsFingerprint, fingerprintSalt } from '../../src/provider/credentials.js';
 import { batchesOf, create, heldImport, row, rows, runOf } from '../helpers/ledger-rows.js';
 
 /** The two tuning options every ledger takes. */
@@ -898,13 +901,40 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         const ledger = await open();
         await create(ledger, 'r1', rows(2));
         expect(await ledger.credentials('r1')).toBe('');
-        expect(await ledger.bindCredentials('r1', 'v1:s:aaa')).toBe('bound');
-        expect(await ledger.bindCredentials('r1', 'v1:s:aaa')).toBe('same');
+        expect(await ledger.bindCredentials('r1', 'v1:s:aaa', '')).toBe('bound');
+        expect(await ledger.bindCredentials('r1', 'v1:s:aaa', 'v1:s:aaa')).toBe('same');
+        // Another process bound it since this one read it (with a salt of its own): read again.
+        expect(await ledger.bindCredentials('r1', 'v1:t:zzz', '')).toBe('changed');
         // Nothing attempted yet (a wrong token stopped the run at once): the right one may bind.
-        expect(await ledger.bindCredentials('r1', 'v1:s:bbb')).toBe('rebound');
+        expect(await ledger.bindCredentials('r1', 'v1:s:bbb', 'v1:s:aaa')).toBe('rebound');
         await ledger.startAttempts('r1', [{ userId: 'u1', attempts: 1, ambiguous: false, at: 1 }]);
-        expect(await ledger.bindCredentials('r1', 'v1:s:ccc')).toBe('other');
+        expect(await ledger.bindCredentials('r1', 'v1:s:ccc', 'v1:s:bbb')).toBe('other');
         expect(await (await open()).credentials('r1')).toBe('v1:s:bbb');
+      });
+    });
+
+    describe('credentials, bound by processes at once', () => {
+      it('agrees on one fingerprint when several processes with the same credentials bind at once', async () => {
+        const ledgers = [await open(), await open(), await open(), await open()];
+        await create(ledgers[0] as Ledger, 'r1', rows(2));
+        const headers = [{ name: 'Authorization', value: 'Bearer sk_same', sensitive: true }];
+        // Each makes its fingerprint with a fresh salt when it finds the run unbound.
+        const fingerprintOf = (seen: string) =>
+          credentialsFingerprint(headers, fingerprintSalt(seen) ?? randomBytes(8).toString('hex'));
+        const bound = await Promise.all(
+          ledgers.map((ledger) => bindCredentials(ledger, 'r1', fingerprintOf)),
+        );
+        expect(new Set(bound).size).toBe(1);
+        expect(await (ledgers[0] as Ledger).credentials('r1')).toBe(bound[0]);
+        await (ledgers[1] as Ledger).startAttempts('r1', [
+          { userId: 'u1', attempts: 1, ambiguous: false, at: 1 },
+        ]);
+        const other = [{ name: 'Authorization', value: 'Bearer sk_other', sensitive: true }];
+        await expect(
+          bindCredentials(ledgers[2] as Ledger, 'r1', (seen) =>
+            credentialsFingerprint(other, fingerprintSalt(seen)),
+          ),
+        ).rejects.toThrow(/run r1 was billed with other credentials/);
       });
     });
 

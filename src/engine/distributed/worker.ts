@@ -9,9 +9,10 @@ import { systemClock } from '../../domain/clock.js';
 import { BulkbillError } from '../../domain/errors.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
-import { type ChargeOutcome, otherCredentials } from '../../ledger/ledger.js';
+import type { ChargeOutcome } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { LatencyLog } from '../latency-log.js';
+import { bindCredentials } from '../local-engine.js';
 import { endpointMismatch } from '../run-choice.js';
 import type { ChargeSender } from '../scheduler.js';
 import { closeRedis } from './connection.js';
@@ -328,11 +329,13 @@ export class BillingWorker {
         }
         const fingerprintOf = this.#options.credentials;
         if (fingerprintOf === undefined) return undefined;
-        const mine = fingerprintOf(await this.#ledger.credentials(runId));
-        if ((await this.#ledger.bindCredentials(runId, mine)) === 'other') {
-          return otherCredentials(runId);
+        try {
+          this.#fingerprints.set(runId, await bindCredentials(this.#ledger, runId, fingerprintOf));
+        } catch (error) {
+          if (error instanceof BulkbillError && error.code === 'BULKBILL_USAGE')
+            return error.message;
+          throw error;
         }
-        this.#fingerprints.set(runId, mine);
         return undefined;
       })();
       this.#runs.set(runId, checked);
