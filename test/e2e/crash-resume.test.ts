@@ -18,7 +18,7 @@ import {
 import { runCli, spawnCli } from '../helpers/cli.js';
 
 // `kill -9` and Ctrl-C on the real CLI mid-run, then the same command again: it must find the
-// unfinished run by the input's hash and finish it with the same keys, charging nobody twice.
+// unfinished run by the input and finish it with the same keys, charging nobody twice.
 
 const ws = useCliWorkspace('bulkbill-e2e-crash-');
 const provider = (options?: MockProviderOptions) => ws.provider(options);
@@ -83,7 +83,11 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
         reportPath: ws.report,
         userIds: rows.map((row) => row.userId),
       });
-      expect(second.code, second.stderr).toBe(expectedExitStatus(byUser.values()));
+      // Ten attempts against 2% failures and 1% lost answers, and the attempts the kill cut off
+      // settled by replays: everyone ends charged, so exactly 0, not whatever the report says.
+      expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
+      expect(second.code, second.stderr).toBe(0);
+      expect(expectedExitStatus(byUser.values())).toBe(0);
     },
     60_000,
   );
