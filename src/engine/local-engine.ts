@@ -232,6 +232,8 @@ export async function bill(
       endpointLabel: label('endpoint'),
     });
     const endpoint = client.endpoint;
+    const sending = client;
+    const fingerprintOf = (seen: string) => sending.credentials(seen);
     const choice = await settleRun(
       ledger,
       {
@@ -248,9 +250,7 @@ export async function bill(
       {
         checkRun: async (run) => {
           if (run.endpoint !== endpoint) throw endpointMismatch(run, endpoint);
-          await bindCredentials(ledger, run.runId, (seen) =>
-            (client as ProviderClient).credentials(seen),
-          );
+          await bindCredentials(ledger, run.runId, fingerprintOf);
         },
         claim: async (run) => {
           await ledger.claimRun(run.runId);
@@ -260,9 +260,7 @@ export async function bill(
     );
     const { importMs } = choice;
     if (choice.how === 'created') {
-      await bindCredentials(ledger, choice.run.runId, (seen) =>
-        (client as ProviderClient).credentials(seen),
-      );
+      await bindCredentials(ledger, choice.run.runId, fingerprintOf);
     }
     const { run } = choice;
     // Found before anyone is charged, not after everyone was.

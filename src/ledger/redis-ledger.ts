@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import { BulkbillError, describeValue, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
+import { CLAIM_BEAT_MS, processIsAlive, type RunClaim, refuseLiveClaim } from './claims.js';
 import {
   type AttemptStart,
   type ChargeOutcome,
@@ -18,7 +19,6 @@ import {
   type RunRecord,
   type StateCounts,
 } from './ledger.js';
-import { processIsAlive } from './process-alive.js';
 import {
   BEGIN_EXTEND,
   BEGIN_IMPORT,
@@ -98,17 +98,7 @@ interface StoredRun {
   readonly importing?: { readonly token: string; readonly pid: number; readonly host: string };
 }
 
-interface Claim {
-  readonly pid: number;
-  readonly host: string;
-  readonly since: string;
-  /** Epoch ms of its last renewal (absent in claims written before leases). */
-  readonly beat?: number;
-}
-
-/** A claim not renewed for this long is taken over, whichever host made it. */
-const CLAIM_LEASE_MS = 30_000;
-const CLAIM_BEAT_MS = 5_000;
+type Claim = RunClaim;
 
 // Text fields are escaped so that a stored value can be split on `|`: `\` → `\\`, `|` → `\p`.
 // Optional text tells undefined (nothing) from '' (`\-`).
@@ -754,20 +744,7 @@ export class RedisLedger implements Ledger {
     // Compare-and-set: two processes claiming at once cannot both see the run free.
     for (;;) {
       const current = await this.#call(() => this.#redis.get(key));
-      if (current !== null) {
-        const holder = JSON.parse(current) as Claim;
-        if (!(holder.pid === me.pid && holder.host === me.host)) {
-          // A claim is a lease, renewed while its process lives: one of this host whose process is
-          // gone, or one not renewed for CLAIM_LEASE_MS (a killed container), is free.
-          const fresh = Date.now() - (holder.beat ?? 0) < CLAIM_LEASE_MS;
-          if (holder.host === me.host ? processIsAlive(holder.pid) && fresh : fresh) {
-            throw new BulkbillError(
-              ErrorCode.Usage,
-              `run ${runId} is being billed by process ${holder.pid} on ${holder.host} since ${holder.since}; wait for it to end or stop it, then run again (a claim not renewed for ${CLAIM_LEASE_MS / 1_000} s is taken over)`,
-            );
-          }
-        }
-      }
+      if (current !== null) refuseLiveClaim(runId, JSON.parse(current) as Claim, me, Date.now());
       const mine = JSON.stringify({ ...me, since: new Date().toISOString(), beat: Date.now() });
       if ((await this.#eval(KEY_CAS, [key], [current ?? '', mine])) === 1) break;
     }

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import Database from 'better-sqlite3';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
+import { CLAIM_BEAT_MS, refuseLiveClaim } from './claims.js';
 import {
   type AttemptStart,
   type ChargeOutcome,
@@ -16,7 +17,6 @@ import {
   type RunRecord,
   type StateCounts,
 } from './ledger.js';
-import { processIsAlive } from './process-alive.js';
 
 export interface SqliteLedgerOptions {
   /** Database file; created on first use. `:memory:` works for tests. */
@@ -94,9 +94,6 @@ const ADDED_COLUMNS: ReadonlyArray<[table: string, column: string, definition: s
 // index charges_by_user; `NOT IN` or `= 'pending'` alone make each write a scan of the run.)
 const SETTLED = `('invalid', 'charged', 'declined')`;
 const PAGE = 1_000;
-/** A claim not renewed for this long is taken over, whichever host made it (a killed container). */
-export const CLAIM_LEASE_MS = 30_000;
-const CLAIM_BEAT_MS = 5_000;
 
 interface RunRow {
   run_id: string;
@@ -324,6 +321,7 @@ export class SqliteLedger implements Ledger {
         `UPDATE charges SET state = 'pending', budget_from = attempts
          WHERE run_id = ? AND state IN ('failed', 'unknown')`,
       ),
+      unfinish: db.prepare('UPDATE runs SET finished_at = NULL WHERE run_id = ?'),
       counts: db.prepare<[string], { state: ChargeState; n: number }>(
         'SELECT state, count(*) AS n FROM charges WHERE run_id = ? GROUP BY state',
       ),
@@ -668,8 +666,7 @@ export class SqliteLedger implements Ledger {
   async reopenEnded(runId: string): Promise<number> {
     await this.flush();
     const reopened = this.#statements.reopen.run(runId).changes;
-    if (reopened > 0)
-      this.#db.prepare('UPDATE runs SET finished_at = NULL WHERE run_id = ?').run(runId);
+    if (reopened > 0) this.#statements.unfinish.run(runId);
     return reopened;
   }
 
@@ -727,18 +724,7 @@ export class SqliteLedger implements Ledger {
         this.#db
           .transaction(() => {
             const current = owner.get(runId);
-            if (current && !(current.pid === me.pid && current.host === me.host)) {
-              // A claim is a lease: renewed while its process lives. One of this host whose
-              // process is gone, or one not renewed for CLAIM_LEASE_MS (a killed container), is free.
-              const fresh = Date.now() - current.beat < CLAIM_LEASE_MS;
-              const alive = current.host === me.host ? processIsAlive(current.pid) && fresh : fresh;
-              if (alive) {
-                throw new BulkbillError(
-                  ErrorCode.Usage,
-                  `run ${runId} is being billed by process ${current.pid} on ${current.host} since ${current.since}; wait for it to end or stop it, then run again (a claim not renewed for ${CLAIM_LEASE_MS / 1_000} s is taken over)`,
-                );
-              }
-            }
+            if (current) refuseLiveClaim(runId, current, me, Date.now());
             setOwner.run(runId, me.pid, me.host, new Date().toISOString(), Date.now());
           })
           .immediate(),
