@@ -394,6 +394,7 @@ export class Scheduler {
     this.#ended[state]++;
     this.#options.ledger.record(this.#options.runId, {
       userId: charge.request.userId,
+      seq: charge.pending.seq,
       state,
       attempts: charge.pending.budgetFrom + charge.attempts,
       ambiguous: charge.ambiguous,
@@ -409,6 +410,7 @@ export class Scheduler {
   #putBack(charge: Charge, result: AttemptResult, latencyMs: number): void {
     this.#options.ledger.record(this.#options.runId, {
       userId: charge.request.userId,
+      seq: charge.pending.seq,
       state: 'pending',
       attempts: charge.pending.budgetFrom + charge.attempts,
       ambiguous: charge.ambiguous,

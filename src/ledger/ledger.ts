@@ -92,6 +92,11 @@ export interface PendingOptions {
  */
 export interface ChargeOutcome {
   readonly userId: string;
+  /**
+   * The charge's position in the ledger (PendingCharge.seq), when the engine read it from a page:
+   * the SQLite ledger then finds the row by its key. The user id must match it.
+   */
+  readonly seq?: number | undefined;
   /** `pending`: to be retried (or the engine stopped before the charge ended). */
   readonly state: TerminalChargeState | 'pending';
   readonly attempts: number;
@@ -209,6 +214,8 @@ export interface Ledger {
   charge(runId: string, userId: string): Promise<ChargeRecord | undefined>;
   /** Every charge of the run in input order, streamed. */
   charges(runId: string): AsyncIterable<ChargeRecord>;
+  /** The same in pages (of about a thousand): what a report of every row reads. */
+  chargePages(runId: string): AsyncIterable<readonly ChargeRecord[]>;
   /**
    * Claims the run for this process, so two processes never bill it at once; a claim left by a
    * process that died (kill -9) is taken over. Throws a BulkbillError naming the holder.

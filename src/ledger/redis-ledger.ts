@@ -723,6 +723,10 @@ export class RedisLedger implements Ledger {
   }
 
   async *charges(runId: string): AsyncIterable<ChargeRecord> {
+    for await (const page of this.chargePages(runId)) yield* page;
+  }
+
+  async *chargePages(runId: string): AsyncIterable<readonly ChargeRecord[]> {
     if (!(await this.#isPublished(runId))) return;
     const keys = this.#runKeys(runId);
     for (let start = 0; ; start += PAGE) {
@@ -731,9 +735,11 @@ export class RedisLedger implements Ledger {
         [keys.rows, keys.order, keys.invalid],
         [start, PAGE],
       )) as [number, ...string[]];
+      const charges: ChargeRecord[] = [];
       for (let i = 0; i < page.length; i += 3) {
-        yield toCharge(page[i] as string, page[i + 1] as string, page[i + 2] as string);
+        charges.push(toCharge(page[i] as string, page[i + 1] as string, page[i + 2] as string));
       }
+      if (charges.length > 0) yield charges;
       if (Number(looked) < PAGE) return;
     }
   }

@@ -50,10 +50,12 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
   };
   try {
     await write(csvRecord(REPORT_COLUMNS));
-    for await (const charge of ledger.charges(runId)) {
-      rows++;
-      await write(
-        csvRecord([
+    // One write per page of the ledger: a write per row costs more than making the row.
+    for await (const page of ledger.chargePages(runId)) {
+      rows += page.length;
+      let text = '';
+      for (const charge of page) {
+        text += csvRecord([
           charge.userId,
           charge.state,
           charge.attempts,
@@ -66,8 +68,9 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
           charge.currency,
           charge.ambiguous,
           Object.keys(charge.metadata).length > 0 ? JSON.stringify(charge.metadata) : undefined,
-        ]),
-      );
+        ]);
+      }
+      await write(text);
     }
     out.end();
     await Promise.race([once(out, 'finish'), failed]);

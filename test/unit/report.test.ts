@@ -323,14 +323,15 @@ describe('writeReport', () => {
     });
     const real = ledger;
     const slow: Ledger = Object.assign(Object.create(real) as Ledger, {
-      async *charges(runId: string): AsyncIterable<ChargeRecord> {
+      // A page per row, so that it can pause between rows.
+      async *chargePages(runId: string): AsyncIterable<readonly ChargeRecord[]> {
         let n = 0;
         for await (const charge of real.charges(runId)) {
           if (++n === 4) {
             reached();
             await paused;
           }
-          yield charge;
+          yield [charge];
         }
       },
     });
@@ -363,11 +364,11 @@ describe('writeReport', () => {
     await writeFile(path, 'an older report\r\n');
     const real = ledger;
     const broken: Ledger = Object.assign(Object.create(real) as Ledger, {
-      async *charges(runId: string): AsyncIterable<ChargeRecord> {
+      async *chargePages(runId: string): AsyncIterable<readonly ChargeRecord[]> {
         let n = 0;
         for await (const charge of real.charges(runId)) {
           if (++n === 3) throw new Error('ledger went away');
-          yield charge;
+          yield [charge];
         }
       },
     });
