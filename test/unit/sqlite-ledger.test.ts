@@ -94,6 +94,70 @@ describe('SqliteLedger: the file', () => {
       raw.close();
     }
   });
+
+  it('opens a ledger written before issue 8 and keeps billing it: its users, its invalid rows, its index', async () => {
+    const path = join(dir, 'ledger.db');
+    const { default: Database } = await import('better-sqlite3');
+    // The schema of bulkbill at 3d54e03, with a run in it: u1 charged, u2 pending, a second u2 invalid.
+    const old = new Database(path);
+    old.pragma('journal_mode = WAL');
+    old.exec(`
+      CREATE TABLE run_owners (run_id TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, since TEXT NOT NULL);
+      CREATE TABLE runs (run_id TEXT PRIMARY KEY, input_hash TEXT NOT NULL, input_path TEXT NOT NULL,
+        endpoint TEXT NOT NULL, created_at TEXT NOT NULL, finished_at TEXT, total INTEGER NOT NULL);
+      CREATE INDEX runs_by_input ON runs (input_hash, created_at);
+      CREATE TABLE charges (run_id TEXT NOT NULL, seq INTEGER NOT NULL, line INTEGER NOT NULL,
+        user_id TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL, metadata TEXT,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, ambiguous INTEGER NOT NULL DEFAULT 0,
+        http_status INTEGER, latency_ms INTEGER, charge_id TEXT, error TEXT,
+        PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
+      CREATE UNIQUE INDEX charges_by_user ON charges (run_id, user_id) WHERE state <> 'invalid';
+      INSERT INTO runs VALUES ('r1', 'h', 'users.csv', 'http://provider/charge', '2026-11-01T00:00:00.000Z', NULL, 3);
+      INSERT INTO charges (run_id, seq, line, user_id, amount, currency, state, attempts, http_status, charge_id)
+        VALUES ('r1', 1, 2, 'u1', 100, 'USD', 'charged', 1, 200, 'ch_u1');
+      INSERT INTO charges (run_id, seq, line, user_id, amount, currency, state)
+        VALUES ('r1', 2, 3, 'u2', 200, 'USD', 'pending');
+      INSERT INTO charges (run_id, seq, line, user_id, amount, currency, state, error)
+        VALUES ('r1', 3, 4, 'u2', 0, '', 'invalid', 'user_id: appears twice (first on line 3)');
+    `);
+    old.close();
+
+    const ledger = open();
+    expect(await ledger.counts('r1')).toMatchObject({ charged: 1, pending: 1, invalid: 1 });
+    expect(await ledger.charge('r1', 'u2')).toMatchObject({ state: 'pending', line: 3 });
+    const [pending] = await ledger.pendingCharges('r1', 0, 10);
+    expect(pending).toMatchObject({ userId: 'u2', seq: 2 });
+    ledger.record('r1', outcome('u2', { seq: pending?.seq }));
+    // A stale outcome for a settled charge still loses, found by user as by key.
+    ledger.record('r1', outcome('u1', { state: 'failed', chargeId: undefined }));
+    await ledger.flush();
+    expect(await ledger.counts('r1')).toMatchObject({ charged: 2, pending: 0, invalid: 1 });
+    expect(await ledger.finishIfComplete('r1')).toBe(true);
+
+    const raw = new Database(path, { readonly: true });
+    try {
+      const indexes = raw
+        .prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+        .pluck()
+        .all();
+      expect(indexes).toContain('charges_of_user');
+      expect(indexes).not.toContain('charges_by_user');
+      expect(raw.prepare('SELECT seq, valid FROM charges ORDER BY seq').raw().all()).toEqual([
+        [1, 1],
+        [2, 1],
+        [3, 0],
+      ]);
+      // The lookups by user use the new index, not a scan of the run.
+      const plan = raw
+        .prepare(
+          "EXPLAIN QUERY PLAN SELECT line FROM charges WHERE run_id = 'r1' AND user_id = 'u2' AND valid = 1",
+        )
+        .all() as Array<{ detail: string }>;
+      expect(plan.map((step) => step.detail).join(' ')).toContain('charges_of_user');
+    } finally {
+      raw.close();
+    }
+  });
 });
 
 // What the Ledger interface promises is checked against every ledger in
