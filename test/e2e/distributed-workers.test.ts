@@ -211,6 +211,67 @@ describe('bulkbill worker (distributed engine, end to end)', () => {
     expect(busy.length).toBeGreaterThanOrEqual(2);
   }, 60_000);
 
+  it('a stalled worker resumes after another took its job over and charged it: its stale "unknown" loses', async () => {
+    const input = await writeCsvInput(join(ws.dir, 'stale.csv'), [
+      { userId: 'stale-1', amount: 500, currency: 'USD' },
+    ]);
+    // Every first request is charged at once and its answer held back for a minute: the stalled
+    // worker's request times out, while a later request with the same key is a replay, at once.
+    const mock = await ws.provider({
+      latencyMs: 20,
+      jitter: 0,
+      slowRate: 1,
+      slowMs: 60_000,
+      shutdownGraceMs: 0,
+      seed: 5,
+    });
+    const runId = await enqueue(input);
+    // One attempt and a 3 s deadline: when its request times out, this worker ends the charge
+    // `unknown` (it may have charged) — a terminal state it will write after the takeover.
+    const stalled = spawnWorker(
+      mock,
+      '--exit-when-idle',
+      '--lock-duration',
+      '1s',
+      '--max-attempts',
+      '1',
+      '--timeout',
+      '3s',
+    );
+    await pollUntil('the first request at the provider', async () =>
+      mock.stats().charges > 0 ? true : undefined,
+    );
+    const stoppedAt = Date.now();
+    // Stalled as by a long GC pause, a frozen VM or a network partition: its lock is not renewed.
+    stalled.child.kill('SIGSTOP');
+
+    // Another worker finds the job stalled, takes it over, and is answered with the replay.
+    const taker = spawnWorker(mock, '--exit-when-idle', '--lock-duration', '1s');
+    expect(await taker.exited, taker.stderr()).toBe(0);
+    expect((await redisStatus(place, runId)).counts).toMatchObject({ charged: 1, pending: 0 });
+    const ended = logLines(taker).find((line) => line.msg === 'worker ended');
+    expect(ended).toMatchObject({ charged: 1 });
+
+    // Its deadline long past, the stalled worker resumes: its request times out at once, and it
+    // ends the charge unknown, which the ledger must refuse over the charged one.
+    await new Promise((resolve) =>
+      setTimeout(resolve, Math.max(0, stoppedAt + 3_500 - Date.now())),
+    );
+    stalled.child.kill('SIGCONT');
+    await stalled.exited;
+    const its = logLines(stalled).find((line) => line.msg === 'worker ended');
+    expect(its, stalled.stderr()).toMatchObject({ unknown: 1, attempts: 1 });
+
+    const status = await redisStatus(place, runId);
+    expect(status.counts).toMatchObject({ charged: 1, unknown: 0, pending: 0 });
+    expect(status.finishedAt).toEqual(expect.any(String));
+    await writeRedisReport(runId);
+    const [row] = await readReport(ws.report);
+    expect(row).toMatchObject({ user_id: 'stale-1', status: 'charged' });
+    expect(row?.charge_id).toBe(mock.chargesOf('stale-1')[0]);
+    expect(mock.stats()).toMatchObject({ charges: 1, duplicate_charges: 0, replays: 1 });
+  }, 60_000);
+
   it('SIGTERM mid-run: the worker finishes the jobs in flight, records them and exits 0', async () => {
     const rows = plainUsers(300);
     const input = await writeCsvInput(join(ws.dir, 'term.csv'), rows);
