@@ -215,6 +215,25 @@ function toCharge(row: ChargeRow): ChargeRecord {
   };
 }
 
+/**
+ * A pending charge with a logged start its row has not counted: that attempt may have reached the
+ * provider, so it shows counted, ambiguous, and started then. Others are shown as they are.
+ */
+function withStart(
+  charge: ChargeRecord,
+  starts: ReadonlyMap<string, readonly [attempts: number, at: number]>,
+): ChargeRecord {
+  if (charge.state !== 'pending' || starts.size === 0) return charge;
+  const start = starts.get(charge.userId);
+  if (start === undefined || start[0] <= charge.attempts) return charge;
+  return {
+    ...charge,
+    attempts: start[0],
+    ambiguous: true,
+    firstAttemptAt: charge.firstAttemptAt ?? start[1],
+  };
+}
+
 /** Opens and prepares the file; any failure (missing folder, not a database) names the path. */
 function openDatabase(path: string): Database.Database {
   // Two processes opening a new ledger at once: switching it to WAL and creating the schema take
@@ -738,6 +757,22 @@ export class SqliteLedger implements Ledger {
     }
   }
 
+  /**
+   * The starts in the log, by user: attempts whose outcome is not in the charge's row yet — in
+   * flight in a live process, or cut off by one that died and not folded in yet (that happens at
+   * the next claim). What `status` and a report show of a crashed run, before it is resumed.
+   */
+  #openStarts(runId: string): Map<string, readonly [attempts: number, at: number]> {
+    const starts = new Map<string, readonly [number, number]>();
+    for (const { starts: text } of this.#statements.loggedStarts.all(runId)) {
+      for (const [userId, attempts, at] of JSON.parse(text) as Array<[string, number, number]>) {
+        const known = starts.get(userId);
+        starts.set(userId, [Math.max(attempts, known?.[0] ?? 0), Math.min(at, known?.[1] ?? at)]);
+      }
+    }
+    return starts;
+  }
+
   /** Folds the starts a dead process left in the log into their charges (see startAttempts). */
   #foldStarts(runId: string): void {
     // This process's own starts still waiting for outcomes are not a dead process's.
@@ -793,7 +828,7 @@ export class SqliteLedger implements Ledger {
 
   async charge(runId: string, userId: string): Promise<ChargeRecord | undefined> {
     const row = this.#statements.charge.get(runId, userId);
-    return row && toCharge(row);
+    return row && withStart(toCharge(row), this.#openStarts(runId));
   }
 
   async *charges(runId: string): AsyncIterable<ChargeRecord> {
@@ -801,10 +836,11 @@ export class SqliteLedger implements Ledger {
   }
 
   async *chargePages(runId: string): AsyncIterable<readonly ChargeRecord[]> {
+    const starts = this.#openStarts(runId);
     let after = 0;
     for (;;) {
       const rows = this.#statements.page.all(runId, after, PAGE);
-      if (rows.length > 0) yield rows.map(fromTuple);
+      if (rows.length > 0) yield rows.map((row) => withStart(fromTuple(row), starts));
       const last = rows.at(-1);
       if (!last || rows.length < PAGE) return;
       after = last[0];

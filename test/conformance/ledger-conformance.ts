@@ -819,7 +819,23 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
             { userId: 'nobody', attempts: 1, ambiguous: false, at: 1_000 },
           ]),
         ).toEqual([true, true, false]);
-        // The process dies here (its ledger is never used again): another takes the run over.
+        // The process dies here (its ledger is never used again). Before anyone resumes the run,
+        // `status --user` and a report already show the start: counted, it may have charged.
+        const looker = await open();
+        expect(await looker.charge('r1', 'u1')).toMatchObject({
+          state: 'pending',
+          attempts: 1,
+          ambiguous: true,
+          firstAttemptAt: 1_000,
+        });
+        const shown: ChargeRecord[] = [];
+        for await (const charge of looker.charges('r1')) shown.push(charge);
+        expect(shown.map((charge) => [charge.userId, charge.attempts, charge.ambiguous])).toEqual([
+          ['u1', 1, true],
+          ['u2', 1, true],
+          ['u3', 0, false],
+        ]);
+        // Another takes the run over.
         const next = await open();
         await next.claimRun('r1');
         const [u1, u2, u3] = await next.pendingCharges('r1', 0, 3);
