@@ -226,7 +226,7 @@ export class Scheduler {
       },
       attempts: pending.attempts - pending.budgetFrom,
       ambiguous: pending.ambiguous,
-      waits: 0,
+      waits: pending.waits ?? 0,
       firstAttemptAt: pending.firstAttemptAt,
       dueAt: 0,
     };
@@ -419,6 +419,7 @@ export class Scheduler {
       chargeId: undefined,
       error: 'reason' in result ? result.reason : undefined,
       firstAttemptAt: charge.firstAttemptAt,
+      waits: charge.waits,
     });
   }
 

@@ -60,6 +60,8 @@ export interface PendingCharge {
   readonly ambiguous: boolean;
   /** When the first attempt was started (epoch ms), once one was. */
   readonly firstAttemptAt: number | undefined;
+  /** Throttled and 409 answers in a row before this read, when the ledger keeps them. */
+  readonly waits?: number | undefined;
 }
 
 /** An attempt about to be sent: recorded (and committed) before its request leaves. */
@@ -107,6 +109,11 @@ export interface ChargeOutcome {
   readonly error: string | undefined;
   /** When its first attempt was started (epoch ms), as the engine knows it; kept if already set. */
   readonly firstAttemptAt?: number | undefined;
+  /**
+   * Throttled and 409 answers in a row so far (a pending outcome): kept by the SQLite ledger so
+   * that their bound holds over crashes. The distributed engine keeps them in the job's data.
+   */
+  readonly waits?: number | undefined;
 }
 
 /** A row for the import: a charge, or an invalid row (recorded only with --skip-invalid). */

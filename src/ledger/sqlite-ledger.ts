@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS charges (
   first_at    INTEGER,
   budget_from INTEGER NOT NULL DEFAULT 0,
   valid       INTEGER NOT NULL DEFAULT 1,
+  waits       INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attempt_starts (
@@ -88,6 +89,7 @@ const ADDED_COLUMNS: ReadonlyArray<[table: string, column: string, definition: s
   ['run_owners', 'beat', 'INTEGER NOT NULL DEFAULT 0'],
   ['runs', 'credentials', "TEXT NOT NULL DEFAULT ''"],
   ['charges', 'valid', 'INTEGER NOT NULL DEFAULT 1'],
+  ['charges', 'waits', 'INTEGER NOT NULL DEFAULT 0'],
 ];
 // One valid row per user and run. The index's condition is on `valid`, a column no outcome
 // changes, so writing an outcome never rewrites the index (on `state`, every outcome did: a
@@ -154,7 +156,7 @@ type ChargeTuple = [
 
 /** The columns of a pending charge read as an array, in the order PendingTuple names them. */
 const PENDING_COLUMNS =
-  'seq, user_id, amount, currency, attempts, ambiguous, open, first_at, budget_from';
+  'seq, user_id, amount, currency, attempts, ambiguous, open, first_at, budget_from, waits';
 type PendingTuple = [
   seq: number,
   userId: string,
@@ -165,6 +167,7 @@ type PendingTuple = [
   open: number,
   firstAt: number | null,
   budgetFrom: number,
+  waits: number,
 ];
 
 function fromTuple(row: ChargeTuple): ChargeRecord {
@@ -397,13 +400,13 @@ export class SqliteLedger implements Ledger {
         .raw(),
       update: db.prepare(
         `UPDATE charges SET state = ?, attempts = ?, ambiguous = ?, http_status = ?, latency_ms = ?,
-           charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?)
+           charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?), waits = ?
          WHERE run_id = ? AND user_id = ? AND valid = 1 AND state NOT IN ${SETTLED}`,
       ),
       // The same by the row's key, when the outcome names it: no lookup in charges_by_user.
       updateAt: db.prepare(
         `UPDATE charges SET state = ?, attempts = ?, ambiguous = ?, http_status = ?, latency_ms = ?,
-           charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?)
+           charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?), waits = ?
          WHERE run_id = ? AND seq = ? AND user_id = ? AND state NOT IN ${SETTLED}`,
       ),
       // Which of a JSON list of user ids are pending, by their place in the list: one statement.
@@ -424,7 +427,7 @@ export class SqliteLedger implements Ledger {
          WHERE run_id = ? AND user_id = ? AND valid = 1 AND state = 'pending'`,
       ),
       reopen: db.prepare(
-        `UPDATE charges SET state = 'pending', budget_from = attempts
+        `UPDATE charges SET state = 'pending', budget_from = attempts, waits = 0
          WHERE run_id = ? AND state IN ('failed', 'unknown')`,
       ),
       unfinish: db.prepare('UPDATE runs SET finished_at = NULL WHERE run_id = ?'),
@@ -701,6 +704,7 @@ export class SqliteLedger implements Ledger {
       budgetFrom: row[8],
       ambiguous: row[5] === 1 || row[6] === 1,
       firstAttemptAt: row[7] ?? undefined,
+      waits: row[9],
     }));
   }
 
@@ -1043,6 +1047,7 @@ export class SqliteLedger implements Ledger {
       const chargeId = outcome.chargeId ?? null;
       const error = outcome.error ?? null;
       const firstAt = outcome.firstAttemptAt ?? null;
+      const waits = outcome.state === 'pending' ? (outcome.waits ?? 0) : 0;
       if (outcome.seq === undefined) {
         update.run(
           state,
@@ -1053,6 +1058,7 @@ export class SqliteLedger implements Ledger {
           chargeId,
           error,
           firstAt,
+          waits,
           runId,
           outcome.userId,
         );
@@ -1066,6 +1072,7 @@ export class SqliteLedger implements Ledger {
           chargeId,
           error,
           firstAt,
+          waits,
           runId,
           outcome.seq,
           outcome.userId,

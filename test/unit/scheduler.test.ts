@@ -40,6 +40,15 @@ const answer = {
     throttled: false,
     retryAfterMs: undefined,
   }),
+  conflict: (): AttemptResult => ({
+    kind: 'retry',
+    status: 409,
+    reason: '409',
+    ambiguous: true,
+    throttled: false,
+    conflict: true,
+    retryAfterMs: undefined,
+  }),
   unauthorized: (): AttemptResult => ({ kind: 'fatal', status: 401, reason: '401 Unauthorized' }),
 };
 
@@ -253,6 +262,35 @@ describe('Scheduler', () => {
       ['u0', 'failed', 3, false],
       ['u1', 'unknown', 3, true],
     ]);
+  });
+
+  it('bounds the 409 waits of a charge over interruptions: the waits in a row are kept in the ledger', async () => {
+    const ledger = await ledgerWith(1);
+    const maxWaits = resolveRetryPolicy({}).maxWaits;
+    const stop = new AbortController();
+    // The provider holds the key for ever (409); the first process is stopped after 20 of them.
+    const first = new ScriptedSender((_request, nth) => {
+      if (nth === 20) stop.abort();
+      return answer.conflict();
+    });
+    const timers = new FakeTimers();
+    const { done } = start(ledger, first, timers, { signal: stop.signal });
+    await timers.advance(24 * 3_600_000);
+    expect((await done).interrupted).toBe(true);
+    await ledger.flush();
+    expect((await ledger.pendingCharges(RUN, 0, 1))[0]?.waits).toBe(20);
+
+    // The next process goes on counting from 20, not from 0: 51 requests in all, not 71.
+    const second = new ScriptedSender(() => answer.conflict());
+    const later = new FakeTimers();
+    const resumed = start(ledger, second, later);
+    await later.advance(24 * 3_600_000);
+    await resumed.done;
+    expect(first.sent.length + second.sent.length).toBe(maxWaits + 1);
+    const [charge] = await chargesOf(ledger);
+    // A 409 says the provider holds the key: the charge may be applied, so never `failed`.
+    expect(charge).toMatchObject({ state: 'unknown', ambiguous: true });
+    expect(charge?.error).toMatch(new RegExp(`${maxWaits + 1} times in a row`));
   });
 
   it('stops at a fatal answer: nothing more is sent, answers in flight are still recorded', async () => {
