@@ -359,7 +359,10 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         await create(ledger, 'r1', rows(10));
         const first = await ledger.pendingCharges('r1', 0, 4);
         expect(first.map((c) => c.userId)).toEqual(['u1', 'u2', 'u3', 'u4']);
-        expect(first[0]).toEqual({
+        // `waits` is kept by the ledgers that keep it (SQLite); none has any yet.
+        const { waits = 0, ...rest } = first[0] ?? {};
+        expect(waits).toBe(0);
+        expect(rest).toEqual({
           seq: expect.any(Number),
           userId: 'u1',
           amount: 200,
