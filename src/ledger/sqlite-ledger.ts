@@ -403,7 +403,7 @@ export class SqliteLedger implements Ledger {
            charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?), waits = ?
          WHERE run_id = ? AND user_id = ? AND valid = 1 AND state NOT IN ${SETTLED}`,
       ),
-      // The same by the row's key, when the outcome names it: no lookup in charges_by_user.
+      // The same by the row's key, when the outcome names it: no lookup in charges_of_user.
       updateAt: db.prepare(
         `UPDATE charges SET state = ?, attempts = ?, ambiguous = ?, http_status = ?, latency_ms = ?,
            charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?), waits = ?
