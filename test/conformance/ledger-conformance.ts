@@ -230,6 +230,58 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         ]);
       });
 
+      it('keeps input order, positions and first lines in a long import with duplicates and invalid rows anywhere', async () => {
+        const ledger = await open();
+        // 260 rows in batches of 130: duplicates next to their first, far from it, in another
+        // batch, twice over, and invalid rows among them (a SQLite statement inserts 50 rows).
+        const all = rows(250);
+        const extra = [
+          row(300, 'u1'),
+          row(301, 'u49', { invalidReason: 'amount: expected a positive integer' }),
+          row(302, 'u50'),
+          row(303, 'u51'),
+          row(304, 'u250'),
+          row(305, 'u1'),
+          row(306, 'new-1'),
+          row(307, 'new-1'),
+          row(308, '', { invalidReason: 'user_id: is missing' }),
+          row(309, 'new-2'),
+        ];
+        all.splice(60, 0, ...extra.slice(0, 5));
+        all.push(...extra.slice(5));
+        const { run, duplicates } = await create(ledger, 'r1', all, undefined, 130);
+        expect(run.total).toBe(all.length);
+        expect(duplicates).toEqual([
+          { userId: 'u1', line: 300, firstLine: 2 },
+          { userId: 'u50', line: 302, firstLine: 51 },
+          { userId: 'u51', line: 303, firstLine: 52 },
+          // The first in the file is the one billed, whatever its line number.
+          { userId: 'u250', line: 251, firstLine: 304 },
+          { userId: 'u1', line: 305, firstLine: 2 },
+          { userId: 'new-1', line: 307, firstLine: 306 },
+        ]);
+        const charges: ChargeRecord[] = [];
+        for await (const charge of ledger.charges('r1')) charges.push(charge);
+        expect(charges.map((charge) => charge.line)).toEqual(all.map((input) => input.line));
+        const invalid = charges.filter((charge) => charge.state === 'invalid');
+        expect(invalid.map((charge) => [charge.line, charge.error])).toEqual([
+          [300, 'user_id: appears twice (first on line 2)'],
+          [301, 'amount: expected a positive integer'],
+          [302, 'user_id: appears twice (first on line 51)'],
+          [303, 'user_id: appears twice (first on line 52)'],
+          [251, 'user_id: appears twice (first on line 304)'],
+          [305, 'user_id: appears twice (first on line 2)'],
+          [307, 'user_id: appears twice (first on line 306)'],
+          [308, 'user_id: is missing'],
+        ]);
+        expect(await ledger.counts('r1')).toMatchObject({ pending: 252, invalid: 8 });
+        expect((await ledger.charge('r1', 'u50'))?.line).toBe(51);
+        expect((await ledger.charge('r1', 'u250'))?.line).toBe(304);
+        expect((await ledger.pendingCharges('r1', 0, 1_000)).map((c) => c.userId)).toEqual(
+          all.filter((input) => !invalid.some((c) => c.line === input.line)).map((c) => c.userId),
+        );
+      });
+
       it('records rows that failed validation invalid, with their reason, and counts them in total', async () => {
         const ledger = await open();
         const all = [
