@@ -1,14 +1,32 @@
+import { createRequire } from 'node:module';
 import { Command, CommanderError, Option } from 'commander';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
 import { ExitStatus, exitStatusFor } from './exit-codes.js';
 import { durationFlag, integerFlag, numberFlag } from './parse.js';
 
+// The package's own version: ../../package.json from src/cli (tsx) and from dist/cli (the build).
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
+
 const program = new Command('bulkbill')
   .description(
     'Bill every user of a billing cycle exactly once, as fast as the billing provider allows.',
   )
+  .version(version, '-V, --version', 'print the version of bulkbill')
   .showHelpAfterError('(run with --help for usage)')
+  .addHelpText(
+    'after',
+    `
+Example:
+  $ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --run-id 2026-11 \\
+      --header 'Authorization: Bearer \${BILLING_TOKEN}'
+  $ bulkbill status --run-id 2026-11`,
+  )
   .exitOverride();
+
+/** The `Example:` block of a command's --help: what an operator types, with a word on each. */
+function examples(...lines: string[]): string {
+  return `\nExample:\n${lines.map((line) => `  ${line}`).join('\n')}`;
+}
 
 program
   .command('mock-provider')
@@ -48,6 +66,13 @@ program
   .option(
     '--api-key <key>',
     'require Authorization: Bearer <key> (default: $MOCK_PROVIDER_API_KEY; none: open)',
+  )
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill mock-provider --port 4010 --latency 1.6s --rate 200 --fail-rate 0.02`,
+      `$ curl -s http://127.0.0.1:4010/stats`,
+    ),
   )
   .action(async (flags) => {
     const { mockProviderCommand } = await import('./mock-provider.js');
@@ -129,6 +154,15 @@ program
     "a dead worker's jobs are taken over within one to two of these, with --redis (default 30s)",
     durationFlag('--lock-duration'),
   )
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --run-id 2026-11 \\`,
+      `    --concurrency 500 --rate 300 --header 'Authorization: Bearer \${BILLING_TOKEN}'`,
+      `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --dry-run`,
+      `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --retry-failed`,
+    ),
+  )
   .action(async (input: string, flags) => {
     const { runCommand } = await import('./run.js');
     process.exitCode = await runCommand(input, flags);
@@ -150,6 +184,14 @@ program
     '--wait',
     'with --redis: follow the run until every charge has ended; exit as `run` would',
   )
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill status                               # every run in ./bulkbill.db`,
+      `$ bulkbill status --run-id 2026-11 --user user-0000042`,
+      `$ bulkbill status --redis redis://127.0.0.1:6379 --run-id 2026-11 --wait`,
+    ),
+  )
   .action(async (flags) => {
     const { statusCommand } = await import('./status.js');
     process.exitCode = await statusCommand(flags);
@@ -163,6 +205,13 @@ program
   .requiredOption('--out <path>', 'where to write the report')
   .option('--redis <url>', 'read a run of the distributed engine from this Redis')
   .addOption(prefixOption(', with --redis'))
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill report --run-id 2026-11 --out 2026-11.report.csv`,
+      `$ bulkbill report --redis redis://127.0.0.1:6379 --run-id 2026-11 --out 2026-11.report.csv`,
+    ),
+  )
   .action(async (flags) => {
     const { reportCommand } = await import('./report.js');
     process.exitCode = await reportCommand(flags);
@@ -189,6 +238,13 @@ program
   )
   .option('--retry-failed', "queue the run's failed and unknown charges again, with the same keys")
   .option('--json', 'print the outcome as one JSON object on stdout')
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill enqueue users.csv --redis redis://127.0.0.1:6379 --run-id 2026-11`,
+      `$ bulkbill enqueue users.csv --redis redis://127.0.0.1:6379 --run-id 2026-11 --retry-failed`,
+    ),
+  )
   .action(async (input: string, flags) => {
     const { enqueueCommand } = await import('./enqueue.js');
     process.exitCode = await enqueueCommand(input, flags);
@@ -235,6 +291,13 @@ program
     durationFlag('--lock-duration'),
     30_000,
   )
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill worker --redis redis://127.0.0.1:6379 --endpoint https://billing.example.com/v1/charges \\`,
+      `    --concurrency 250 --header 'Authorization: Bearer \${BILLING_TOKEN}'`,
+    ),
+  )
   .action(async (flags) => {
     const { workerCommand } = await import('./worker.js');
     process.exitCode = await workerCommand(flags);
@@ -248,6 +311,7 @@ program
   .option('--users <n>', 'how many demo users', integerFlag('--users'), 10_000)
   .option('--latency <duration>', "the provider's latency", durationFlag('--latency'), 1_600)
   .option('--concurrency <n>', 'requests in flight', integerFlag('--concurrency'), 1_000)
+  .addHelpText('after', examples(`$ bulkbill demo --users 10000 --latency 1.6s --concurrency 1000`))
   .action(async (flags) => {
     const { demoCommand } = await import('./demo.js');
     process.exitCode = await demoCommand(flags);
