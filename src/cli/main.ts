@@ -15,15 +15,15 @@ const program = new Command('bulkbill')
   .showHelpAfterError('(run with --help for usage)')
   .addHelpText(
     'after',
-    `
-Example:
-  $ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --run-id 2026-11 \\
-      --header 'Authorization: Bearer \${BILLING_TOKEN}'
-  $ bulkbill status --run-id 2026-11`,
+    examples(
+      `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --run-id 2026-11 \\`,
+      `    --header 'Authorization: Bearer \${BILLING_TOKEN}'`,
+      `$ bulkbill status --run-id 2026-11`,
+    ),
   )
   .exitOverride();
 
-/** The `Example:` block of a command's --help: what an operator types, with a word on each. */
+/** The `Example:` block that ends a command's --help: lines an operator can copy. */
 function examples(...lines: string[]): string {
   return `\nExample:\n${lines.map((line) => `  ${line}`).join('\n')}`;
 }
