@@ -414,12 +414,12 @@ export class SqliteLedger implements Ledger {
            ORDER BY seq LIMIT ?`,
         )
         .raw(),
-      update: db.prepare(
-        `UPDATE charges SET state = ?, attempts = ?, ambiguous = ?, http_status = ?, latency_ms = ?,
-           charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?), waits = ?
-         WHERE run_id = ? AND user_id = ? AND valid = 1 AND state NOT IN ${SETTLED}`,
-      ),
-      // The same by the row's key, when the outcome names it: no lookup in charges_of_user.
+      // An outcome's row by its key (the engine's outcomes carry it; others are looked up by user).
+      seqOf: db
+        .prepare<[string, string], number>(
+          'SELECT seq FROM charges WHERE run_id = ? AND user_id = ? AND valid = 1',
+        )
+        .pluck(),
       updateAt: db.prepare(
         `UPDATE charges SET state = ?, attempts = ?, ambiguous = ?, http_status = ?, latency_ms = ?,
            charge_id = ?, error = ?, open = 0, first_at = coalesce(first_at, ?), waits = ?
@@ -1138,46 +1138,25 @@ export class SqliteLedger implements Ledger {
   }
 
   #writeOutcomes(batch: ReadonlyArray<[string, ChargeOutcome]>): void {
-    const { update, updateAt } = this.#statements;
+    const { seqOf, updateAt } = this.#statements;
     for (const [runId, outcome] of batch) {
-      const state = outcome.state;
-      const ambiguous = outcome.ambiguous ? 1 : 0;
-      const httpStatus = outcome.httpStatus ?? null;
-      const latencyMs = outcome.latencyMs === undefined ? null : Math.round(outcome.latencyMs);
-      const chargeId = outcome.chargeId ?? null;
-      const error = outcome.error ?? null;
-      const firstAt = outcome.firstAttemptAt ?? null;
-      const waits = outcome.state === 'pending' ? (outcome.waits ?? 0) : 0;
-      if (outcome.seq === undefined) {
-        update.run(
-          state,
-          outcome.attempts,
-          ambiguous,
-          httpStatus,
-          latencyMs,
-          chargeId,
-          error,
-          firstAt,
-          waits,
-          runId,
-          outcome.userId,
-        );
-      } else {
-        updateAt.run(
-          state,
-          outcome.attempts,
-          ambiguous,
-          httpStatus,
-          latencyMs,
-          chargeId,
-          error,
-          firstAt,
-          waits,
-          runId,
-          outcome.seq,
-          outcome.userId,
-        );
-      }
+      const seq = outcome.seq ?? seqOf.get(runId, outcome.userId);
+      // A user the run does not hold: nothing to record.
+      if (seq === undefined) continue;
+      updateAt.run(
+        outcome.state,
+        outcome.attempts,
+        outcome.ambiguous ? 1 : 0,
+        outcome.httpStatus ?? null,
+        outcome.latencyMs === undefined ? null : Math.round(outcome.latencyMs),
+        outcome.chargeId ?? null,
+        outcome.error ?? null,
+        outcome.firstAttemptAt ?? null,
+        outcome.state === 'pending' ? (outcome.waits ?? 0) : 0,
+        runId,
+        seq,
+        outcome.userId,
+      );
     }
   }
 }
