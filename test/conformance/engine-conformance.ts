@@ -12,6 +12,7 @@ import {
   type MockProviderOptions,
   startMockProvider,
 } from '../../src/mock-provider/index.js';
+import { closeServer } from '../helpers/http.js';
 
 /** The options every engine takes, in the local engine's words. */
 export interface ConformanceBillOptions {
@@ -104,15 +105,7 @@ export function engineConformance(name: string, factory: EngineFactory): void {
     afterEach(async () => {
       await Promise.all(engines.splice(0).map((engine) => engine.close()));
       await Promise.all(providers.splice(0).map((provider) => provider.close({ graceMs: 0 })));
-      await Promise.all(
-        servers.splice(0).map(
-          (server) =>
-            new Promise<void>((resolve) => {
-              server.closeAllConnections();
-              server.close(() => resolve());
-            }),
-        ),
-      );
+      await Promise.all(servers.splice(0).map(closeServer));
     });
     afterAll(async () => {
       await rm(workdir, { recursive: true, force: true });

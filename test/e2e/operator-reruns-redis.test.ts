@@ -3,8 +3,8 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { MockProvider } from '../../src/mock-provider/index.js';
 import {
+  cycleWithTypos,
   expectReportAgreesWithProvider,
-  type InputRow,
   plainUsers,
   useCliWorkspace,
   writeCsvInput,
@@ -150,21 +150,7 @@ describe('operator mistakes between two enqueues (distributed engine)', () => {
 
   it('fix-and-rerun on Redis: the fixed file enqueued again without --run-id continues the run; only the fixed users are billed', async () => {
     const { place } = await ownRedis(true);
-    const good = plainUsers(98);
-    const broken: InputRow[] = [
-      ...good.slice(0, 40),
-      { userId: 'fix-amount', amount: '19.99', currency: 'USD', note: 'typo' },
-      ...good.slice(40, 70),
-      { userId: 'fix-currency', amount: 2_000, currency: 'usd', note: 'typo' },
-      ...good.slice(70),
-    ];
-    const fixed = broken.map((row) =>
-      row.userId === 'fix-amount'
-        ? { ...row, amount: 1_999 }
-        : row.userId === 'fix-currency'
-          ? { ...row, currency: 'USD' }
-          : row,
-    );
+    const { broken, fixed } = cycleWithTypos(plainUsers(98), [40, 70]);
     const input = await writeCsvInput(join(ws.dir, 'users.csv'), broken);
     const mock = await ws.provider();
 

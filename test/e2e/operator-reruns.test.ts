@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { MockProvider } from '../../src/mock-provider/index.js';
 import {
   announcedRunId,
+  cycleWithTypos,
   expectReportAgreesWithProvider,
   type InputRow,
   plainUsers,
@@ -20,6 +21,7 @@ import {
 } from '../helpers/billing-cycle.js';
 import { type CliProcess, runCli } from '../helpers/cli.js';
 import { pollUntil, useChildren } from '../helpers/distributed.js';
+import { closeServer, readBody } from '../helpers/http.js';
 
 // What operators do to a billing cycle between two runs of `bulkbill run` (the real CLI, a real
 // SQLite ledger, the real mock provider on port 0): fix rows and run again, re-export the file,
@@ -32,11 +34,7 @@ const ws = useCliWorkspace('bulkbill-e2e-operator-', { latencyMs: 2, jitter: 0, 
 // registered after this one, runs first).
 const proxies: ReturnType<typeof createServer>[] = [];
 afterEach(async () => {
-  for (const server of proxies.splice(0)) {
-    server.closeAllConnections();
-    server.close();
-    await once(server, 'close');
-  }
+  for (const server of proxies.splice(0)) await closeServer(server);
 });
 const children = useChildren();
 
@@ -71,29 +69,23 @@ async function countingProxy(
   target: MockProvider,
 ): Promise<{ readonly url: string; readonly perUser: Map<string, number> }> {
   const perUser = new Map<string, number>();
-  const server = createServer((req, res) => {
-    let body = '';
-    req.setEncoding('utf8');
-    req.on('data', (chunk: string) => {
-      body += chunk;
-    });
-    req.on('end', () => {
-      let userId = '(no user_id)';
-      try {
-        userId = String((JSON.parse(body) as { user_id?: unknown }).user_id);
-      } catch {}
-      perUser.set(userId, (perUser.get(userId) ?? 0) + 1);
-      const headers: Record<string, string> = { 'content-type': 'application/json' };
-      const key = req.headers['idempotency-key'];
-      if (typeof key === 'string') headers['idempotency-key'] = key;
-      fetch(`${target.url}${req.url}`, { method: req.method ?? 'POST', headers, body })
-        .then(async (answer) => {
-          const text = await answer.text();
-          res.writeHead(answer.status, { 'content-type': 'application/json' });
-          res.end(text);
-        })
-        .catch(() => res.destroy());
-    });
+  const server = createServer(async (req, res) => {
+    const body = await readBody(req);
+    let userId = '(no user_id)';
+    try {
+      userId = String((JSON.parse(body) as { user_id?: unknown }).user_id);
+    } catch {}
+    perUser.set(userId, (perUser.get(userId) ?? 0) + 1);
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    const key = req.headers['idempotency-key'];
+    if (typeof key === 'string') headers['idempotency-key'] = key;
+    fetch(`${target.url}${req.url}`, { method: req.method ?? 'POST', headers, body })
+      .then(async (answer) => {
+        const text = await answer.text();
+        res.writeHead(answer.status, { 'content-type': 'application/json' });
+        res.end(text);
+      })
+      .catch(() => res.destroy());
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -106,21 +98,7 @@ const ANNOUNCED = /bulkbill: (?:new run|resuming unfinished run|run) (\S+)/;
 
 describe('operator mistakes between two runs of bulkbill run (local engine)', () => {
   it('fix-and-rerun: the same --skip-invalid command after fixing two rows continues the run and bills only the fixed users', async () => {
-    const good = plainUsers(298);
-    const broken: InputRow[] = [
-      ...good.slice(0, 100),
-      { userId: 'fix-amount', amount: '19.99', currency: 'USD', note: 'typo' },
-      ...good.slice(100, 200),
-      { userId: 'fix-currency', amount: 2_000, currency: 'usd', note: 'typo' },
-      ...good.slice(200),
-    ];
-    const fixed = broken.map((row) =>
-      row.userId === 'fix-amount'
-        ? { ...row, amount: 1_999 }
-        : row.userId === 'fix-currency'
-          ? { ...row, currency: 'USD' }
-          : row,
-    );
+    const { broken, fixed } = cycleWithTypos(plainUsers(298), [100, 200]);
     const userIds = fixed.map((row) => row.userId);
     const input = await writeCsvInput(join(ws.dir, 'users.csv'), broken);
     const mock = await ws.provider();

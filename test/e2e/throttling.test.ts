@@ -9,6 +9,7 @@ import {
   writeCsvInput,
 } from '../helpers/billing-cycle.js';
 import { runCli } from '../helpers/cli.js';
+import { closeServer, readBody } from '../helpers/http.js';
 import { closeRedisAdmin, deleteKeysUnder, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 
 // Throttling as a provider does it, through the real CLI: a rate limit that answers 429 without
@@ -19,15 +20,7 @@ const servers: Server[] = [];
 const prefixes: string[] = [];
 
 afterEach(async () => {
-  await Promise.all(
-    servers.splice(0).map(
-      (server) =>
-        new Promise<void>((resolve) => {
-          server.closeAllConnections();
-          server.close(() => resolve());
-        }),
-    ),
-  );
+  await Promise.all(servers.splice(0).map(closeServer));
   for (const prefix of prefixes.splice(0)) await deleteKeysUnder(prefix);
 });
 afterAll(async () => {
@@ -73,26 +66,20 @@ describe('throttling, end to end', () => {
     // The first wave is answered 429 with Retry-After: 1; every request is timed on arrival.
     const arrivals: Array<{ at: number; status: number }> = [];
     let throttledAt = 0;
-    const server = createServer((req, res) => {
-      let body = '';
-      req.setEncoding('utf8');
-      req.on('data', (chunk: string) => {
-        body += chunk;
-      });
-      req.on('end', () => {
-        const at = performance.now();
-        if (throttledAt === 0 || at - throttledAt < 1_000) {
-          if (throttledAt === 0) throttledAt = at;
-          arrivals.push({ at, status: 429 });
-          res.writeHead(429, { 'retry-after': '1', 'content-type': 'application/json' });
-          res.end('{"error":"rate_limited"}');
-          return;
-        }
-        arrivals.push({ at, status: 200 });
-        const { user_id: userId } = JSON.parse(body) as { user_id: string };
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ id: `ch_${userId}`, status: 'succeeded' }));
-      });
+    const server = createServer(async (req, res) => {
+      const body = await readBody(req);
+      const at = performance.now();
+      if (throttledAt === 0 || at - throttledAt < 1_000) {
+        if (throttledAt === 0) throttledAt = at;
+        arrivals.push({ at, status: 429 });
+        res.writeHead(429, { 'retry-after': '1', 'content-type': 'application/json' });
+        res.end('{"error":"rate_limited"}');
+        return;
+      }
+      arrivals.push({ at, status: 200 });
+      const { user_id: userId } = JSON.parse(body) as { user_id: string };
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ id: `ch_${userId}`, status: 'succeeded' }));
     });
     servers.push(server);
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

@@ -84,6 +84,31 @@ export function plainUsers(count: number, prefix = 'user'): InputRow[] {
   }));
 }
 
+/**
+ * A cycle exported with two typos among `good` — `fix-amount` in dollars (`19.99`) before index
+ * `at[0]`, `fix-currency` in lowercase (`usd`) before index `at[1]` — and the same file fixed.
+ */
+export function cycleWithTypos(
+  good: readonly InputRow[],
+  at: readonly [number, number],
+): { readonly broken: InputRow[]; readonly fixed: InputRow[] } {
+  const broken: InputRow[] = [
+    ...good.slice(0, at[0]),
+    { userId: 'fix-amount', amount: '19.99', currency: 'USD', note: 'typo' },
+    ...good.slice(at[0], at[1]),
+    { userId: 'fix-currency', amount: 2_000, currency: 'usd', note: 'typo' },
+    ...good.slice(at[1]),
+  ];
+  const fixed = broken.map((row) =>
+    row.userId === 'fix-amount'
+      ? { ...row, amount: 1_999 }
+      : row.userId === 'fix-currency'
+        ? { ...row, currency: 'USD' }
+        : row,
+  );
+  return { broken, fixed };
+}
+
 /** Parses a report, checking its header starts with the contract's columns. */
 export async function readReport(path: string): Promise<ReportRow[]> {
   const text = await readFile(path, 'utf8');

@@ -1,4 +1,21 @@
+import type { IncomingMessage, Server } from 'node:http';
 import { Agent, request } from 'undici';
+
+/** A request's whole body, as text: what a test's own HTTP server reads before it answers. */
+export async function readBody(req: IncomingMessage): Promise<string> {
+  let body = '';
+  req.setEncoding('utf8');
+  for await (const chunk of req) body += chunk as string;
+  return body;
+}
+
+/** Closes a test's own HTTP server, dropping its connections (keep-alive ones too), and waits. */
+export function closeServer(server: Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  });
+}
 
 export interface Answer {
   status: number;
