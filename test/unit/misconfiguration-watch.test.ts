@@ -4,21 +4,15 @@ import {
   MisconfigurationWatch,
 } from '../../src/control/misconfiguration-watch.js';
 import type { AttemptResult } from '../../src/domain/outcome.js';
+import { answer } from '../helpers/answers.js';
 
 const declined = (status: number): AttemptResult => ({
   kind: 'declined',
   status,
   reason: `${status} bad`,
 });
-const charged: AttemptResult = { kind: 'charged', status: 200, chargeId: 'ch_1' };
-const timeout: AttemptResult = {
-  kind: 'retry',
-  status: undefined,
-  reason: 'timeout',
-  ambiguous: true,
-  throttled: false,
-  retryAfterMs: undefined,
-};
+const charged = answer.charged();
+const timeout = answer.timedOut();
 
 describe('MisconfigurationWatch', () => {
   it('holds alike 400s and stops on the 20th, then leaves every further one pending', () => {

@@ -5,52 +5,10 @@ import { Scheduler, type SchedulerResult } from '../../src/engine/scheduler.js';
 import type { ChargeRecord } from '../../src/ledger/ledger.js';
 import { SqliteLedger } from '../../src/ledger/sqlite-ledger.js';
 import type { ChargeRequest } from '../../src/provider/index.js';
+import { answer } from '../helpers/answers.js';
 import { FakeTimers, settle } from '../helpers/fake-timers.js';
 
 const RUN = 'cycle';
-
-const answer = {
-  charged: (id = 'ch_1'): AttemptResult => ({ kind: 'charged', status: 200, chargeId: id }),
-  declined: (status = 402): AttemptResult => ({
-    kind: 'declined',
-    status,
-    reason: 'card_declined',
-  }),
-  unavailable: (): AttemptResult => ({
-    kind: 'retry',
-    status: 503,
-    reason: '503',
-    ambiguous: false,
-    throttled: false,
-    retryAfterMs: undefined,
-  }),
-  throttled: (retryAfterMs: number): AttemptResult => ({
-    kind: 'retry',
-    status: 429,
-    reason: '429',
-    ambiguous: false,
-    throttled: true,
-    retryAfterMs,
-  }),
-  timedOut: (): AttemptResult => ({
-    kind: 'retry',
-    status: undefined,
-    reason: 'timeout',
-    ambiguous: true,
-    throttled: false,
-    retryAfterMs: undefined,
-  }),
-  conflict: (): AttemptResult => ({
-    kind: 'retry',
-    status: 409,
-    reason: '409',
-    ambiguous: true,
-    throttled: false,
-    conflict: true,
-    retryAfterMs: undefined,
-  }),
-  unauthorized: (): AttemptResult => ({ kind: 'fatal', status: 401, reason: '401 Unauthorized' }),
-};
 
 /** A provider the test answers by hand: each attempt waits until the test settles it. */
 class ScriptedSender {

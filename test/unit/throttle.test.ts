@@ -6,7 +6,7 @@ import {
   type ThrottlePolicyOptions,
   throttlePauseMs,
 } from '../../src/control/throttle.js';
-import type { AttemptResult } from '../../src/domain/outcome.js';
+import { answer } from '../helpers/answers.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 
 const policy = resolveThrottlePolicy();
@@ -29,15 +29,6 @@ function sendAll(subject: ThrottleGovernor, clock: FakeClock, count: number): nu
   }
   return clock.now();
 }
-
-const throttledAnswer = (retryAfterMs?: number): AttemptResult => ({
-  kind: 'retry',
-  status: 429,
-  reason: '429',
-  ambiguous: false,
-  throttled: true,
-  retryAfterMs,
-});
 
 describe('resolveThrottlePolicy', () => {
   it('fills in every default', () => {
@@ -345,24 +336,14 @@ describe('ThrottleGovernor', () => {
     const { clock, governor: subject } = governor(0);
     let sentAt = sendAll(subject, clock, 1);
     clock.advance(2);
-    subject.observe(throttledAnswer(), sentAt);
+    subject.observe(answer.throttled(), sentAt);
     expect(subject.episodes().inARow).toBe(1);
     sentAt = clock.now();
-    subject.observe(
-      {
-        kind: 'retry',
-        status: undefined,
-        reason: 'timeout',
-        ambiguous: true,
-        throttled: false,
-        retryAfterMs: undefined,
-      },
-      sentAt,
-    );
+    subject.observe(answer.timedOut(), sentAt);
     expect(subject.episodes().inARow).toBe(1);
     subject.observe({ kind: 'declined', status: 402, reason: 'card_declined' }, sentAt);
     expect(subject.episodes().inARow).toBe(0);
-    subject.observe(throttledAnswer(3_000), clock.now());
+    subject.observe(answer.throttled(3_000), clock.now());
     expect(subject.pausedUntil()).toBe(clock.now() + 3_000);
   });
 
