@@ -7,27 +7,54 @@ import currencyCodes from 'currency-codes';
  * LBP, whose ISO exponents are 3, 2 and 2. All arithmetic is on digits, never on floats.
  */
 
+/**
+ * The codes ISO 4217 lists with no minor unit ("N.A.": precious metals, bond-market units, SDR,
+ * testing, "no currency"), which currency-codes gives as 0 digits. Their amounts are not counts
+ * of a major unit, so they are shown as minor units, as an unknown code is.
+ */
+export const NO_MINOR_UNIT: ReadonlySet<string> = new Set([
+  'XAG',
+  'XAU',
+  'XBA',
+  'XBB',
+  'XBC',
+  'XBD',
+  'XDR',
+  'XPD',
+  'XPT',
+  'XSU',
+  'XTS',
+  'XUA',
+  'XXX',
+]);
+
 const EXPONENTS: ReadonlyMap<string, number> = new Map(
-  currencyCodes.data.map((entry) => [entry.code, entry.digits]),
+  currencyCodes.data
+    .filter((entry) => !NO_MINOR_UNIT.has(entry.code))
+    .map((entry) => [entry.code, entry.digits]),
 );
 
-/** The ISO 4217 minor-unit exponent of `currency` (USD 2), or undefined for a code ISO does not list. */
+/**
+ * The ISO 4217 minor-unit exponent of `currency` (USD 2), or undefined for a code ISO does not
+ * list or lists without a minor unit (XAU).
+ */
 export function currencyExponent(currency: string): number | undefined {
   return EXPONENTS.get(currency);
 }
 
 /** Why `currency` cannot be shown or sent in major units, or undefined when it can. */
 export function majorUnitsProblem(currency: string): string | undefined {
-  return EXPONENTS.has(currency)
-    ? undefined
+  if (EXPONENTS.has(currency)) return undefined;
+  return NO_MINOR_UNIT.has(currency)
+    ? `${currency} has no minor unit in ISO 4217, so its amounts have no major-unit form`
     : `${JSON.stringify(currency)} is not an ISO 4217 currency, so its minor unit is not known`;
 }
 
 /**
  * `amount` minor units as a decimal string in major units, with exactly the currency's
  * exponent of decimals: 1234 USD → "12.34", 1200 JPY → "1200", 1234 KWD → "1.234",
- * 5 USD → "0.05". Throws a RangeError for a currency ISO 4217 does not list, or an amount that
- * is not a safe integer.
+ * 5 USD → "0.05". Throws a RangeError for a currency without a known minor unit (see
+ * majorUnitsProblem), or an amount that is not a safe integer.
  */
 export function toMajorUnits(amount: number, currency: string): string {
   const exponent = EXPONENTS.get(currency);
@@ -56,7 +83,8 @@ const grouped = new Intl.NumberFormat('en-US', { useGrouping: true, maximumFract
 
 /**
  * Money for people: `USD 462,170.94`, `JPY 12,000`, `KWD 1.234`. A currency ISO 4217 does not
- * list is shown as its exact count of minor units: `ABC 1,234 (minor units)`.
+ * list, or lists without a minor unit (XAU), is shown as its exact count of minor units:
+ * `ABC 1,234 (minor units)`.
  */
 export function formatMoney(amount: number, currency: string): string {
   const exponent = EXPONENTS.get(currency);
