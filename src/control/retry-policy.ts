@@ -208,6 +208,12 @@ export function decideRetry(
       if (attempts >= policy.maxAttempts) {
         return finish(attempts, ambiguous, ambiguous ? 'unknown' : 'failed');
       }
+      if (result.final === true) {
+        return {
+          ...finish(attempts, ambiguous, ambiguous ? 'unknown' : 'failed'),
+          reason: `the provider said not to retry: ${result.reason}`,
+        };
+      }
       if (waits > policy.maxWaits) {
         const what = conflict ? 'answered 409 (key in use)' : 'throttled';
         return {

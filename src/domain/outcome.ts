@@ -69,6 +69,11 @@ export interface AttemptRetry {
    * until the first request settles, and never ends `failed`.
    */
   readonly conflict?: boolean;
+  /**
+   * The provider said not to retry (Stripe-Should-Retry: false): the charge ends now, `unknown`
+   * when an attempt may have reached the provider, else `failed`.
+   */
+  readonly final?: boolean;
 }
 
 /**

@@ -11,6 +11,8 @@ export interface ProviderAnswer {
   readonly retryAfter: string | undefined;
   /** The body as text (possibly cut short); may be empty. */
   readonly body: string;
+  /** Every header of the answer, names in lower case (read by a description's rules and hints). */
+  readonly headers?: Readonly<Record<string, string | string[] | undefined>> | undefined;
 }
 
 /** No answer came. */
@@ -168,6 +170,12 @@ export function providerReason(body: string): string | undefined {
   }
   if (reason === undefined) return undefined;
   const line = oneLine(reason);
+  return line.length === 0 ? undefined : truncate(line, REASON_MAX_LENGTH);
+}
+
+/** A provider's reason as a report keeps it: one line, at most REASON_MAX_LENGTH characters. */
+export function oneLineReason(text: string): string | undefined {
+  const line = oneLine(text);
   return line.length === 0 ? undefined : truncate(line, REASON_MAX_LENGTH);
 }
 

@@ -3,22 +3,40 @@ import type { WallClock } from '../control/retry-after.js';
 import { RETRY_DEFAULTS } from '../control/retry-policy.js';
 import { describeValue, UsageError } from '../domain/errors.js';
 import type { AttemptResult } from '../domain/outcome.js';
-import { type ClassifyContext, classify } from './classify.js';
+import { classify } from './classify.js';
 import { credentialsFingerprint, fingerprintSalt } from './credentials.js';
+import {
+  type ProviderDescription,
+  type ProviderDescriptionInput,
+  providerSchema,
+} from './description.js';
 import {
   describeHeaders,
   parseHeaderFlags,
+  REDACTED,
   type RequestHeader,
   resolveHeaders,
 } from './header-template.js';
+import { type Classifier, compileRules } from './rules.js';
+import { type CompiledRequest, compileRequest, TemplateRenderError } from './template.js';
 
 export interface ProviderClientOptions {
   /**
-   * Where charges are POSTed, e.g. `http://127.0.0.1:4010/charge`: http or https, without
-   * credentials (send those with a header). Required.
+   * Where charges are sent, e.g. `http://127.0.0.1:4010/charge`: http or https, without
+   * credentials (send those with a header). Required, unless the provider description's
+   * request.url is absolute; a relative request.url (`/v1/payment_intents`) resolves against it.
    */
-  readonly endpoint: string;
-  /** Headers sent with every charge (from resolveHeaders). Default: none. */
+  readonly endpoint?: string | undefined;
+  /**
+   * How to speak to the billing API: request template, idempotency placement, response rules.
+   * Default: bulkbill's own shape (POST {user_id, amount, currency} as JSON, Idempotency-Key).
+   */
+  readonly provider?: ProviderDescriptionInput | undefined;
+  /**
+   * Headers sent with every charge (from resolveHeaders: the description's headers with the
+   * --header flags over them, `${NAME}` read); values may hold per-charge placeholders such as
+   * `{{idempotency_key}}`. Default: none.
+   */
   readonly headers?: readonly RequestHeader[];
   /** Keep-alive connections kept to the provider, at most; set it to the concurrency. Default 16. */
   readonly connections?: number;
@@ -40,6 +58,8 @@ export interface ChargeRequest {
   readonly currency: string;
   /** From idempotencyKey(runId, userId): the same on every attempt of the charge. */
   readonly idempotencyKey: string;
+  /** The row's other columns, which a request template may read. */
+  readonly metadata?: Readonly<Record<string, string>> | undefined;
 }
 
 export const PROVIDER_CLIENT_DEFAULTS = {
@@ -53,7 +73,7 @@ const systemWallClock: WallClock = { now: Date.now };
 
 // Settings every attempt shares, built once per client.
 interface AttemptShared {
-  readonly context: ClassifyContext;
+  readonly classify: Classifier;
   readonly timeoutMs: number;
 }
 
@@ -67,9 +87,10 @@ export class ProviderClient {
   readonly endpoint: string;
   readonly connections: number;
   readonly timeoutMs: number;
+  /** The compiled request template: what each attempt sends. */
+  readonly request: CompiledRequest;
   readonly #pool: Pool;
-  readonly #path: string;
-  // `name, value, …, 'idempotency-key', ''`: copied per attempt, its last slot set to the key.
+  // `content-type, …, name, value, …`: the headers every attempt sends, before its own.
   readonly #headerList: readonly string[];
   readonly #headers: readonly RequestHeader[];
   readonly #shared: AttemptShared;
@@ -94,25 +115,32 @@ export class ProviderClient {
         `Expected \`maxRetryAfterMs\` to be a finite number >= 0, got ${describeValue(maxRetryAfterMs)}`,
       );
     }
-    const url = parseEndpoint(options.endpoint, options.endpointLabel ?? 'endpoint');
-    this.endpoint = `${url.origin}${url.pathname}${url.search ? '?…' : ''}`;
+    const label = options.endpointLabel ?? 'endpoint';
+    if (options.endpoint !== undefined) parseEndpoint(options.endpoint, label);
+    const description = providerSchema.parse(options.provider ?? {});
+    this.#headers = options.headers ?? [];
+    this.request = compileProviderRequest(description, options.endpoint, this.#headers);
+    this.endpoint = runEndpoint(this.request);
     this.connections = connections;
     this.timeoutMs = timeoutMs;
-    this.#path = `${url.pathname}${url.search}`;
-    this.#headers = options.headers ?? [];
-    const list = ['content-type', 'application/json'];
-    for (const header of this.#headers) list.push(header.name, header.value);
-    list.push('idempotency-key', '');
+    const list = ['content-type', this.request.contentType];
+    for (const header of this.#headers) {
+      if (!header.value.includes('{{')) list.push(header.name, header.value);
+    }
     this.#headerList = list;
+    const context = {
+      endpoint: this.endpoint,
+      wallClock: options.wallClock ?? systemWallClock,
+      maxRetryAfterMs,
+    };
     this.#shared = {
-      context: {
-        endpoint: this.endpoint,
-        wallClock: options.wallClock ?? systemWallClock,
-        maxRetryAfterMs,
-      },
+      classify:
+        options.provider === undefined
+          ? (exchange) => classify(exchange, context)
+          : compileRules(description.response, context),
       timeoutMs,
     };
-    this.#pool = new Pool(url.origin, {
+    this.#pool = new Pool(this.request.origin, {
       connections,
       pipelining: 1,
       // The attempt's own deadline comes first; these only stop a stuck socket for good.
@@ -124,17 +152,53 @@ export class ProviderClient {
 
   /** Sends one attempt and classifies what came back (or did not). Never rejects. */
   attempt(charge: ChargeRequest): Promise<AttemptResult> {
-    const headers = this.#headerList.slice();
-    headers[headers.length - 1] = charge.idempotencyKey;
-    const body = JSON.stringify({
-      user_id: charge.userId,
-      amount: charge.amount,
-      currency: charge.currency,
-    });
+    let rendered: ReturnType<CompiledRequest['render']>;
+    try {
+      rendered = this.request.render(charge);
+    } catch (error) {
+      // Nothing was sent: a row the template cannot fill stops the run, every charge pending.
+      if (!(error instanceof TemplateRenderError || error instanceof RangeError)) throw error;
+      return Promise.resolve({ kind: 'fatal', status: undefined, reason: error.message });
+    }
+    const own = rendered.headers;
+    // undici copies headers into the request it builds: the shared list is never written.
+    const headers = (
+      own.length === 0 ? this.#headerList : this.#headerList.concat(own)
+    ) as string[];
     const promise = new Promise<AttemptResult>(captureResolve);
     const handler = new AttemptHandler(this.#shared, capturedResolve);
-    this.#pool.dispatch({ path: this.#path, method: 'POST', headers, body }, handler);
+    this.#pool.dispatch(
+      { path: rendered.path, method: this.request.method, headers, body: rendered.body },
+      handler,
+    );
     return promise;
+  }
+
+  /** What the first attempt of `charge` sends, with secret header values masked: for a dry run. */
+  preview(charge: ChargeRequest): {
+    method: string;
+    url: string;
+    headers: Record<string, string>;
+    body: string;
+  } {
+    const rendered = this.request.render(charge);
+    const headers: Record<string, string> = { 'content-type': this.request.contentType };
+    Object.assign(
+      headers,
+      describeHeaders(this.#headers.filter((header) => !header.value.includes('{{'))),
+    );
+    const templated = new Map(this.#headers.map((header) => [header.name, header.sensitive]));
+    for (let index = 0; index < rendered.headers.length; index += 2) {
+      const name = rendered.headers[index] as string;
+      headers[name] =
+        templated.get(name) === true ? REDACTED : (rendered.headers[index + 1] as string);
+    }
+    return {
+      method: this.request.method,
+      url: `${this.request.origin}${rendered.path}`,
+      headers,
+      body: rendered.body,
+    };
   }
 
   /**
@@ -167,11 +231,13 @@ function captureResolve(resolve: (result: AttemptResult) => void): void {
 }
 
 /**
- * A client for an engine's options: `Name: value` header flags resolved from `env` (a missing
- * `${NAME}` fails here, naming it), and errors naming each option as `label` spells it.
+ * A client for an engine's options: the description's headers with the `Name: value` header
+ * flags over them, resolved from `env` (a missing `${NAME}` fails here, naming it), and errors
+ * naming each option as `label` spells it.
  */
 export function clientFromOptions(options: {
-  readonly endpoint: string;
+  readonly endpoint: string | undefined;
+  readonly provider?: ProviderDescriptionInput | undefined;
   readonly headers: readonly string[];
   readonly env: Readonly<Record<string, string | undefined>>;
   readonly connections: number;
@@ -181,11 +247,77 @@ export function clientFromOptions(options: {
   const { label } = options;
   return new ProviderClient({
     endpoint: options.endpoint,
-    headers: resolveHeaders(parseHeaderFlags(options.headers, label('headers')), options.env),
+    provider: options.provider,
+    headers: providerHeaders(options.provider, options.headers, options.env, label('headers')),
     connections: options.connections,
     timeoutMs: options.timeoutMs,
     endpointLabel: label('endpoint'),
   });
+}
+
+/**
+ * The headers a run sends: the provider description's, then the `Name: value` flags (a flag
+ * replaces the description's header of the same name), with `${NAME}` read from `env`.
+ */
+export function providerHeaders(
+  provider: ProviderDescriptionInput | undefined,
+  flags: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  label = '--header',
+): RequestHeader[] {
+  const own = parseHeaderFlags(flags, label);
+  const given = new Set(own.map((header) => header.name.toLowerCase()));
+  const described = parseHeaderFlags(
+    Object.entries(provider?.request?.headers ?? {})
+      .filter(([name]) => !given.has(name.toLowerCase()))
+      .map(([name, value]) => `${name}: ${value}`),
+    'provider.request.headers',
+  );
+  return resolveHeaders([...described, ...own], env);
+}
+
+/** Compiles a description's request with the run's resolved headers in place of its own. */
+function compileProviderRequest(
+  description: ProviderDescription,
+  endpoint: string | undefined,
+  headers: readonly RequestHeader[],
+): CompiledRequest {
+  const templated: Record<string, string> = {};
+  for (const header of headers) {
+    if (header.value.includes('{{')) templated[header.name] = header.value;
+  }
+  const idempotencyHeader = description.idempotency.header?.toLowerCase();
+  for (const header of headers) {
+    if (header.name.toLowerCase() === idempotencyHeader) {
+      throw new UsageError(
+        `header "${header.name}": bulkbill sets this header itself (it carries the idempotency key)`,
+      );
+    }
+  }
+  return compileRequest(
+    { ...description, request: { ...description.request, headers: templated } },
+    endpoint,
+  );
+}
+
+/**
+ * What a run is bound to: the request's URL (origin and path, placeholders as written), and the
+ * provider's key length limit when keys are cut to it (another limit would send other keys).
+ */
+function runEndpoint(request: CompiledRequest): string {
+  return request.maxKeyLength < 255
+    ? `${request.printable} (idempotency keys cut to ${request.maxKeyLength})`
+    : request.printable;
+}
+
+/** The endpoint a run is bound to with this description, without building a client. */
+export function describeRunEndpoint(
+  provider: ProviderDescriptionInput | undefined,
+  endpoint: string | undefined,
+  label = 'endpoint',
+): string {
+  if (endpoint !== undefined) parseEndpoint(endpoint, label);
+  return runEndpoint(compileRequest(providerSchema.parse(provider ?? {}), endpoint));
 }
 
 /**
@@ -249,6 +381,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
   #settled = false;
   #status = 0;
   #retryAfter: string | undefined;
+  #headers: Record<string, string | string[] | undefined> | undefined;
   #chunks: Buffer[] = [];
   #bytes = 0;
 
@@ -275,6 +408,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
     this.#status = statusCode;
     const retryAfter = headers['retry-after'];
     this.#retryAfter = Array.isArray(retryAfter) ? retryAfter[0] : retryAfter;
+    this.#headers = headers;
   }
 
   onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -306,16 +440,13 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
       return;
     }
     this.#settle(
-      classify(
-        {
-          type: 'failure',
-          failure: codeText !== undefined && TIMEOUT_CODES.has(codeText) ? 'timeout' : 'connection',
-          sent,
-          code: codeText,
-          detail: error.message || error.name,
-        },
-        this.#shared.context,
-      ),
+      this.#shared.classify({
+        type: 'failure',
+        failure: codeText !== undefined && TIMEOUT_CODES.has(codeText) ? 'timeout' : 'connection',
+        sent,
+        code: codeText,
+        detail: error.message || error.name,
+      }),
     );
   }
 
@@ -327,16 +458,13 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
     } else {
       const sent = this.#controller !== undefined;
       this.#settle(
-        classify(
-          {
-            type: 'failure',
-            failure: 'timeout',
-            sent,
-            code: undefined,
-            detail: `no answer within ${this.#shared.timeoutMs}ms`,
-          },
-          this.#shared.context,
-        ),
+        this.#shared.classify({
+          type: 'failure',
+          failure: 'timeout',
+          sent,
+          code: undefined,
+          detail: `no answer within ${this.#shared.timeoutMs}ms`,
+        }),
       );
     }
     // Drop the connection: whatever it still carries belongs to an attempt that is over.
@@ -350,10 +478,13 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
         ? ''
         : (chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)).toString('utf8');
     this.#settle(
-      classify(
-        { type: 'answer', status: this.#status, retryAfter: this.#retryAfter, body },
-        this.#shared.context,
-      ),
+      this.#shared.classify({
+        type: 'answer',
+        status: this.#status,
+        retryAfter: this.#retryAfter,
+        body,
+        headers: this.#headers,
+      }),
     );
   }
 

@@ -10,12 +10,21 @@ export {
 export {
   type ChargeRequest,
   clientFromOptions,
+  describeRunEndpoint,
   PROVIDER_CLIENT_DEFAULTS,
   ProviderClient,
   type ProviderClientOptions,
   printableEndpoint,
+  providerHeaders,
 } from './client.js';
 export { credentialsFingerprint, fingerprintSalt, sameCredentials } from './credentials.js';
+export {
+  OUTCOMES,
+  type ProviderDescription,
+  type ProviderDescriptionInput,
+  providerSchema,
+  type RuleOutcome,
+} from './description.js';
 export {
   describeHeaders,
   type HeaderTemplate,
@@ -25,3 +34,10 @@ export {
   type RequestHeader,
   resolveHeaders,
 } from './header-template.js';
+export { type Classifier, compileRules } from './rules.js';
+export {
+  type CompiledRequest,
+  compileRequest,
+  type TemplateCharge,
+  TemplateRenderError,
+} from './template.js';
