@@ -1,5 +1,6 @@
 import { formatDuration } from '../domain/duration.js';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
+import { formatMoney } from '../domain/money.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import {
   type DistributedStatus,
@@ -138,9 +139,11 @@ async function printCharge(
 }
 
 function describeCharge(run: RunRecord, charge: ChargeRecord): string {
+  // An invalid row is kept without an amount or currency (its reason says what was wrong).
+  const money = charge.currency === '' ? 'no amount' : formatMoney(charge.amount, charge.currency);
   const parts = [
     `${charge.userId} in run ${run.runId}: ${charge.state}`,
-    `  line ${charge.line} · ${charge.amount} ${charge.currency} (minor units) · ${charge.attempts} attempt${charge.attempts === 1 ? '' : 's'}`,
+    `  line ${charge.line} · ${money} · ${charge.attempts} attempt${charge.attempts === 1 ? '' : 's'}`,
   ];
   if (charge.httpStatus !== undefined) parts.push(`  last answer: HTTP ${charge.httpStatus}`);
   if (charge.chargeId) parts.push(`  provider charge id: ${charge.chargeId}`);

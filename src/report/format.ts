@@ -1,4 +1,5 @@
 import { formatDuration } from '../domain/duration.js';
+import { formatMoney } from '../domain/money.js';
 import type { StateCounts } from '../ledger/ledger.js';
 import type { RunSummary } from './summary.js';
 
@@ -11,13 +12,14 @@ export function formatCounts(counts: StateCounts): string {
     .join(' · ');
 }
 
-/** `USD 199,000 (minor units) · EUR 1,250 (minor units)`: exact sums, no guess at decimals. */
+/**
+ * `USD 1,990.00 · JPY 12,000`: exact sums of minor units in each currency's own units (ISO 4217
+ * exponents); a code without a known minor unit stays a count of minor units.
+ */
 export function formatAmounts(amounts: Readonly<Record<string, number>>): string {
   const entries = Object.entries(amounts);
   if (entries.length === 0) return 'nothing';
-  return entries
-    .map(([currency, minor]) => `${currency} ${number.format(minor)} (minor units)`)
-    .join(' · ');
+  return entries.map(([currency, minor]) => formatMoney(minor, currency)).join(' · ');
 }
 
 /** The end-of-run summary, for people. */

@@ -75,11 +75,21 @@ describe('formatCounts', () => {
 });
 
 describe('formatAmounts', () => {
-  it('writes exact minor units per currency, or nothing', () => {
-    expect(formatAmounts({ USD: 199_000, EUR: 1_250 })).toBe(
-      'USD 199,000 (minor units) · EUR 1,250 (minor units)',
+  it("writes each currency's sum in its own units, or nothing", () => {
+    expect(formatAmounts({ USD: 199_000, EUR: 1_250 })).toBe('USD 1,990.00 · EUR 12.50');
+    expect(formatAmounts({ USD: 46_217_094, JPY: 12_000, KWD: 1_234 })).toBe(
+      'USD 462,170.94 · JPY 12,000 · KWD 1.234',
     );
+    expect(formatAmounts({ IQD: 1_234_567, HUF: 5 })).toBe('IQD 1,234.567 · HUF 0.05');
     expect(formatAmounts({})).toBe('nothing');
+  });
+
+  it('keeps a sum exact up to the largest safe integer of minor units', () => {
+    expect(formatAmounts({ USD: Number.MAX_SAFE_INTEGER })).toBe('USD 90,071,992,547,409.91');
+  });
+
+  it('writes a code without a known minor unit as its count of minor units', () => {
+    expect(formatAmounts({ ABC: 1_234, USD: 5 })).toBe('ABC 1,234 (minor units) · USD 0.05');
   });
 });
 
@@ -115,7 +125,7 @@ describe('formatSummary', () => {
     expect(text).toContain(
       '10,000 users: 9,950 charged · 40 declined · 6 failed · 4 unknown · 0 invalid · 0 pending',
     );
-    expect(text).toContain('charged: USD 1,990,000 (minor units)');
+    expect(text).toContain('charged: USD 19,900.00\n');
     expect(text).toContain('  20s wall · ');
     expect(text).toContain('500 charges/s');
     expect(text).toContain('10,321 requests');
