@@ -2,10 +2,15 @@ import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
 import { rename, stat, unlink } from 'node:fs/promises';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
+import { currencyExponent, toMajorUnits } from '../domain/money.js';
 import type { Ledger } from '../ledger/ledger.js';
 import { csvRecord } from './csv.js';
 
-/** The report's columns, in order: the first seven are the contract, the rest context. */
+/**
+ * The report's columns, in order: the first seven are the contract, the rest context. `amount`
+ * is in the currency's own units (`12.34` USD, `1200` JPY; a code without a known minor unit:
+ * its count of minor units), `amount_minor` the exact integer of minor units the ledger holds.
+ */
 export const REPORT_COLUMNS = [
   'user_id',
   'status',
@@ -16,6 +21,7 @@ export const REPORT_COLUMNS = [
   'error',
   'line',
   'amount',
+  'amount_minor',
   'currency',
   'ambiguous',
   'metadata',
@@ -64,6 +70,7 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
           charge.chargeId,
           charge.error,
           charge.line,
+          reportAmount(charge.amount, charge.currency),
           charge.amount,
           charge.currency,
           charge.ambiguous,
@@ -87,4 +94,11 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
     throw error === out.errored ? ioFailure(error) : error;
   }
   return rows;
+}
+
+/** `amount` in major units where the currency's exponent is known, else its minor-unit count. */
+function reportAmount(amount: number, currency: string): string | number {
+  return currencyExponent(currency) === undefined || !Number.isSafeInteger(amount)
+    ? amount
+    : toMajorUnits(amount, currency);
 }

@@ -139,7 +139,7 @@ describe('operator mistakes between two runs of bulkbill run (local engine)', ()
       userIds,
     });
     expect([...byUser.values()].filter((row) => row.status !== 'charged')).toEqual([]);
-    expect(byUser.get('fix-amount')?.amount).toBe('1999');
+    expect(byUser.get('fix-amount')).toMatchObject({ amount: '19.99', amount_minor: '1999' });
     const [status, human] = await Promise.all([
       statusJson(ws.ledger, runId),
       runCli(['status', '--run-id', runId, '--ledger', ws.ledger]),

@@ -123,7 +123,10 @@ describe('bulkbill run (end to end)', () => {
     rows.forEach((row, index) => {
       const out = reportRows[index];
       expect(out?.line).toBe(String(index + 2));
-      expect(out?.amount).toBe(String(row.amount));
+      // amount in the currency's own units (JPY has none below the yen), amount_minor exact.
+      const major =
+        row.currency === 'JPY' ? String(row.amount) : (Number(row.amount) / 100).toFixed(2);
+      expect(out).toMatchObject({ amount: major, amount_minor: String(row.amount) });
       expect(out?.currency).toBe(row.currency);
       expect(JSON.parse(out?.metadata ?? '{}')).toEqual({ note: row.note });
     });
@@ -242,10 +245,28 @@ describe('bulkbill run (end to end)', () => {
       expect(charge).toMatchObject({ runId: summary.runId, userId, state: row?.status });
       expect(charge.chargeId ?? '').toBe(row?.charge_id);
       expect(String(charge.attempts)).toBe(row?.attempts);
+      // --json keeps the exact integer of minor units; the report has it as amount_minor.
+      expect(charge.amount).toBe(Number(rows.find((input) => input.userId === userId)?.amount));
+      expect(row).toMatchObject({ amount_minor: String(charge.amount) });
     });
     const human = await runCli(['status', '--run-id', summary.runId, '--ledger', ws.ledger]);
     expect(human.code).toBe(0);
     expect(human.stdout).toContain('52 charged · 10 declined · 0 failed');
+    // 100 + 101 + … + 149 cents charged in USD, 700 in EUR, 1 in GBP.
+    for (const money of ['USD 62.25', 'EUR 7.00', 'GBP 0.01'])
+      expect(human.stdout).toContain(money);
+    expect(human.stdout).not.toContain('minor units');
+    const one = await runCli([
+      'status',
+      '--run-id',
+      summary.runId,
+      '--ledger',
+      ws.ledger,
+      '--user',
+      'user-7',
+    ]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/^ {2}line \d+ · USD 1\.07 · \d+ attempts?$/m);
   }, 60_000);
 
   it('refuses bad input before any request, naming file:line: field; --skip-invalid bills the rest', async () => {
@@ -347,11 +368,12 @@ describe('bulkbill run (end to end)', () => {
 
     const dry = await runCli(runArgs(input, mock, '--dry-run', '--concurrency', '10'));
     expect(dry.code, dry.stderr).toBe(0);
-    const usd = plainUsers(20).reduce((total, row) => total + Number(row.amount), 0);
     expect(dry.stdout).toContain('nobody was charged');
     expect(dry.stdout).toContain('30 charges');
-    expect(dry.stdout).toContain(`USD ${usd.toLocaleString('en-US')}`);
-    expect(dry.stdout).toContain('EUR 10,000');
+    // 100 + 101 + … + 119 cents in USD, 10 × 1,000 cents in EUR, in the currencies' own units.
+    expect(dry.stdout).toContain('USD 21.90');
+    expect(dry.stdout).toContain('EUR 100.00');
+    expect(dry.stdout).not.toContain('minor units');
     // 30 charges, 10 at a time, at the assumed 1.6 s each: three waves.
     expect(dry.stdout).toMatch(/concurrency 10.*about 4\.8s/);
     expect((await providerStats(ws.agent, mock.url)).requests).toBe(0);

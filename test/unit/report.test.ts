@@ -188,7 +188,8 @@ describe('writeReport', () => {
         charge_id: 'ch_1',
         error: '',
         line: '2',
-        amount: '1999',
+        amount: '19.99',
+        amount_minor: '1999',
         currency: 'USD',
         ambiguous: 'false',
         metadata: '{"plan":"pro"}',
@@ -202,7 +203,8 @@ describe('writeReport', () => {
         charge_id: '',
         error: 'card_declined: "insufficient", funds',
         line: '3',
-        amount: '500',
+        amount: '5.00',
+        amount_minor: '500',
         currency: 'EUR',
         ambiguous: 'false',
         metadata: '',
@@ -216,7 +218,8 @@ describe('writeReport', () => {
         charge_id: '',
         error: 'timeout after the request was sent',
         line: '4',
-        amount: '700',
+        amount: '7.00',
+        amount_minor: '700',
         currency: 'USD',
         ambiguous: 'true',
         metadata: '{"note":"a, \\"b\\"\\nc"}',
@@ -230,7 +233,8 @@ describe('writeReport', () => {
         charge_id: '',
         error: '',
         line: '5',
-        amount: '800',
+        amount: '8.00',
+        amount_minor: '800',
         currency: 'USD',
         ambiguous: 'false',
         metadata: '',
@@ -244,7 +248,8 @@ describe('writeReport', () => {
         charge_id: '',
         error: 'user_id: appears twice (first on line 2)',
         line: '6',
-        amount: '1999',
+        amount: '19.99',
+        amount_minor: '1999',
         currency: 'USD',
         ambiguous: 'false',
         metadata: '',
@@ -258,7 +263,8 @@ describe('writeReport', () => {
         charge_id: '',
         error: 'amount: expected a positive integer, got 0',
         line: '7',
-        amount: '0',
+        amount: '0.00',
+        amount_minor: '0',
         currency: 'USD',
         ambiguous: 'false',
         metadata: '',
@@ -272,7 +278,8 @@ describe('writeReport', () => {
         charge_id: '',
         error: '',
         line: '8',
-        amount: '900',
+        amount: '9.00',
+        amount_minor: '900',
         currency: 'GBP',
         ambiguous: 'false',
         metadata: '',
@@ -280,6 +287,46 @@ describe('writeReport', () => {
     ]);
     // The metadata cell is the charge's metadata, as JSON.
     expect(JSON.parse(report[2]?.metadata ?? '')).toEqual({ note: 'a, "b"\nc' });
+  });
+
+  it("writes amount in the currency's own units and amount_minor as the exact integer", async () => {
+    const row = (line: number, userId: string, amount: number, currency: string): ImportRow => ({
+      line,
+      userId,
+      amount,
+      currency,
+      metadata: {},
+    });
+    await seed('money', [
+      row(2, 'usd', 1_234, 'USD'),
+      row(3, 'cents', 5, 'USD'),
+      row(4, 'jpy', 1_200, 'JPY'),
+      row(5, 'kwd', 1_234, 'KWD'),
+      row(6, 'iqd', 1_234, 'IQD'),
+      row(7, 'clf', 12_345, 'CLF'),
+      row(8, 'max', Number.MAX_SAFE_INTEGER, 'USD'),
+      row(9, 'unlisted', 1_234, 'ABC'),
+      row(10, 'gold', 1_234, 'XAU'),
+      { ...row(11, 'bad', 0, ''), invalidReason: 'currency: is missing' },
+    ]);
+    const path = join(dir, 'money.report.csv');
+    await writeReport(ledger, 'money', path);
+    const report = await readReport(path);
+    expect(report.map((cells) => [cells.user_id, cells.amount, cells.amount_minor])).toEqual([
+      ['usd', '12.34', '1234'],
+      ['cents', '0.05', '5'],
+      ['jpy', '1200', '1200'],
+      ['kwd', '1.234', '1234'],
+      ['iqd', '1.234', '1234'],
+      ['clf', '1.2345', '12345'],
+      ['max', '90071992547409.91', '9007199254740991'],
+      // No known minor unit: amount stays the count of minor units, as amount_minor.
+      ['unlisted', '1234', '1234'],
+      ['gold', '1234', '1234'],
+      ['bad', '0', '0'],
+    ]);
+    const header = (await readFile(path, 'utf8')).split('\r\n')[0]?.split(',') ?? [];
+    expect(header.indexOf('amount_minor')).toBe(header.indexOf('amount') + 1);
   });
 
   it('writes every row of a run longer than a ledger page, in input order', async () => {
