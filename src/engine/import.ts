@@ -4,6 +4,7 @@ import {
   formatProblem,
   type InputFormat,
   type InputRow,
+  type ReadInputOptions,
   readInputBatches,
 } from '../input/index.js';
 import type { DuplicateUser, ImportRow, Ledger, RunRecord } from '../ledger/ledger.js';
@@ -39,6 +40,8 @@ interface Collected {
 export interface ImportOptions {
   readonly skipInvalid: boolean;
   readonly format?: InputFormat | undefined;
+  /** More rules for a valid row: the provider template's (see ReadInputOptions.check). */
+  readonly check?: ReadInputOptions['check'];
 }
 
 /**
@@ -54,7 +57,10 @@ function validatedRows(file: string, options: ImportOptions) {
     if (problems.length < PROBLEMS_LISTED) problems.push({ line, text });
   };
   async function* batches(): AsyncGenerator<readonly ImportRow[]> {
-    for await (const batch of readInputBatches(file, { format: options.format })) {
+    for await (const batch of readInputBatches(file, {
+      format: options.format,
+      check: options.check,
+    })) {
       yield batch.map((row) => toImportRow(file, row, options.skipInvalid, note));
     }
     if (problemCount > 0 && !options.skipInvalid) {

@@ -5,7 +5,7 @@ import type { Random } from '../control/backoff.js';
 import { resolveRetryPolicy } from '../control/retry-policy.js';
 import { type Clock, systemClock } from '../domain/clock.js';
 import { BulkbillError, describeValue, ErrorCode, UsageError } from '../domain/errors.js';
-import { runIdProblem } from '../domain/idempotency-key.js';
+import { idempotencyKey, runIdProblem } from '../domain/idempotency-key.js';
 import { hashInput, type InputFormat } from '../input/index.js';
 import {
   type Ledger,
@@ -15,7 +15,12 @@ import {
 } from '../ledger/ledger.js';
 import { SqliteLedger } from '../ledger/sqlite-ledger.js';
 import { etaMsOf, PaceMeter, type ProgressEvent } from '../observe/progress.js';
-import { ProviderClient, parseHeaderFlags, resolveHeaders } from '../provider/index.js';
+import {
+  type ChargeRequest,
+  ProviderClient,
+  providerHeaders,
+  providerSchema,
+} from '../provider/index.js';
 import { writeReport } from '../report/report.js';
 import { endpointMismatch, type RunChoice, settleRun } from './run-choice.js';
 
@@ -30,8 +35,16 @@ export const billOptionsSchema = z
   .object({
     /** The billing cycle: a CSV or NDJSON file. Required. */
     input: z.string().min(1),
-    /** Where charges are POSTed, e.g. https://billing.example.com/v1/charges. Required. */
-    endpoint: z.string().min(1),
+    /**
+     * Where charges are sent, e.g. https://billing.example.com/v1/charges. Required unless the
+     * provider description's request.url is absolute; a relative one resolves against it.
+     */
+    endpoint: z.string().min(1).optional(),
+    /**
+     * How to speak to the billing API (request template, idempotency placement, response
+     * rules): see docs/providers.md. Default: bulkbill's own shape.
+     */
+    provider: providerSchema.optional(),
     /** Names the billing cycle (`2026-11`). Default: resume the input's unfinished run, else a fresh id. */
     runId: z.string().optional(),
     /** Most requests in flight. Default 64. */
@@ -116,7 +129,21 @@ export interface BillPlan {
   readonly expectedMs: number;
   /** The same charges one after another. */
   readonly serialMs: number;
+  /** The first charges' requests as they will be sent, secret header values masked. */
+  readonly requests: readonly RequestPreview[];
 }
+
+/** One request as a dry run shows it. */
+export interface RequestPreview {
+  readonly userId: string;
+  readonly method: string;
+  readonly url: string;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: string;
+}
+
+/** Requests a dry run shows. */
+const PREVIEWED = 3;
 
 /** What one call of bill() did. */
 export interface BillResult {
@@ -179,9 +206,23 @@ export function parseOptions<Schema extends z.ZodType<{ runId?: string | undefin
   const parsed = schema.safeParse(plain);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const name = String(issue?.path[0] ?? 'options');
-    const received = (plain as Record<string, unknown>)[name];
-    throw new UsageError(`${label(name)}: ${issue?.message}, got ${describeValue(received)}`);
+    const path = issue?.path ?? [];
+    const name = String(path[0] ?? 'options');
+    // A nested option (provider.request.url) is named by its whole path, its value shown.
+    let received: unknown = plain;
+    for (const step of path) {
+      received =
+        typeof received === 'object' && received !== null
+          ? (received as Record<PropertyKey, unknown>)[step as PropertyKey]
+          : undefined;
+    }
+    const rest = path
+      .slice(1)
+      .map((step) => (typeof step === 'number' ? `[${step}]` : `.${String(step)}`))
+      .join('');
+    throw new UsageError(
+      `${label(name)}${rest}: ${issue?.message}, got ${describeValue(received)}`,
+    );
   }
   const runId = parsed.data.runId;
   if (runId !== undefined) {
@@ -210,9 +251,11 @@ export async function bill(
   const clock = options.clock ?? systemClock;
   const started = clock.now();
   // Headers first: a missing ${TOKEN} must stop the run before the input is even read.
-  const headers = resolveHeaders(
-    parseHeaderFlags(config.headers, label('headers')),
+  const headers = providerHeaders(
+    config.provider,
+    config.headers,
     options.env ?? process.env,
+    label('headers'),
   );
   const policy = resolveRetryPolicy({
     maxAttempts: config.maxAttempts,
@@ -226,6 +269,7 @@ export async function bill(
     const inputHash = await hashInput(config.input);
     client = new ProviderClient({
       endpoint: config.endpoint,
+      provider: config.provider,
       headers,
       connections: config.concurrency,
       timeoutMs: config.timeoutMs,
@@ -244,6 +288,7 @@ export async function bill(
         retryFailed: config.retryFailed && !config.dryRun,
         skipInvalid: config.skipInvalid,
         format: config.format as InputFormat | undefined,
+        check: config.provider === undefined ? undefined : sending.request.rowProblems,
       },
       inputHash,
       endpoint,
@@ -282,6 +327,7 @@ export async function bill(
       planning: config,
       reportPath: options.reportPath,
       elapsedMs: () => clock.now() - started,
+      preview: (charge) => sending.preview(charge),
     });
     if (unbilled) return unbilled;
 
@@ -348,6 +394,8 @@ export async function unbilledResult(args: {
   readonly planning: Pick<ResolvedBillOptions, 'concurrency' | 'rate' | 'assumedLatencyMs'>;
   readonly reportPath: ((runId: string) => string) | undefined;
   readonly elapsedMs: () => number;
+  /** Renders a charge's request for the dry run (ProviderClient.preview). */
+  readonly preview?: ((charge: ChargeRequest) => Omit<RequestPreview, 'userId'>) | undefined;
 }): Promise<BillResult | undefined> {
   const { ledger, choice, counts } = args;
   const { run } = choice;
@@ -373,7 +421,7 @@ export async function unbilledResult(args: {
       reportPath,
     };
   }
-  const plan = await planRun(ledger, run, counts, args.planning);
+  const plan = await planRun(ledger, run, counts, args.planning, args.preview);
   return { ...base, outcome: 'planned', wallMs: args.elapsedMs(), plan, reportPath: undefined };
 }
 
@@ -427,7 +475,23 @@ async function planRun(
   run: RunRecord,
   counts: StateCounts,
   config: Pick<ResolvedBillOptions, 'concurrency' | 'rate' | 'assumedLatencyMs'>,
+  preview: ((charge: ChargeRequest) => Omit<RequestPreview, 'userId'>) | undefined,
 ): Promise<BillPlan> {
+  const requests: RequestPreview[] = [];
+  if (preview !== undefined) {
+    for (const charge of await ledger.pendingCharges(run.runId, 0, PREVIEWED)) {
+      requests.push({
+        userId: charge.userId,
+        ...preview({
+          userId: charge.userId,
+          amount: charge.amount,
+          currency: charge.currency,
+          idempotencyKey: idempotencyKey(run.runId, charge.userId),
+          metadata: charge.metadata,
+        }),
+      });
+    }
+  }
   const charges = counts.pending;
   const latency = config.assumedLatencyMs;
   // Little's law: throughput is concurrency / latency, unless the rate limit is lower.
@@ -445,6 +509,7 @@ async function planRun(
     assumedLatencyMs: latency,
     expectedMs: charges === 0 ? 0 : Math.max(latency, waves),
     serialMs: charges * latency,
+    requests,
   };
 }
 

@@ -4,6 +4,7 @@ import {
   formatDuplicateProblem,
   formatProblem,
   type InputFormat,
+  type ReadInputOptions,
   readInputBatches,
 } from '../input/index.js';
 import type { Ledger, RunRecord } from '../ledger/ledger.js';
@@ -45,6 +46,8 @@ export interface RunRequest {
   readonly retryFailed?: boolean | undefined;
   readonly skipInvalid: boolean;
   readonly format?: InputFormat | undefined;
+  /** More rules for a valid row: the provider template's (see ReadInputOptions.check). */
+  readonly check?: ReadInputOptions['check'];
 }
 
 /** A row of the input whose amount or currency differs from what the run holds for its user. */
@@ -112,7 +115,10 @@ async function compareInput(
   // The input is checked whole before a run is changed: on Redis rows are added as they are read.
   const firstLines = new Map<string, number>();
   const file = request.input;
-  for await (const batch of readInputBatches(file, { format: request.format })) {
+  for await (const batch of readInputBatches(file, {
+    format: request.format,
+    check: request.check,
+  })) {
     const valid = [];
     for (const row of batch) {
       if (row.charge !== undefined) {
@@ -207,7 +213,11 @@ export async function settleRun(
 ): Promise<RunChoice & { readonly importMs: number }> {
   const started = performance.now();
   const runs = await ledger.listRuns();
-  const options = { skipInvalid: request.skipInvalid, format: request.format };
+  const options = {
+    skipInvalid: request.skipInvalid,
+    format: request.format,
+    check: request.check,
+  };
   const create = async (runId: string) => {
     const run = await importRun(
       ledger,

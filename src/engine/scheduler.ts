@@ -223,6 +223,7 @@ export class Scheduler {
         amount: pending.amount,
         currency: pending.currency,
         idempotencyKey: idempotencyKey(this.#options.runId, pending.userId),
+        metadata: pending.metadata,
       },
       attempts: pending.attempts - pending.budgetFrom,
       ambiguous: pending.ambiguous,

@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { describeValue, UsageError } from '../domain/errors.js';
 import { CsvRowReader } from './csv.js';
 import { NdjsonRowReader } from './ndjson.js';
-import type { InputRow } from './row.js';
+import type { InputCharge, InputProblem, InputRow } from './row.js';
 import {
   formatFromExtension,
   type InputFormat,
@@ -21,6 +21,11 @@ export interface ReadInputOptions {
    * else CSV).
    */
   readonly format?: InputFormat | undefined;
+  /**
+   * More rules for a valid row (a provider template's: the columns it reads): the problems it
+   * returns make the row invalid, as a rule of the reader's own would.
+   */
+  readonly check?: ((charge: InputCharge) => readonly InputProblem[]) | undefined;
 }
 
 function checkOptions(options: ReadInputOptions): InputFormat | undefined {
@@ -52,7 +57,7 @@ function checkOptions(options: ReadInputOptions): InputFormat | undefined {
  * column or key is kept as metadata (see CsvRowReader and NdjsonRowReader).
  */
 export function readInput(path: string, options: ReadInputOptions = {}): AsyncIterable<InputRow> {
-  return eachRow(readBatches(path, checkOptions(options)));
+  return eachRow(checked(readBatches(path, checkOptions(options)), options.check));
 }
 
 /**
@@ -64,7 +69,26 @@ export function readInputBatches(
   path: string,
   options: ReadInputOptions = {},
 ): AsyncIterable<readonly InputRow[]> {
-  return readBatches(path, checkOptions(options));
+  return checked(readBatches(path, checkOptions(options)), options.check);
+}
+
+async function* checked(
+  batches: AsyncIterable<readonly InputRow[]>,
+  check: ReadInputOptions['check'],
+): AsyncIterable<readonly InputRow[]> {
+  if (check === undefined) {
+    yield* batches;
+    return;
+  }
+  for await (const batch of batches) {
+    yield batch.map((row) => {
+      if (row.charge === undefined) return row;
+      const problems = check(row.charge);
+      return problems.length === 0
+        ? row
+        : { line: row.line, problems, rawUserId: row.charge.userId };
+    });
+  }
 }
 
 async function* eachRow(batches: AsyncIterable<readonly InputRow[]>): AsyncGenerator<InputRow> {

@@ -1,7 +1,7 @@
 import { currencyProblem, userIdProblem } from '../domain/charge.js';
 
 /** The field a problem is about; `row` when the record as a whole is unreadable. */
-export type InputField = 'user_id' | 'amount' | 'currency' | 'row';
+export type InputField = 'user_id' | 'amount' | 'currency' | 'row' | (string & {});
 
 /** One reason a row cannot be billed, in words a person can act on. */
 export interface InputProblem {

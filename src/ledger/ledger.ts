@@ -62,6 +62,8 @@ export interface PendingCharge {
   readonly firstAttemptAt: number | undefined;
   /** Throttled and 409 answers in a row before this read, when the ledger keeps them. */
   readonly waits?: number | undefined;
+  /** The row's other columns (a request template may read them); absent when it has none. */
+  readonly metadata?: Readonly<Record<string, string>> | undefined;
 }
 
 /** An attempt about to be sent: recorded (and committed) before its request leaves. */

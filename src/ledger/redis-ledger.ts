@@ -478,6 +478,7 @@ export class RedisLedger implements Ledger {
           budgetFrom: budgetOf(value),
           ambiguous: charge.ambiguous,
           firstAttemptAt: charge.firstAttemptAt,
+          metadata: charge.metadata === EMPTY ? undefined : charge.metadata,
         });
       }
       if (ended === 1 || pending.length >= limit) return pending;

@@ -161,7 +161,7 @@ type ChargeTuple = [
 
 /** The columns of a pending charge read as an array, in the order PendingTuple names them. */
 const PENDING_COLUMNS =
-  'seq, user_id, amount, currency, attempts, ambiguous, open, first_at, budget_from, waits';
+  'seq, user_id, amount, currency, attempts, ambiguous, open, first_at, budget_from, waits, metadata';
 type PendingTuple = [
   seq: number,
   userId: string,
@@ -173,6 +173,7 @@ type PendingTuple = [
   firstAt: number | null,
   budgetFrom: number,
   waits: number,
+  metadata: string | null,
 ];
 
 function fromTuple(row: ChargeTuple): ChargeRecord {
@@ -805,6 +806,7 @@ export class SqliteLedger implements Ledger {
       ambiguous: row[5] === 1 || row[6] === 1,
       firstAttemptAt: row[7] ?? undefined,
       waits: row[9],
+      metadata: row[10] ? (JSON.parse(row[10]) as Record<string, string>) : undefined,
     }));
   }
 

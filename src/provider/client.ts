@@ -310,6 +310,20 @@ function runEndpoint(request: CompiledRequest): string {
     : request.printable;
 }
 
+/**
+ * The checks a description's template makes of every input row (columns it reads, currencies
+ * it writes in major units), without building a client; undefined for the default shape.
+ */
+export function templateRowCheck(
+  provider: ProviderDescriptionInput | undefined,
+): CompiledRequest['rowProblems'] | undefined {
+  if (provider === undefined) return undefined;
+  const description = providerSchema.parse(provider);
+  // The URL does not change what a row must hold: any base serves to compile it.
+  const base = description.request.url?.includes('://') ? undefined : 'http://endpoint.invalid';
+  return compileRequest(description, base).rowProblems;
+}
+
 /** The endpoint a run is bound to with this description, without building a client. */
 export function describeRunEndpoint(
   provider: ProviderDescriptionInput | undefined,

@@ -16,6 +16,7 @@ export {
   type ProviderClientOptions,
   printableEndpoint,
   providerHeaders,
+  templateRowCheck,
 } from './client.js';
 export { credentialsFingerprint, fingerprintSalt, sameCredentials } from './credentials.js';
 export {

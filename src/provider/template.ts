@@ -116,7 +116,10 @@ export function compileRequest(
   // Without a request.url the endpoint is the URL, as the URL parser normalises it.
   const urlText = request.url ?? (endpoint === undefined ? undefined : normalised(endpoint));
   if (urlText === undefined) {
-    throw configError('request.url', 'no URL: give an endpoint, or an absolute request.url');
+    throw new BulkbillError(
+      ErrorCode.Usage,
+      'no endpoint: give --endpoint (or `endpoint` in the config file), or an absolute provider.request.url',
+    );
   }
   const absolute = /^[a-z][a-z0-9+.-]*:\/\//i.test(urlText);
   if (!absolute && endpoint === undefined) {

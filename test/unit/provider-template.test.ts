@@ -202,7 +202,7 @@ describe('request template: URL and headers', () => {
       compile({ request: { url: '/payments' } }, 'http://127.0.0.1:9/sandbox/').printable,
     ).toBe('http://127.0.0.1:9/sandbox/payments');
     expect(() => compile({ request: { url: '/v71/payments' } })).toThrow(/no endpoint/);
-    expect(() => compile({})).toThrow(/no URL/);
+    expect(() => compile({})).toThrow(/no endpoint: give --endpoint/);
     expect(() => compile({ request: { url: 'ftp://x.example/' } })).toThrow(/http or https/);
   });
 

@@ -78,6 +78,7 @@ export async function billDistributed(
   });
   const client = clientFromOptions({
     endpoint: config.endpoint,
+    provider: config.provider,
     headers: config.headers,
     env: env ?? process.env,
     connections: config.concurrency,
@@ -103,6 +104,7 @@ export async function billDistributed(
       newCycle: config.newCycle,
       retryFailed: config.retryFailed,
       format: config.format as InputFormat | undefined,
+      check: config.provider === undefined ? undefined : client.request.rowProblems,
       dryRun: config.dryRun,
       signal,
       onRun: async (choice) => {
@@ -126,6 +128,7 @@ export async function billDistributed(
       planning: config,
       reportPath: reportPathOf,
       elapsedMs: () => performance.now() - started,
+      preview: (charge) => client.preview(charge),
     });
     if (unbilled) return unbilled;
 

@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import { BulkbillError, ErrorCode, UsageError } from '../../domain/errors.js';
 import { runIdProblem } from '../../domain/idempotency-key.js';
-import { hashInput, type InputFormat } from '../../input/index.js';
+import { hashInput, type InputFormat, type ReadInputOptions } from '../../input/index.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { endpointMismatch, type RunChoice, settleRun, UNBOUND_ENDPOINT } from '../run-choice.js';
 import {
@@ -29,6 +29,8 @@ export interface EnqueueOptions extends QueuePlace {
   /** Make the run's failed and unknown charges pending again and queue them. */
   readonly retryFailed?: boolean | undefined;
   readonly format?: InputFormat | undefined;
+  /** More rules for a valid row: the provider template's (see ReadInputOptions.check). */
+  readonly check?: ReadInputOptions['check'];
   /** Told which run is queued, once it is chosen (before any job is added). */
   readonly onRun?: ((choice: RunChoice) => void | Promise<void>) | undefined;
   /** Validate and import (or find) the run, queue nothing. Default false. */
@@ -88,6 +90,7 @@ export async function enqueue(options: EnqueueOptions): Promise<EnqueueResult> {
         retryFailed: options.retryFailed === true && options.dryRun !== true,
         skipInvalid: options.skipInvalid === true,
         format: options.format,
+        check: options.check,
       },
       inputHash,
       endpoint ?? UNBOUND_ENDPOINT,
@@ -136,6 +139,7 @@ export async function enqueue(options: EnqueueOptions): Promise<EnqueueResult> {
             c: charge.currency,
             n: charge.attempts,
             x: charge.ambiguous,
+            ...(charge.metadata === undefined ? {} : { m: charge.metadata }),
           } satisfies ChargeJobData,
           opts: {
             jobId: jobIdOf(runId, charge.userId),

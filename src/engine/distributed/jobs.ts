@@ -17,6 +17,8 @@ export interface ChargeJobData {
   readonly x: boolean;
   /** Throttled and 409 answers in a row so far (absent: 0), bounded by the retry policy's maxWaits. */
   readonly w?: number;
+  /** The row's other columns, for a request template that reads them (absent: none). */
+  readonly m?: Readonly<Record<string, string>>;
 }
 
 export const JOB_NAME = 'charge';

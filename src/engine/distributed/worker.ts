@@ -454,6 +454,7 @@ export class BillingWorker {
         amount: data.a,
         currency: data.c,
         idempotencyKey: idempotencyKey(data.r, data.u),
+        metadata: data.m,
       });
     } finally {
       this.#inFlight--;
