@@ -1,13 +1,20 @@
+import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { enqueue } from '../engine/distributed/enqueue.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
-import { printableEndpoint } from '../provider/index.js';
+import {
+  describeRunEndpoint,
+  type ProviderDescriptionInput,
+  templateRowCheck,
+} from '../provider/index.js';
 import { announceRun } from './announce.js';
 import { ExitStatus } from './exit-codes.js';
 import { onStopSignals } from './signals.js';
 
 export interface EnqueueFlags {
-  redis: string;
+  redis?: string;
+  /** The config file's provider description. */
+  provider?: unknown;
   queue: string;
   prefix: string;
   runId?: string;
@@ -22,9 +29,18 @@ const number = new Intl.NumberFormat('en-US');
 
 export async function enqueueCommand(input: string, flags: EnqueueFlags): Promise<number> {
   const stderr = process.stderr;
+  if (flags.redis === undefined) {
+    throw new UsageError('--redis: required (give it here or as `redis` in the config file)');
+  }
+  const redisUrl = flags.redis;
+  const provider = flags.provider as ProviderDescriptionInput | undefined;
+  const absolute = provider?.request?.url?.includes('://') === true;
+  // Bound now when the endpoint is known: given, or the description's absolute URL.
   const endpoint =
-    flags.endpoint === undefined ? undefined : printableEndpoint(flags.endpoint, '--endpoint');
-  const redis = connectRedis(flags.redis, 'short');
+    flags.endpoint === undefined && !absolute
+      ? undefined
+      : describeRunEndpoint(provider, flags.endpoint, '--endpoint');
+  const redis = connectRedis(redisUrl, 'short');
   const controller = new AbortController();
   const removeSignals = onStopSignals(
     () => {
@@ -35,7 +51,7 @@ export async function enqueueCommand(input: string, flags: EnqueueFlags): Promis
   );
   let lastShown = 0;
   try {
-    await checkReachable(redis, flags.redis);
+    await checkReachable(redis, redisUrl);
     const result = await enqueue({
       input,
       redis,
@@ -46,9 +62,10 @@ export async function enqueueCommand(input: string, flags: EnqueueFlags): Promis
       skipInvalid: flags.skipInvalid === true,
       newCycle: flags.newCycle === true,
       retryFailed: flags.retryFailed === true,
+      check: templateRowCheck(provider),
       signal: controller.signal,
       onRun: (choice) => {
-        stderr.write(announceRun(choice, `queue ${flags.queue} on ${redactedUrl(flags.redis)}`));
+        stderr.write(announceRun(choice, `queue ${flags.queue} on ${redactedUrl(redisUrl)}`));
       },
       onQueued: (queued) => {
         if (queued - lastShown >= 100_000) {

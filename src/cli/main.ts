@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import { Command, CommanderError, Option } from 'commander';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
+import { SHAPE_NAMES } from '../mock-provider/shapes/shape.js';
 import { ExitStatus, exitStatusFor } from './exit-codes.js';
 import { durationFlag, integerFlag, numberFlag } from './parse.js';
 
@@ -22,6 +23,27 @@ const program = new Command('bulkbill')
     ),
   )
   .exitOverride();
+
+/**
+ * A command's flags with the config file under them: a flag given on the command line wins,
+ * then bulkbill.config.json (or --config), then the command's defaults.
+ */
+async function configured<Flags extends { config?: string }>(
+  command: Command,
+  flags: Flags,
+): Promise<Flags & { provider?: unknown; adapter?: string }> {
+  const { loadConfig, mergeConfig } = await import('../config/config-file.js');
+  const config = await loadConfig(flags.config, process.cwd());
+  const accepted = [...command.options.map((option) => option.attributeName()), 'provider'];
+  return mergeConfig(flags, config, (name) => command.getOptionValueSource(name), accepted);
+}
+
+function configOption(): Option {
+  return new Option(
+    '--config <path>',
+    'config file (default: ./bulkbill.config.json when it exists); flags win over it',
+  );
+}
 
 /** The `Example:` block that ends a command's --help: lines an operator can copy. */
 function examples(...lines: string[]): string {
@@ -65,12 +87,18 @@ program
   .option('--seed <n>', 'seed of all randomness (default: random, printed)', integerFlag('--seed'))
   .option(
     '--api-key <key>',
-    'require Authorization: Bearer <key> (default: $MOCK_PROVIDER_API_KEY; none: open)',
+    "require this API key, as the shape's provider takes one (default shape: Authorization: Bearer <key>; default: $MOCK_PROVIDER_API_KEY; none: open)",
+  )
+  .addOption(
+    new Option('--shape <name>', "wire format: the mock's own, or a real provider's API")
+      .choices(SHAPE_NAMES)
+      .default('default'),
   )
   .addHelpText(
     'after',
     examples(
       `$ bulkbill mock-provider --port 4010 --latency 1.6s --rate 200 --fail-rate 0.02`,
+      `$ bulkbill mock-provider --shape stripe --latency 0 --decline-rate 0.01`,
       `$ curl -s http://127.0.0.1:4010/stats`,
     ),
   )
@@ -108,7 +136,11 @@ program
     'Bill every user of an input file exactly once (SQLite ledger; resumes an unfinished run of the same file).',
   )
   .argument('<input>', 'CSV (header user_id,amount,currency) or NDJSON file')
-  .requiredOption('--endpoint <url>', 'billing API endpoint that charges are POSTed to')
+  .option(
+    '--endpoint <url>',
+    "billing API endpoint that charges are sent to (or what the provider description's path resolves against)",
+  )
+  .addOption(configOption())
   .option('--run-id <id>', 'names the billing cycle (default: resume, or a fresh id)')
   .option('--concurrency <n>', 'most requests in flight (default 64)', integerFlag('--concurrency'))
   .option('--rate <n>', 'most requests per second (default: unlimited)', numberFlag('--rate'))
@@ -163,9 +195,9 @@ program
       `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --retry-failed`,
     ),
   )
-  .action(async (input: string, flags) => {
+  .action(async (input: string, flags, command: Command) => {
     const { runCommand } = await import('./run.js');
-    process.exitCode = await runCommand(input, flags);
+    process.exitCode = await runCommand(input, await configured(command, flags));
   });
 
 program
@@ -176,6 +208,7 @@ program
   .option('--run-id <id>', 'the run (default: list every run, or find --user in every run)')
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .option('--user <user_id>', "show this user's charge")
+  .addOption(configOption())
   .option('--json', 'print JSON')
   .option('--redis <url>', 'read a run of the distributed engine from this Redis')
   .addOption(queueOption(', with --redis'))
@@ -192,9 +225,9 @@ program
       `$ bulkbill status --redis redis://127.0.0.1:6379 --run-id 2026-11 --wait`,
     ),
   )
-  .action(async (flags) => {
+  .action(async (flags, command: Command) => {
     const { statusCommand } = await import('./status.js');
-    process.exitCode = await statusCommand(flags);
+    process.exitCode = await statusCommand(await configured(command, flags));
   });
 
 program
@@ -203,6 +236,7 @@ program
   .requiredOption('--run-id <id>', 'the run')
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .requiredOption('--out <path>', 'where to write the report')
+  .addOption(configOption())
   .option('--redis <url>', 'read a run of the distributed engine from this Redis')
   .addOption(prefixOption(', with --redis'))
   .addHelpText(
@@ -212,9 +246,9 @@ program
       `$ bulkbill report --redis redis://127.0.0.1:6379 --run-id 2026-11 --out 2026-11.report.csv`,
     ),
   )
-  .action(async (flags) => {
+  .action(async (flags, command: Command) => {
     const { reportCommand } = await import('./report.js');
-    process.exitCode = await reportCommand(flags);
+    process.exitCode = await reportCommand(await configured(command, flags));
   });
 
 program
@@ -223,7 +257,11 @@ program
     'Validate a billing cycle into the Redis ledger and queue one job per charge for `bulkbill worker` (prints the run id; running it again adds only what is missing).',
   )
   .argument('<input>', 'CSV (header user_id,amount,currency) or NDJSON file')
-  .requiredOption('--redis <url>', 'Redis, e.g. redis://127.0.0.1:6379')
+  .option(
+    '--redis <url>',
+    'Redis, e.g. redis://127.0.0.1:6379 (required, here or in the config file)',
+  )
+  .addOption(configOption())
   .option('--run-id <id>', 'names the billing cycle (default: resume, or a fresh id)')
   .addOption(queueOption())
   .addOption(prefixOption())
@@ -245,9 +283,9 @@ program
       `$ bulkbill enqueue users.csv --redis redis://127.0.0.1:6379 --run-id 2026-11 --retry-failed`,
     ),
   )
-  .action(async (input: string, flags) => {
+  .action(async (input: string, flags, command: Command) => {
     const { enqueueCommand } = await import('./enqueue.js');
-    process.exitCode = await enqueueCommand(input, flags);
+    process.exitCode = await enqueueCommand(input, await configured(command, flags));
   });
 
 program
@@ -255,8 +293,15 @@ program
   .description(
     'Bill charges of any run on the queue until stopped (SIGTERM finishes the jobs in flight); run as many as needed, on any machine.',
   )
-  .requiredOption('--redis <url>', 'Redis, e.g. redis://127.0.0.1:6379')
-  .requiredOption('--endpoint <url>', 'billing API endpoint that charges are POSTed to')
+  .option(
+    '--redis <url>',
+    'Redis, e.g. redis://127.0.0.1:6379 (required, here or in the config file)',
+  )
+  .option(
+    '--endpoint <url>',
+    "billing API endpoint that charges are sent to (or what the provider description's path resolves against)",
+  )
+  .addOption(configOption())
   .addOption(queueOption())
   .addOption(prefixOption())
   .option('--concurrency <n>', 'jobs this worker runs at once', integerFlag('--concurrency'), 64)
@@ -298,9 +343,9 @@ program
       `    --concurrency 250 --header 'Authorization: Bearer \${BILLING_TOKEN}'`,
     ),
   )
-  .action(async (flags) => {
+  .action(async (flags, command: Command) => {
     const { workerCommand } = await import('./worker.js');
-    process.exitCode = await workerCommand(flags);
+    process.exitCode = await workerCommand(await configured(command, flags));
   });
 
 program

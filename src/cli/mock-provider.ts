@@ -1,5 +1,5 @@
 import { formatDuration } from '../domain/duration.js';
-import { startMockProvider } from '../mock-provider/index.js';
+import { type ShapeName, startMockProvider } from '../mock-provider/index.js';
 import { ExitStatus } from './exit-codes.js';
 import { flagName } from './parse.js';
 import { onStopSignals } from './signals.js';
@@ -22,6 +22,7 @@ interface MockProviderFlags {
   declineSuffix?: string;
   seed?: number;
   apiKey?: string;
+  shape: ShapeName;
 }
 
 const FLAG_OF_OPTION: Record<string, string> = { latencyMs: '--latency', slowMs: '--slow' };
@@ -41,6 +42,7 @@ export async function mockProviderCommand(flags: MockProviderFlags): Promise<num
       slowRate: flags.slowRate,
       slowMs: flags.slow,
       declineRate: flags.declineRate,
+      shape: flags.shape,
       ...(flags.capacity === undefined ? {} : { capacity: flags.capacity }),
       ...(flags.rate === undefined ? {} : { rate: flags.rate }),
       ...(flags.burst === undefined ? {} : { burst: flags.burst }),
@@ -52,6 +54,7 @@ export async function mockProviderCommand(flags: MockProviderFlags): Promise<num
   );
   const { options } = provider;
   const limits = [
+    options.shape === 'default' ? undefined : `shape ${options.shape}`,
     `latency ${formatDuration(options.latencyMs)} ±${Math.round(options.jitter * 100)}%`,
     options.capacity === undefined
       ? undefined
@@ -74,7 +77,7 @@ export async function mockProviderCommand(flags: MockProviderFlags): Promise<num
   process.stdout.write(
     `bulkbill mock provider (a simulated billing API, not a real one) listening on ${provider.url}\n` +
       `  ${limits.join(', ')}\n` +
-      `  POST ${provider.url}/charge  GET ${provider.url}/stats  GET ${provider.url}/charges/:user_id  POST ${provider.url}/reset\n` +
+      `  POST ${provider.chargeUrl}  GET ${provider.url}/stats  GET ${provider.url}/charges/:user_id  POST ${provider.url}/reset\n` +
       '  Ctrl-C stops it.\n',
   );
 

@@ -1,9 +1,10 @@
 import { formatDuration } from '../domain/duration.js';
 import { billDistributed } from '../engine/distributed/distributed-engine.js';
 import { DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
-import { type BillResult, bill } from '../engine/local-engine.js';
+import { type BillPlan, type BillResult, bill } from '../engine/local-engine.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
 import { ProgressDisplay, type ProgressEvent } from '../observe/progress.js';
+import type { ProviderDescriptionInput } from '../provider/index.js';
 import { formatAmounts, formatSummary } from '../report/format.js';
 import { latencyPercentiles, type RunSummary } from '../report/summary.js';
 import { announceRun } from './announce.js';
@@ -12,7 +13,9 @@ import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
 
 export interface RunFlags {
-  endpoint: string;
+  endpoint?: string;
+  /** The config file's provider description. */
+  provider?: unknown;
   runId?: string;
   concurrency?: number;
   rate?: number;
@@ -65,6 +68,21 @@ export function exitStatusOf(result: BillResult): number {
   return failed + unknown + pending > 0 ? ExitStatus.Failed : ExitStatus.Ok;
 }
 
+/** The dry run's requests, as they will be sent: secret header values read [redacted]. */
+function previewLines(requests: BillPlan['requests']): string[] {
+  if (requests.length === 0) return [];
+  const lines = [
+    `  the first ${requests.length === 1 ? 'request' : `${requests.length} requests`}, as they will be sent (secret headers masked):`,
+  ];
+  for (const request of requests) {
+    lines.push(`    ${request.method} ${request.url}`);
+    for (const [name, value] of Object.entries(request.headers))
+      lines.push(`      ${name}: ${value}`);
+    lines.push(`      ${request.body}`);
+  }
+  return lines;
+}
+
 /** What the operator can do about charges that did not end well, or nothing. */
 function nextStep(result: BillResult, command: string): string {
   const { failed, unknown, pending } = result.counts;
@@ -109,7 +127,10 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
   try {
     const common = {
       input,
-      endpoint: flags.endpoint,
+      ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
+      ...(flags.provider === undefined
+        ? {}
+        : { provider: flags.provider as ProviderDescriptionInput }),
       headers: flags.header,
       ...(flags.runId === undefined ? {} : { runId: flags.runId }),
       ...(flags.concurrency === undefined ? {} : { concurrency: flags.concurrency }),
@@ -168,6 +189,7 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
         `bulkbill: dry run of ${result.run.runId}: nobody was charged`,
         `  ${plan.charges.toLocaleString('en-US')} charges to attempt (${plan.invalid} invalid rows recorded): ${formatAmounts(plan.amounts)}`,
         `  at concurrency ${plan.concurrency}${plan.rate ? ` and ${plan.rate}/s` : ''}, assuming ${formatDuration(plan.assumedLatencyMs)} per request: about ${formatDuration(plan.expectedMs)} (one after another: ${formatDuration(plan.serialMs)})`,
+        ...previewLines(plan.requests),
       ].join('\n');
       if (flags.json)
         process.stdout.write(`${JSON.stringify({ runId: result.run.runId, plan })}\n`);

@@ -4,14 +4,16 @@ import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { redisWarnings } from '../engine/distributed/redis-checks.js';
 import { BillingWorker } from '../engine/distributed/worker.js';
-import { clientFromOptions } from '../provider/index.js';
+import { clientFromOptions, type ProviderDescriptionInput } from '../provider/index.js';
 import { ExitStatus } from './exit-codes.js';
 import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
 
 export interface WorkerFlags {
-  redis: string;
-  endpoint: string;
+  redis?: string;
+  endpoint?: string;
+  /** The config file's provider description. */
+  provider?: unknown;
   queue: string;
   prefix: string;
   concurrency: number;
@@ -60,6 +62,10 @@ function checkFlags(flags: WorkerFlags): void {
 
 export async function workerCommand(flags: WorkerFlags): Promise<number> {
   checkFlags(flags);
+  if (flags.redis === undefined) {
+    throw new UsageError('--redis: required (give it here or as `redis` in the config file)');
+  }
+  const redisUrl = flags.redis;
   // JSON lines on stderr, for a service's log collector; headers are never handed to the logger.
   const log = pino(
     { name: 'bulkbill-worker', base: { pid: process.pid } },
@@ -71,15 +77,16 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
   });
   const client = clientFromOptions({
     endpoint: flags.endpoint,
+    provider: flags.provider as ProviderDescriptionInput | undefined,
     headers: flags.header,
     env: process.env,
     connections: flags.concurrency,
     timeoutMs: flags.timeout,
     label: billLabel,
   });
-  const probe = connectRedis(flags.redis, 'short');
+  const probe = connectRedis(redisUrl, 'short');
   try {
-    await checkReachable(probe, flags.redis);
+    await checkReachable(probe, redisUrl);
     for (const warning of await redisWarnings(probe)) log.warn(warning);
   } catch (error) {
     await client.close();
@@ -87,7 +94,7 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
   } finally {
     await closeRedis(probe);
   }
-  const redis = connectRedis(flags.redis, 'patient');
+  const redis = connectRedis(redisUrl, 'patient');
   let worker: BillingWorker | undefined;
   let signalled = false;
   const removeSignals = onStopSignals(

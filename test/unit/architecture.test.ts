@@ -11,6 +11,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   domain: [],
   input: ['domain'],
   provider: ['domain', 'control'],
+  config: ['domain', 'provider'],
   control: ['domain'],
   ledger: ['domain'],
   observe: ['domain'],
