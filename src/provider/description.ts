@@ -82,8 +82,10 @@ const headerCondition = z
 /**
  * What an answer means: `charged`; `declined` (for good) or `soft_declined` (declined for now:
  * the charge ends declined, its reason says soft); `retry` (the provider did not process it);
- * `ambiguous` (retry, but the provider may have charged: 5xx-like); `fatal` (the run is
- * misconfigured: stop it, leave every charge pending).
+ * `ambiguous` (retry, but the provider may have charged: 5xx-like); `in_progress` (the provider
+ * holds this key and its first request has not settled, as a 409 says: wait and retry with the
+ * key, never ending `failed`); `fatal` (the run is misconfigured: stop it, leave every charge
+ * pending).
  */
 export const OUTCOMES = [
   'charged',
@@ -91,6 +93,7 @@ export const OUTCOMES = [
   'soft_declined',
   'retry',
   'ambiguous',
+  'in_progress',
   'fatal',
 ] as const;
 export type RuleOutcome = (typeof OUTCOMES)[number];

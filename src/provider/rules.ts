@@ -191,17 +191,18 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
         };
       }
       case 'retry':
-      case 'ambiguous': {
+      case 'ambiguous':
+      case 'in_progress': {
         const retryAfterMs = retryAfterOf(answer);
         const said = reasonOf(rule.reason, json, answer.body);
         return {
           kind: 'retry',
           status,
           reason: said === undefined ? statusLine(status) : `${status} ${said}`,
-          ambiguous: rule.outcome === 'ambiguous' || status === 409,
+          ambiguous: rule.outcome !== 'retry' || status === 409,
           throttled: status === 429 || (status === 503 && retryAfterMs !== undefined),
           retryAfterMs,
-          ...(status === 409 ? { conflict: true } : {}),
+          ...(status === 409 || rule.outcome === 'in_progress' ? { conflict: true } : {}),
         };
       }
       case 'fatal':

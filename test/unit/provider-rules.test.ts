@@ -223,6 +223,32 @@ describe('response rules', () => {
     });
   });
 
+  it('an in_progress rule waits for the key like a 409, whatever the status', () => {
+    const classify = rules({
+      rules: [
+        {
+          status: 200,
+          body: { path: '$.errors[0].extensions.inputPath[1]', equals: 'apiRequestKey' },
+          outcome: 'in_progress',
+        },
+      ],
+    });
+    const busy = {
+      errors: [
+        {
+          message: 'still being processed',
+          extensions: { errorClass: 'VALIDATION', inputPath: ['input', 'apiRequestKey'] },
+        },
+      ],
+    };
+    expect(classify(answer(200, busy))).toMatchObject({
+      kind: 'retry',
+      ambiguous: true,
+      conflict: true,
+      throttled: false,
+    });
+  });
+
   it('a fatal rule stops the run without quoting the body', () => {
     const classify = rules({
       rules: [
