@@ -349,6 +349,41 @@ program
   });
 
 program
+  .command('init')
+  .description(
+    'Write a commented starting config file (bulkbill.config.json) for a provider: its request template, idempotency and response rules.',
+  )
+  .addOption(
+    new Option('--provider <name>', 'the provider profile to start from')
+      .choices(['default', 'stripe', 'adyen', 'braintree', 'square', 'checkout', 'gocardless'])
+      .default('default'),
+  )
+  .option('--out <path>', 'where to write it', 'bulkbill.config.json')
+  .option('--force', 'overwrite an existing file')
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill init --provider stripe`,
+      `$ STRIPE_SECRET_KEY=sk_test_… bulkbill run users.csv --dry-run`,
+    ),
+  )
+  .action(async (flags) => {
+    const { initCommand } = await import('./init.js');
+    process.exitCode = await initCommand(flags);
+  });
+
+program
+  .command('config-schema')
+  .description(
+    "Print the config file's JSON Schema (the package ships it as dist/bulkbill.config.schema.json).",
+  )
+  .addHelpText('after', examples(`$ bulkbill config-schema > bulkbill.config.schema.json`))
+  .action(async () => {
+    const { configJsonSchema } = await import('../config/config-file.js');
+    process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
+  });
+
+program
   .command('demo')
   .description(
     'Bill demo users against the mock provider (started on a free port), with live progress, a summary and a report (npm start).',
