@@ -24,38 +24,60 @@ const duration = z.union([
 
 export const configSchema = z
   .object({
-    /** Where editors find this schema. */
-    $schema: z.string().optional(),
-    /** Where charges are sent, or what a relative provider.request.url resolves against. */
-    endpoint: z.string().min(1).optional(),
-    /** How to speak to the billing API: request template, idempotency, response rules. */
-    provider: providerSchema.optional(),
-    /** A module that sends charges itself (`charge(charge, ctx)`), instead of a request template. */
-    adapter: z.string().min(1).optional(),
-    /** Extra request headers, `Name: value`; `${NAME}` is read from the environment. */
-    headers: z.array(z.string().min(1)).optional(),
-    /** Most requests in flight (a worker: jobs it runs at once). */
-    concurrency: z.number().int().min(1).max(100_000).optional(),
-    /** Most requests per second. */
-    rate: z.number().finite().positive().optional(),
-    /** Deadline of one request. */
-    timeout: duration.optional(),
-    /** Attempts per charge, over every crash and resume. */
-    maxAttempts: z.number().int().min(1).max(100).optional(),
-    /** How long the provider keeps idempotency keys. */
-    keyRetention: duration.optional(),
-    /** The SQLite ledger file, relative to this file. */
-    ledger: z.string().min(1).optional(),
-    /** Redis, for the distributed engine. */
-    redis: z.string().min(1).optional(),
+    $schema: z.string().describe('Where editors find this schema.').optional(),
+    endpoint: z
+      .string()
+      .min(1)
+      .describe('Where charges are sent, or what a relative provider.request.url resolves against.')
+      .optional(),
+    provider: providerSchema
+      .describe('How to speak to the billing API: request template, idempotency, response rules.')
+      .optional(),
+    adapter: z
+      .string()
+      .min(1)
+      .describe(
+        'A module that sends charges itself (`charge(charge, ctx)`), instead of a request template.',
+      )
+      .optional(),
+    headers: z
+      .array(z.string().min(1))
+      .describe('Extra request headers, `Name: value`; `${NAME}` is read from the environment.')
+      .optional(),
+    concurrency: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .describe('Most requests in flight (a worker: jobs it runs at once).')
+      .optional(),
+    rate: z.number().finite().positive().describe('Most requests per second.').optional(),
+    timeout: duration.describe('Deadline of one request.').optional(),
+    maxAttempts: z
+      .number()
+      .int()
+      .min(1)
+      .max(100)
+      .describe('Attempts per charge, over every crash and resume.')
+      .optional(),
+    keyRetention: duration.describe('How long the provider keeps idempotency keys.').optional(),
+    ledger: z.string().min(1).describe('The SQLite ledger file, relative to this file.').optional(),
+    redis: z.string().min(1).describe('Redis, for the distributed engine.').optional(),
     queue: z.string().min(1).optional(),
     prefix: z.string().min(1).optional(),
-    /** Most jobs in flight across every worker of the queue. */
-    globalConcurrency: z.number().int().min(0).optional(),
-    /** A dead worker's jobs are taken over within one to two of these. */
-    lockDuration: duration.optional(),
-    /** Record invalid rows as invalid and bill the rest. */
-    skipInvalid: z.boolean().optional(),
+    globalConcurrency: z
+      .number()
+      .int()
+      .min(0)
+      .describe('Most jobs in flight across every worker of the queue.')
+      .optional(),
+    lockDuration: duration
+      .describe("A dead worker's jobs are taken over within one to two of these.")
+      .optional(),
+    skipInvalid: z
+      .boolean()
+      .describe('Record invalid rows as invalid and bill the rest.')
+      .optional(),
   })
   .strict();
 
