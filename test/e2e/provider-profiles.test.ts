@@ -8,7 +8,7 @@ import { billDistributed } from '../../src/engine/distributed/distributed-engine
 import { bill } from '../../src/engine/local-engine.js';
 import { type MockProvider, startMockProvider } from '../../src/mock-provider/index.js';
 import type { ProviderDescriptionInput } from '../../src/provider/index.js';
-import { expectReportAgreesWithProvider } from '../helpers/billing-cycle.js';
+import { expectReportAgreesWithProvider, readReport } from '../helpers/billing-cycle.js';
 import { repoRoot, runCli } from '../helpers/cli.js';
 import { dumpKeys } from '../helpers/distributed.js';
 import {
@@ -257,4 +257,65 @@ describe('the CLI with a profile as its config file', () => {
     expect(mock.stats().duplicate_charges).toBe(0);
     expect(mock.stats().charges).toBeGreaterThan(USERS * 0.8);
   });
+});
+
+describe('an operator who edits the request template between two runs of a cycle', () => {
+  it.each(['stripe', 'square'] as const)(
+    '%s: a key first sent with other parameters is never taken for a decline, and nobody is charged twice',
+    async (name) => {
+      const mock = await startMockProvider({
+        shape: name,
+        port: 0,
+        latencyMs: 2,
+        lostRate: 0.3,
+        apiKey: PROFILES[name].apiKey,
+        seed: 41,
+      });
+      opened.push(mock);
+      const { provider, header } = await profile(name);
+      const { input, userIds } = await cycle(`${name}-edited`);
+      const ledger = join(dir, `${name}-edited.db`);
+      const reportPath = join(dir, `${name}-edited.report.csv`);
+      const common = {
+        input,
+        endpoint: mock.url,
+        headers: header,
+        env: PROFILES[name].env,
+        ledger,
+        runId: `2026-12-${name}-edited`,
+        concurrency: 16,
+        timeoutMs: 300,
+        reportPath: () => reportPath,
+      };
+      // One attempt each: the answers lost after charging leave their charges unknown.
+      const first = await bill({ ...common, provider, maxAttempts: 1 });
+      expect(first.counts.unknown).toBeGreaterThan(0);
+      // The operator edits the body (a fixed payment method for everyone), then retries the
+      // unknown ones with the same keys.
+      const body = provider.request?.body as { form?: object; json?: object };
+      const edited: ProviderDescriptionInput = {
+        ...provider,
+        request: {
+          ...provider.request,
+          body: body.form
+            ? { form: { ...body.form, payment_method: 'pm_card_visa' } }
+            : { json: { ...body.json, source_id: 'cnon:card-nonce-ok' } },
+        },
+      };
+      const second = await bill({ ...common, provider: edited, maxAttempts: 2, retryFailed: true });
+      expect(mock.stats().mismatches).toBeGreaterThan(0);
+      expect(second.counts.declined).toBe(0);
+      expect(second.counts.unknown).toBe(first.counts.unknown);
+      // The unknown ones were charged by their first, lost, attempt: once, and no more.
+      expect(mock.stats().duplicate_charges).toBe(0);
+      const rows = await readReport(reportPath);
+      expect(rows).toHaveLength(userIds.length);
+      for (const row of rows) {
+        const charges = mock.chargesOf(row.user_id).length;
+        expect(charges, `${row.user_id} ${row.status}`).toBe(
+          row.status === 'charged' || row.status === 'unknown' ? 1 : 0,
+        );
+      }
+    },
+  );
 });
