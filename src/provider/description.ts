@@ -168,7 +168,11 @@ export const providerSchema = z
     idempotency: z
       .object({
         /** The header that carries the key; null when a `{{idempotency_key}}` placeholder carries it. Default Idempotency-Key. */
-        header: z.string().min(1).nullable().default('Idempotency-Key'),
+        header: z
+          .string()
+          .regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'must be a header name (RFC 9110 token)')
+          .nullable()
+          .default('Idempotency-Key'),
         /**
          * The provider's longest key (Square 45, Adyen 64, Chargebee 100, Stripe 255): a longer
          * key is sent as its SHA-256, base64url, cut to this. At least 22. Default 255.
