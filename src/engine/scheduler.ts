@@ -75,9 +75,14 @@ export interface SchedulerResult {
   readonly serialMs: number;
 }
 
+// The same request object on every attempt of a charge: only its attempt number changes.
+interface AttemptRequest extends ChargeRequest {
+  attempt: number;
+}
+
 interface Charge {
   readonly pending: PendingCharge;
-  readonly request: ChargeRequest;
+  readonly request: AttemptRequest;
   /** Attempts counted in this round, in every process (the ledger's count less its budget start). */
   attempts: number;
   ambiguous: boolean;
@@ -224,6 +229,7 @@ export class Scheduler {
         currency: pending.currency,
         idempotencyKey: idempotencyKey(this.#options.runId, pending.userId),
         metadata: pending.metadata,
+        attempt: pending.attempts + 1,
       },
       attempts: pending.attempts - pending.budgetFrom,
       ambiguous: pending.ambiguous,
@@ -284,9 +290,11 @@ export class Scheduler {
     const at = wallClock();
     const starts: AttemptStart[] = charges.map((charge) => {
       charge.firstAttemptAt ??= at;
+      const attempts = charge.pending.budgetFrom + charge.attempts + 1;
+      charge.request.attempt = attempts;
       return {
         userId: charge.request.userId,
-        attempts: charge.pending.budgetFrom + charge.attempts + 1,
+        attempts,
         ambiguous: charge.ambiguous,
         at,
       };

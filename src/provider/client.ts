@@ -60,6 +60,30 @@ export interface ChargeRequest {
   readonly idempotencyKey: string;
   /** The row's other columns, which a request template may read. */
   readonly metadata?: Readonly<Record<string, string>> | undefined;
+  /**
+   * This attempt's number, 1-based, over every crash and resume: the ledger's counted attempts
+   * + 1 (throttled answers and 409s count none, so the next attempt has the same number).
+   */
+  readonly attempt?: number | undefined;
+}
+
+/** What an engine needs of what sends its charges: the HTTP client, or a user's adapter module. */
+export interface BillingSender {
+  /** What a run is bound to, as safe to print and store. */
+  readonly endpoint: string;
+  /** Sends one attempt; never rejects: every failure becomes a result. */
+  attempt(charge: ChargeRequest): Promise<AttemptResult>;
+  /** The fingerprint of the sender's credentials with a stored fingerprint's salt (or a fresh one). */
+  credentials(stored?: string): string;
+  /** What the first attempt of `charge` sends, secrets masked: for a dry run. */
+  preview(charge: ChargeRequest): {
+    method: string;
+    url: string;
+    headers: Record<string, string>;
+    body: string;
+  };
+  /** Lets attempts in flight finish, then releases what the sender holds. */
+  close(): Promise<void>;
 }
 
 export const PROVIDER_CLIENT_DEFAULTS = {
@@ -82,7 +106,7 @@ interface AttemptShared {
  * attempt classified into an AttemptResult. `attempt()` never rejects: every answer, timeout
  * or connection error becomes a result. Call `close()` when done.
  */
-export class ProviderClient {
+export class ProviderClient implements BillingSender {
   /** The endpoint as safe to print: no credentials, no query string. */
   readonly endpoint: string;
   readonly connections: number;

@@ -423,6 +423,7 @@ export class BillingWorker {
       });
       throw new UnrecoverableError(`${refused.state}: ${refused.reason}`);
     }
+    const attempt = current.budgetFrom + before.attempts + 1;
     let recorded: boolean | undefined;
     try {
       [recorded] = await this.#ledger.startAttempts(
@@ -430,7 +431,7 @@ export class BillingWorker {
         [
           {
             userId: data.u,
-            attempts: current.budgetFrom + before.attempts + 1,
+            attempts: attempt,
             ambiguous: before.ambiguous,
             at: Date.now(),
           },
@@ -455,6 +456,7 @@ export class BillingWorker {
         currency: data.c,
         idempotencyKey: idempotencyKey(data.r, data.u),
         metadata: data.m,
+        attempt,
       });
     } finally {
       this.#inFlight--;
