@@ -1,4 +1,18 @@
 export {
+  type AdapterAttemptContext,
+  type AdapterCharge,
+  AdapterDeadlineError,
+  type AdapterModule,
+  type AdapterOptions,
+  AdapterSender,
+  type AdapterSetupContext,
+  type AdapterTimers,
+  chosenAdapter,
+  loadAdapter,
+  openAdapter,
+  senderFromOptions,
+} from './adapter.js';
+export {
   type ClassifyContext,
   classify,
   type ProviderAnswer,
@@ -8,6 +22,7 @@ export {
   type TransportFailure,
 } from './classify.js';
 export {
+  type BillingSender,
   type ChargeRequest,
   clientFromOptions,
   describeRunEndpoint,
