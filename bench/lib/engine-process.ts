@@ -6,8 +6,13 @@ import { exitedChildrenCpuMs } from './os-counters.js';
 export interface EngineProcessOptions {
   /** The input file (CSV or NDJSON). Required. */
   readonly input: string;
-  /** Where charges are POSTed, e.g. `http://127.0.0.1:4010/charge`. Required. */
-  readonly endpoint: string;
+  /**
+   * `--endpoint`: where charges are POSTed, e.g. `http://127.0.0.1:4010/charge`. Required, unless
+   * `config` gives the endpoint.
+   */
+  readonly endpoint?: string;
+  /** `--config`: a config file (a provider profile, for instance). Default: none given. */
+  readonly config?: string;
   /** `--concurrency`, an integer >= 1. Required. */
   readonly concurrency: number;
   /** `--run-id`. Required, so that a run never resumes another. */
@@ -47,17 +52,20 @@ export interface EngineProcessResult {
 export async function runEngineProcess(
   options: EngineProcessOptions,
 ): Promise<EngineProcessResult> {
-  const { input, endpoint, concurrency, runId, ledger, report, nodeArgs = [] } = options;
+  const { input, endpoint, config, concurrency, runId, ledger, report, nodeArgs = [] } = options;
   if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
     throw new TypeError(
       `Expected \`concurrency\` to be an integer >= 1, got \`${String(concurrency)}\` (${typeof concurrency})`,
     );
   }
+  if (endpoint === undefined && config === undefined) {
+    throw new TypeError('Expected `endpoint`, or a `config` that gives one');
+  }
   const args = [
     'run',
     input,
-    '--endpoint',
-    endpoint,
+    ...(endpoint === undefined ? [] : ['--endpoint', endpoint]),
+    ...(config === undefined ? [] : ['--config', config]),
     '--concurrency',
     String(concurrency),
     '--run-id',

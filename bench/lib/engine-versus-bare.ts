@@ -166,15 +166,24 @@ export async function runEngineVersusBare(
   }
 }
 
-interface SampleContext {
+/** Where and how one sample bills: the mock provider, the input, the engine's flags. */
+export interface SampleContext {
   readonly scenario: string;
   readonly mock: ServerProcess;
   readonly admin: Dispatcher;
+  /** Each engine sample's ledger and report go in a fresh folder under it, removed afterwards. */
   readonly workDir: string;
   readonly file: UsersFile;
   readonly concurrency: number;
   readonly warmUp: boolean;
   readonly engineNodeArgs: readonly string[];
+  /**
+   * The engine's `--endpoint`. Default: `<mock>/charge`, the mock's own shape; none when
+   * `config` is given (its endpoint is used).
+   */
+  readonly endpoint?: string;
+  /** The engine's `--config` (a provider profile). Default: none. */
+  readonly config?: string;
 }
 
 /** What one side's billing hands back to the measurement around it. */
@@ -189,7 +198,7 @@ interface Billed {
 }
 
 /** Resets the mock provider, waits for a quiet machine, bills, then reads what the provider saw. */
-async function runChargeSample(
+export async function runChargeSample(
   side: Side,
   context: SampleContext,
   sample: string,
@@ -248,13 +257,15 @@ async function runChargeSample(
 }
 
 async function billWithEngine(context: SampleContext, sample: string): Promise<Billed> {
-  const { scenario, mock, workDir, file, concurrency } = context;
+  const { scenario, mock, workDir, file, concurrency, config } = context;
+  const endpoint = context.endpoint ?? (config === undefined ? `${mock.url}/charge` : undefined);
   // A fresh ledger every sample: nothing is resumed, everything is imported and billed.
   const runDir = await mkdtemp(join(workDir, 'run-'));
   try {
     const run = await runEngineProcess({
       input: file.path,
-      endpoint: `${mock.url}/charge`,
+      endpoint,
+      config,
       concurrency,
       runId: `bench-${scenario}-${sample}`,
       ledger: join(runDir, 'ledger.db'),
@@ -342,7 +353,7 @@ function requestProblems(side: Side, stats: MockProviderStats, users: number): s
  * Runs a sample again, up to `maxAttempts` in all, while neighbours used over
  * DISTURBED_OTHER_SHARE of a core during it; the last attempt is kept either way.
  */
-async function runCleanChargeSample(
+export async function runCleanChargeSample(
   run: (attempt: number) => Promise<ChargeSample>,
   maxAttempts: number,
 ): Promise<ChargeSample> {

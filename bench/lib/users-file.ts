@@ -15,11 +15,30 @@ export interface UsersFile {
   readonly writeMs: number;
 }
 
+/** A column after `plan`, e.g. a provider profile's `payment_method`. */
+export interface ExtraColumn {
+  /** The header, e.g. `payment_method`: a CSV name that needs no quoting. Required. */
+  readonly name: string;
+  /** The value for the row of user `index` (1-based), id `userId`: needs no quoting. Required. */
+  readonly value: (index: number, userId: string) => string;
+}
+
+/** How the users are written besides their count. */
+export interface UsersCsvOptions {
+  /** Columns after `user_id,amount,currency,plan`, in this order. Default: none. */
+  readonly extraColumns?: readonly ExtraColumn[];
+}
+
 /**
  * Writes a billing cycle as a CSV, `user_id,amount,currency,plan` with ids `user-0000001`…,
  * the way `npm start` generates its users, streamed: a million rows never sit in memory.
+ * `extraColumns` follow `plan` (other columns are metadata, which a provider template may read).
  */
-export async function writeUsersCsv(path: string, users: number): Promise<UsersFile> {
+export async function writeUsersCsv(
+  path: string,
+  users: number,
+  options: UsersCsvOptions = {},
+): Promise<UsersFile> {
   if (!Number.isSafeInteger(users) || users < 1) {
     throw new TypeError(
       `Expected \`users\` to be an integer >= 1, got \`${String(users)}\` (${typeof users})`,
@@ -28,10 +47,14 @@ export async function writeUsersCsv(path: string, users: number): Promise<UsersF
   const started = performance.now();
   const out = createWriteStream(path);
   const width = Math.max(7, String(users).length);
-  out.write('user_id,amount,currency,plan\n');
+  const extra = options.extraColumns ?? [];
+  out.write(`user_id,amount,currency,plan${extra.map((column) => `,${column.name}`).join('')}\n`);
   for (let index = 1; index <= users; index++) {
     const { plan, amount } = PLANS[index % PLANS.length] as (typeof PLANS)[number];
-    if (!out.write(`user-${String(index).padStart(width, '0')},${amount},USD,${plan}\n`)) {
+    const userId = `user-${String(index).padStart(width, '0')}`;
+    let line = `${userId},${amount},USD,${plan}`;
+    for (const column of extra) line += `,${column.value(index, userId)}`;
+    if (!out.write(`${line}\n`)) {
       await once(out, 'drain');
     }
   }
