@@ -39,6 +39,7 @@ import {
 } from './scenarios/distributed-throughput.js';
 import { ENGINE_1M_IMPORT, runEngine1mImport } from './scenarios/engine-1m-import.js';
 import { ENGINE_10K_LATENCY, runEngine10kLatency } from './scenarios/engine-10k-latency.js';
+import { ENGINE_100K_PROFILES, runEngine100kProfiles } from './scenarios/engine-100k-profiles.js';
 import {
   ENGINE_100K_THROUGHPUT,
   runEngine100kThroughput,
@@ -60,6 +61,7 @@ const SCENARIOS: Readonly<Record<string, Scenario>> = {
   [PROVIDER_10K_CONNECTIONS]: { run: runProvider10kConnections, byDefault: true },
   [ENGINE_10K_LATENCY]: { run: runEngine10kLatency, byDefault: true },
   [ENGINE_100K_THROUGHPUT]: { run: runEngine100kThroughput, byDefault: true },
+  [ENGINE_100K_PROFILES]: { run: runEngine100kProfiles, byDefault: true },
   [ENGINE_1M_IMPORT]: { run: runEngine1mImport, byDefault: true },
   [DISTRIBUTED_THROUGHPUT]: { run: runDistributedThroughput, byDefault: true },
   [DISTRIBUTED_10K_LATENCY]: { run: runDistributed10kLatency, byDefault: true },
