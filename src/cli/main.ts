@@ -140,6 +140,10 @@ program
     '--endpoint <url>',
     "billing API endpoint that charges are sent to (or what the provider description's path resolves against)",
   )
+  .option(
+    '--adapter <path>',
+    'a module whose charge(charge, ctx) sends each charge itself (OAuth, two-step APIs, an SDK), in place of --endpoint',
+  )
   .addOption(configOption())
   .option('--run-id <id>', 'names the billing cycle (default: resume, or a fresh id)')
   .option('--concurrency <n>', 'most requests in flight (default 64)', integerFlag('--concurrency'))
@@ -300,6 +304,10 @@ program
   .option(
     '--endpoint <url>',
     "billing API endpoint that charges are sent to (or what the provider description's path resolves against)",
+  )
+  .option(
+    '--adapter <path>',
+    'a module whose charge(charge, ctx) sends each charge itself (OAuth, two-step APIs, an SDK), in place of --endpoint',
   )
   .addOption(configOption())
   .addOption(queueOption())

@@ -16,6 +16,8 @@ export interface RunFlags {
   endpoint?: string;
   /** The config file's provider description. */
   provider?: unknown;
+  /** A code adapter module's path (`--adapter`, or the config file's `adapter`). */
+  adapter?: string;
   runId?: string;
   concurrency?: number;
   rate?: number;
@@ -131,6 +133,7 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       ...(flags.provider === undefined
         ? {}
         : { provider: flags.provider as ProviderDescriptionInput }),
+      ...(flags.adapter === undefined ? {} : { adapter: flags.adapter }),
       headers: flags.header,
       ...(flags.runId === undefined ? {} : { runId: flags.runId }),
       ...(flags.concurrency === undefined ? {} : { concurrency: flags.concurrency }),

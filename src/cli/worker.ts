@@ -4,7 +4,7 @@ import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { redisWarnings } from '../engine/distributed/redis-checks.js';
 import { BillingWorker } from '../engine/distributed/worker.js';
-import { clientFromOptions, type ProviderDescriptionInput } from '../provider/index.js';
+import { type ProviderDescriptionInput, senderFromOptions } from '../provider/index.js';
 import { ExitStatus } from './exit-codes.js';
 import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
@@ -14,6 +14,8 @@ export interface WorkerFlags {
   endpoint?: string;
   /** The config file's provider description. */
   provider?: unknown;
+  /** A code adapter module's path (`--adapter`, or the config file's `adapter`). */
+  adapter?: string;
   queue: string;
   prefix: string;
   concurrency: number;
@@ -75,7 +77,8 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     maxAttempts: flags.maxAttempts,
     keyRetentionMs: flags.keyRetention,
   });
-  const client = clientFromOptions({
+  const client = await senderFromOptions({
+    adapter: flags.adapter,
     endpoint: flags.endpoint,
     provider: flags.provider as ProviderDescriptionInput | undefined,
     headers: flags.header,

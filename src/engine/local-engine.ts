@@ -16,7 +16,11 @@ import {
 import { SqliteLedger } from '../ledger/sqlite-ledger.js';
 import { etaMsOf, PaceMeter, type ProgressEvent } from '../observe/progress.js';
 import {
+  type AdapterModule,
+  type BillingSender,
   type ChargeRequest,
+  chosenAdapter,
+  openAdapter,
   ProviderClient,
   providerHeaders,
   providerSchema,
@@ -24,6 +28,12 @@ import {
 import { writeReport } from '../report/report.js';
 import { endpointMismatch, type RunChoice, settleRun } from './run-choice.js';
 
+export type {
+  AdapterAttemptContext,
+  AdapterCharge,
+  AdapterModule,
+  AdapterSetupContext,
+} from '../provider/index.js';
 export type { RunChoice } from './run-choice.js';
 
 import { type ChargeSender, Scheduler, systemTimers, type Timers } from './scheduler.js';
@@ -45,6 +55,11 @@ export const billOptionsSchema = z
      * rules): see docs/providers.md. Default: bulkbill's own shape.
      */
     provider: providerSchema.optional(),
+    /**
+     * A code adapter: the path of a module whose `charge(charge, ctx)` sends each charge itself
+     * (docs/adapters.md), in place of `endpoint`, `provider` and `headers`. Default: none.
+     */
+    adapter: z.string().min(1).optional(),
     /** Names the billing cycle (`2026-11`). Default: resume the input's unfinished run, else a fresh id. */
     runId: z.string().optional(),
     /** Most requests in flight. Default 64. */
@@ -95,6 +110,8 @@ export interface BillHooks {
   readonly onProgress?: (event: ProgressEvent) => void;
   /** Told which run is billed, once it is chosen (before any charge). */
   readonly onRun?: (run: RunChoice) => void;
+  /** A code adapter already loaded (the module object), in place of the `adapter` path. */
+  readonly adapterModule?: AdapterModule;
   /** Where to write the per-user CSV report, given the run id. Default: no report. */
   readonly reportPath?: (runId: string) => string;
   /** Test seams. */
@@ -182,6 +199,7 @@ function checkOptions(options: BillOptions, label: (name: string) => string): Re
     signal: _signal,
     onProgress: _onProgress,
     onRun: _onRun,
+    adapterModule: _adapterModule,
     ledgerInstance: _ledgerInstance,
     reportPath: _reportPath,
     clock: _clock,
@@ -250,6 +268,7 @@ export async function bill(
   const config = checkOptions(options, label);
   const clock = options.clock ?? systemClock;
   const started = clock.now();
+  const adapter = chosenAdapter({ ...config, adapterModule: options.adapterModule }, label);
   // Headers first: a missing ${TOKEN} must stop the run before the input is even read.
   const headers = providerHeaders(
     config.provider,
@@ -263,18 +282,29 @@ export async function bill(
   });
   const ownsLedger = options.ledgerInstance === undefined;
   const ledger = options.ledgerInstance ?? new SqliteLedger({ path: config.ledger });
-  let client: ProviderClient | undefined;
+  let client: BillingSender | undefined;
   let claimed: string | undefined;
   try {
     const inputHash = await hashInput(config.input);
-    client = new ProviderClient({
-      endpoint: config.endpoint,
-      provider: config.provider,
-      headers,
-      connections: config.concurrency,
-      timeoutMs: config.timeoutMs,
-      endpointLabel: label('endpoint'),
-    });
+    let http: ProviderClient | undefined;
+    if (adapter === undefined) {
+      http = new ProviderClient({
+        endpoint: config.endpoint,
+        provider: config.provider,
+        headers,
+        connections: config.concurrency,
+        timeoutMs: config.timeoutMs,
+        endpointLabel: label('endpoint'),
+      });
+      client = http;
+    } else {
+      client = await openAdapter(adapter, {
+        timeoutMs: config.timeoutMs,
+        env: options.env ?? process.env,
+        signal: options.signal,
+        label: label('adapter'),
+      });
+    }
     const endpoint = client.endpoint;
     const sending = client;
     const fingerprintOf = (seen: string) => sending.credentials(seen);
@@ -288,7 +318,10 @@ export async function bill(
         retryFailed: config.retryFailed && !config.dryRun,
         skipInvalid: config.skipInvalid,
         format: config.format as InputFormat | undefined,
-        check: config.provider === undefined ? undefined : sending.request.rowProblems,
+        check:
+          http === undefined || config.provider === undefined
+            ? undefined
+            : http.request.rowProblems,
       },
       inputHash,
       endpoint,

@@ -6,7 +6,7 @@ import type { InputFormat } from '../../input/index.js';
 import { endedOf, type RunRecord } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { PaceMeter, type ProgressEvent } from '../../observe/progress.js';
-import { clientFromOptions } from '../../provider/index.js';
+import { ProviderClient, senderFromOptions } from '../../provider/index.js';
 import {
   type BillHooks,
   type BillResult,
@@ -64,6 +64,7 @@ export async function billDistributed(
     signal,
     onProgress,
     onRun,
+    adapterModule,
     reportPath: reportPathOf,
     onLog,
     random,
@@ -76,16 +77,26 @@ export async function billDistributed(
     maxAttempts: config.maxAttempts,
     keyRetentionMs: config.keyRetentionMs,
   });
-  const client = clientFromOptions({
+  const client = await senderFromOptions({
+    adapter: config.adapter,
+    adapterModule,
     endpoint: config.endpoint,
     provider: config.provider,
     headers: config.headers,
     env: env ?? process.env,
+    signal,
     connections: config.concurrency,
     timeoutMs: config.timeoutMs,
     label,
   });
-  const redis = connectRedis(config.redis, 'short', label('redis'));
+  let redis: Redis;
+  try {
+    redis = connectRedis(config.redis, 'short', label('redis'));
+  } catch (error) {
+    // An adapter's setup may hold sockets or timers: they must not outlive a refused run.
+    await client.close();
+    throw error;
+  }
   const ledger = new RedisLedger({ redis, prefix: ledgerPrefix(config.prefix) });
   let patient: Redis | undefined;
   let following: RedisLedger | undefined;
@@ -104,7 +115,10 @@ export async function billDistributed(
       newCycle: config.newCycle,
       retryFailed: config.retryFailed,
       format: config.format as InputFormat | undefined,
-      check: config.provider === undefined ? undefined : client.request.rowProblems,
+      check:
+        client instanceof ProviderClient && config.provider !== undefined
+          ? client.request.rowProblems
+          : undefined,
       dryRun: config.dryRun,
       signal,
       onRun: async (choice) => {
