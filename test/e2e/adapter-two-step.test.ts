@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { billDistributed } from '../../src/engine/distributed/distributed-engine.js';
@@ -467,6 +467,33 @@ describe('the two-step OAuth adapter', () => {
     } finally {
       await closeServer(fresh.server);
     }
+  });
+
+  it("reads the config file's adapter, resolved against the file's folder", async () => {
+    const config = join(dir, 'bulkbill.config.json');
+    await writeFile(
+      config,
+      `// the adapter, relative to this file\n${JSON.stringify({ adapter: relative(dir, ADAPTER) })}\n`,
+    );
+    const result = await runCli(
+      [
+        'run',
+        input,
+        '--config',
+        config,
+        '--run-id',
+        'cycle-config',
+        '--ledger',
+        join(dir, 'c.db'),
+        '--dry-run',
+      ],
+      { env: env() },
+    );
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain(`adapter two-step-oauth:${base}`);
+    expect(result.stdout).toContain('"idempotencyKey":"cycle-config:user-0"');
+    expect(api.tokensIssued).toBe(1);
+    expect(api.creates).toBe(0);
   });
 
   it('refuses --adapter with --endpoint, naming both', async () => {
