@@ -6,3 +6,4 @@ export {
   resolveMockProviderOptions,
 } from './options.js';
 export { type MockProvider, startMockProvider } from './server.js';
+export { SHAPE_NAMES, type ShapeName } from './shapes/index.js';

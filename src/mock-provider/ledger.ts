@@ -1,6 +1,6 @@
 /** What the mock provider counts; served as JSON by GET /stats. */
 export interface MockProviderStats {
-  /** Every request to POST /charge. */
+  /** Every request to the charge route (POST /charge by default). */
   requests: number;
   /** Charges applied (each counts once, replays never). */
   charges: number;
@@ -8,29 +8,29 @@ export interface MockProviderStats {
   duplicate_charges: number;
   /** Distinct users charged at least once. */
   users_charged: number;
-  /** Requests without an Idempotency-Key header. */
+  /** Requests without an idempotency key (the Idempotency-Key header by default). */
   keyless: number;
   /** Stored results replayed for a repeated key (nothing charged). */
   replays: number;
-  /** 409: the key's first request is still being processed. */
+  /** The key's first request is still being processed (409 by default). */
   conflicts: number;
-  /** 422: the key was first used with a different body. */
+  /** The key was first used with a different body (422 by default). */
   mismatches: number;
-  /** 400: malformed body or field. */
+  /** Refused while read: malformed body, field or key (400 by default). */
   invalid: number;
-  /** 401: missing or wrong API key. */
+  /** Missing or wrong API key (401 by default). */
   unauthorized: number;
-  /** 429: over the rate limit. */
+  /** Over the rate limit (429). */
   rejected_429: number;
-  /** 503 at once: over capacity with --overload 503. */
+  /** Refused at once over capacity with --overload 503 (503 by default; Stripe's shape: 429). */
   rejected_503: number;
-  /** 503 from --fail-rate, before anything was charged. */
+  /** Refused by --fail-rate before anything was charged (503 by default). */
   failed_503: number;
   /** Charged, then the connection was dropped without an answer. */
   lost: number;
   /** Charged, then the answer was held back by --slow. */
   slow: number;
-  /** 402 card_declined. */
+  /** Declined (402 card_declined by default). */
   declined: number;
   /** Requests holding a capacity slot right now. */
   in_flight: number;
@@ -46,11 +46,15 @@ export interface MockProviderStats {
 
 /** The first completed answer for an idempotency key, or a marker that one is being made. */
 export interface IdempotencyEntry {
-  /** The request body's identity; a later request with another is refused with 422. */
+  /** The request body's identity; a later request with another is refused (422 by default). */
   readonly fingerprint: string;
   /** undefined while the first request is still being processed (a repeat gets 409). */
   status: number | undefined;
   body: string;
+  /** The charge the first request made, when it made one (GoCardless's replay names it). */
+  chargeId: string | undefined;
+  /** The first request's id, for shapes whose replays point back at it ('' when none). */
+  readonly requestId: string;
 }
 
 interface UserRecord {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { Clock } from '../domain/clock.js';
 import { describeValue, UsageError } from '../domain/errors.js';
+import { SHAPE_NAMES } from './shapes/shape.js';
 
 const probability = z.number().min(0).max(1);
 const nonNegativeMs = z.number().finite().min(0);
@@ -47,7 +48,16 @@ export const mockProviderOptionsSchema = z
     declineSuffix: z.string().min(1).optional(),
     /** Seed of all randomness. Default: a random seed, reported by `seed`. */
     seed: z.number().int().min(0).max(0xffff_ffff).optional(),
-    /** When set, POST /charge requires `Authorization: Bearer <apiKey>` and answers 401 otherwise. */
+    /**
+     * The wire format: the mock's own (`default`: POST /charge) or a real provider's API
+     * (`stripe`, `adyen`, `braintree`, `square`, `checkout`, `gocardless`; docs/mock-provider.md).
+     * Default 'default'.
+     */
+    shape: z.enum(SHAPE_NAMES).default('default'),
+    /**
+     * When set, charges must carry this API key the way the shape's provider takes one
+     * (`Authorization: Bearer <apiKey>` by default), and are refused as unauthorized otherwise.
+     */
     apiKey: z.string().min(1).optional(),
     /** How long close() lets requests in flight finish before dropping them, in ms. Default 5000. */
     shutdownGraceMs: nonNegativeMs.default(5_000),

@@ -1,7 +1,6 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { TokenBucket } from '../control/token-bucket.js';
-import { chargeFieldsProblem, IDEMPOTENCY_KEY_MAX_LENGTH } from '../domain/charge.js';
 import { systemClock } from '../domain/clock.js';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import { CapacityGate } from './capacity-gate.js';
@@ -12,11 +11,15 @@ import {
   resolveMockProviderOptions,
 } from './options.js';
 import { drawsFor, hashSeed, type RequestDraws } from './random.js';
+import { createShape } from './shapes/index.js';
+import type { Answer, IdSource, ParsedCharge } from './shapes/shape.js';
 
 /** A running mock billing provider. */
 export interface MockProvider {
-  /** Base URL, e.g. http://127.0.0.1:4010; charges go to `${url}/charge`. */
+  /** Base URL, e.g. http://127.0.0.1:4010. */
   readonly url: string;
+  /** Where charges go: `${url}/charge` for the default shape, `${url}/v1/payment_intents` for Stripe's. */
+  readonly chargeUrl: string;
   readonly port: number;
   readonly options: ResolvedMockProviderOptions;
   /** The same figures as GET /stats. */
@@ -34,25 +37,10 @@ export interface MockProvider {
 
 const MAX_BODY_BYTES = 64 * 1024;
 const JSON_TYPE = 'application/json';
-const REPLAYED = ['idempotent-replayed', 'true'] as const;
+const RETRY_AFTER_ONE = ['retry-after', '1'] as const;
 
+// The mock's own admin routes, the same for every shape.
 const ANSWER = {
-  declined: JSON.stringify({ error: 'card_declined' }),
-  unauthorized: JSON.stringify({
-    error: 'unauthorized',
-    message: 'Missing or invalid API key (Authorization: Bearer <key>).',
-  }),
-  rateLimited: JSON.stringify({ error: 'rate_limited', message: 'Too many requests.' }),
-  overloaded: JSON.stringify({ error: 'overloaded', message: 'Server at capacity, retry later.' }),
-  unavailable: JSON.stringify({ error: 'service_unavailable', message: 'Try again.' }),
-  conflict: JSON.stringify({
-    error: 'idempotency_key_in_use',
-    message: 'A request with this Idempotency-Key is still being processed.',
-  }),
-  mismatch: JSON.stringify({
-    error: 'idempotency_key_reused',
-    message: 'This Idempotency-Key was first used with a different request body.',
-  }),
   tooLarge: JSON.stringify({ error: 'payload_too_large', message: 'Body over 64 KiB.' }),
   notFound: JSON.stringify({ error: 'not_found' }),
   reset: JSON.stringify({ ok: true }),
@@ -72,6 +60,18 @@ function send(
   res.end(body);
 }
 
+/** Sends a shape's answer, with `extraHeaders` (Retry-After) after its own. */
+function sendAnswer(res: ServerResponse, answer: Answer, extraHeaders?: readonly string[]): void {
+  const headers =
+    answer.body === ''
+      ? ['content-length', '0']
+      : ['content-type', JSON_TYPE, 'content-length', String(Buffer.byteLength(answer.body))];
+  if (answer.headers) headers.push(...answer.headers);
+  if (extraHeaders) headers.push(...extraHeaders);
+  res.writeHead(answer.status, headers);
+  res.end(answer.body);
+}
+
 function badRequest(res: ServerResponse, field: string, reason: string): void {
   send(
     res,
@@ -80,11 +80,9 @@ function badRequest(res: ServerResponse, field: string, reason: string): void {
   );
 }
 
-interface ChargeRequest {
-  readonly userId: string;
-  readonly amount: number;
-  readonly currency: string;
-  readonly key: string | undefined;
+interface PendingCharge {
+  readonly charge: ParsedCharge;
+  readonly requestId: string;
   /** The key's entry in the ledger the request started with; undefined when keyless. */
   readonly entry: IdempotencyEntry | undefined;
   readonly ledger: ProviderLedger;
@@ -107,9 +105,16 @@ export async function startMockProvider(
         });
   const gate = new CapacityGate(config.capacity ?? Number.POSITIVE_INFINITY);
   const chargeIdPrefix = hashSeed(`charge-ids:${config.seed}`).toString(36).padStart(7, '0');
+  const requestIdPrefix = hashSeed(`request-ids:${config.seed}`).toString(36).padStart(7, '0');
+  let chargeCounter = 0;
+  let requestCounter = 0;
+  const ids: IdSource = {
+    charge: () => `${chargeIdPrefix}${(++chargeCounter).toString(36).padStart(14, '0')}`,
+    request: () => `${requestIdPrefix}${(++requestCounter).toString(36).padStart(14, '0')}`,
+  };
+  const shape = createShape(config.shape, { apiKey: config.apiKey, ids });
   const timers = new Set<NodeJS.Timeout>();
   let ledger = new ProviderLedger();
-  let chargeCounter = 0;
 
   function later(ms: number, run: () => void): void {
     const timer = setTimeout(() => {
@@ -119,32 +124,34 @@ export async function startMockProvider(
     timers.add(timer);
   }
 
-  function applyCharge(request: ChargeRequest, draws: RequestDraws, res: ServerResponse): void {
-    const { ledger: at, userId, entry } = request;
-    let status: number;
-    let body: string;
+  function applyCharge(pending: PendingCharge, draws: RequestDraws, res: ServerResponse): void {
+    const { ledger: at, charge, entry, requestId } = pending;
+    let answer: Answer;
+    const rateDeclined = draws.decline < config.declineRate;
     const suffixDeclined =
-      config.declineSuffix !== undefined && userId.endsWith(config.declineSuffix);
-    if (suffixDeclined || draws.decline < config.declineRate) {
+      config.declineSuffix !== undefined && charge.userId.endsWith(config.declineSuffix);
+    if (suffixDeclined || rateDeclined) {
       at.counters.declined++;
-      status = 402;
-      body = ANSWER.declined;
+      // The decline's reason comes from the same seeded draws, so a seed repeats it.
+      const mix = rateDeclined ? draws.decline / config.declineRate : draws.jitter;
+      answer = shape.declined(charge, { requestId, mix, serial: ids.charge });
+      if (entry) {
+        if (shape.storesDeclines) {
+          entry.status = answer.status;
+          entry.body = answer.body;
+        } else if (at.idempotency.get(charge.key as string) === entry) {
+          at.idempotency.delete(charge.key as string);
+        }
+      }
     } else {
-      chargeCounter++;
-      const id = `ch_${chargeIdPrefix}${chargeCounter.toString(36).padStart(14, '0')}`;
-      at.recordCharge(userId, id);
-      status = 200;
-      body = JSON.stringify({
-        id,
-        user_id: userId,
-        amount: request.amount,
-        currency: request.currency,
-        status: 'succeeded',
-      });
-    }
-    if (entry) {
-      entry.status = status;
-      entry.body = body;
+      const chargeId = shape.chargeId(ids.charge());
+      at.recordCharge(charge.userId, chargeId);
+      answer = shape.charged(charge, chargeId, requestId);
+      if (entry) {
+        entry.status = answer.status;
+        entry.body = answer.body;
+        entry.chargeId = chargeId;
+      }
     }
     if (draws.lost < config.lostRate) {
       at.counters.lost++;
@@ -156,117 +163,101 @@ export async function startMockProvider(
       at.counters.slow++;
       later(config.slowMs, () => {
         gate.leave();
-        send(res, status, body);
+        sendAnswer(res, answer);
       });
       return;
     }
     gate.leave();
-    send(res, status, body);
+    sendAnswer(res, answer);
   }
 
   /** Runs once the request holds a capacity slot. */
-  function process(request: ChargeRequest, res: ServerResponse): void {
-    const { ledger: at, userId, key } = request;
-    const draws = drawsFor(config.seed, userId, at.nextAttempt(userId));
+  function process(pending: PendingCharge, res: ServerResponse): void {
+    const { ledger: at, charge } = pending;
+    const draws = drawsFor(config.seed, charge.userId, at.nextAttempt(charge.userId));
     if (draws.fail < config.failRate) {
       at.counters.failed_503++;
-      if (key !== undefined) at.idempotency.delete(key);
+      if (charge.key !== undefined) at.idempotency.delete(charge.key);
       gate.leave();
-      send(res, 503, ANSWER.unavailable);
+      sendAnswer(res, shape.unavailable(pending.requestId));
       return;
     }
     const latency = config.latencyMs * (1 + config.jitter * (2 * draws.jitter - 1));
-    if (latency <= 0) applyCharge(request, draws, res);
-    else later(latency, () => applyCharge(request, draws, res));
+    if (latency <= 0) applyCharge(pending, draws, res);
+    else later(latency, () => applyCharge(pending, draws, res));
   }
 
-  function charge(req: IncomingMessage, res: ServerResponse, raw: string): void {
+  function chargeRoute(req: IncomingMessage, res: ServerResponse, raw: string): void {
     const at = ledger;
     const counters = at.counters;
     counters.requests++;
-    if (config.apiKey !== undefined && req.headers.authorization !== `Bearer ${config.apiKey}`) {
+    const requestId = shape.requestIds ? ids.request() : '';
+    if (config.apiKey !== undefined && !shape.authorized(req.headers)) {
       counters.unauthorized++;
-      send(res, 401, ANSWER.unauthorized);
+      sendAnswer(res, shape.unauthorized(req.headers, requestId));
       return;
     }
     if (bucket && !bucket.tryTake()) {
       counters.rejected_429++;
       if (!config.retryAfter) {
-        send(res, 429, ANSWER.rateLimited);
+        sendAnswer(res, shape.rateLimited(requestId));
         return;
       }
       const seconds = Math.max(1, Math.ceil(bucket.msUntilAvailable() / 1_000));
-      send(res, 429, ANSWER.rateLimited, ['retry-after', String(seconds)]);
+      sendAnswer(res, shape.rateLimited(requestId), ['retry-after', String(seconds)]);
       return;
     }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(raw);
-    } catch {
+    const parsed = shape.parse(req.headers, raw, requestId);
+    if ('rejected' in parsed) {
       counters.invalid++;
-      badRequest(res, 'body', 'is not valid JSON');
+      sendAnswer(res, parsed.rejected);
       return;
     }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-      counters.invalid++;
-      badRequest(res, 'body', 'must be a JSON object');
-      return;
-    }
-    const fields = parsed as { user_id?: unknown; amount?: unknown; currency?: unknown };
-    const problem = chargeFieldsProblem(fields);
-    if (problem) {
-      counters.invalid++;
-      badRequest(res, problem.field, problem.reason);
-      return;
-    }
-    const userId = fields.user_id as string;
-    const amount = fields.amount as number;
-    const currency = fields.currency as string;
-    const header = req.headers['idempotency-key'];
-    const key = Array.isArray(header) ? header.join(', ') : header;
+    const { key } = parsed;
     let entry: IdempotencyEntry | undefined;
     if (key === undefined) {
       counters.keyless++;
     } else {
-      if (key.length === 0 || key.length > IDEMPOTENCY_KEY_MAX_LENGTH) {
+      if (key.length === 0 || key.length > shape.keyLimit) {
         counters.invalid++;
-        badRequest(
-          res,
-          'Idempotency-Key',
-          `must be 1 to ${IDEMPOTENCY_KEY_MAX_LENGTH} characters, got ${key.length}`,
-        );
+        sendAnswer(res, shape.badKey(key.length, requestId));
         return;
       }
-      const fingerprint = `${userId}\u0000${amount}\u0000${currency}`;
       const existing = at.idempotency.get(key);
       if (existing) {
-        if (existing.fingerprint !== fingerprint) {
+        if (existing.fingerprint !== parsed.fingerprint) {
           counters.mismatches++;
-          send(res, 422, ANSWER.mismatch);
+          sendAnswer(res, shape.keyReused(existing, key, requestId));
         } else if (existing.status === undefined) {
           counters.conflicts++;
-          send(res, 409, ANSWER.conflict);
+          sendAnswer(res, shape.inProgress(key, requestId));
         } else {
           counters.replays++;
-          send(res, existing.status, existing.body, REPLAYED);
+          sendAnswer(res, shape.replayed(existing, key, requestId));
         }
         return;
       }
-      entry = { fingerprint, status: undefined, body: '' };
+      entry = {
+        fingerprint: parsed.fingerprint,
+        status: undefined,
+        body: '',
+        chargeId: undefined,
+        requestId,
+      };
       at.idempotency.set(key, entry);
     }
-    const request: ChargeRequest = { userId, amount, currency, key, entry, ledger: at };
+    const pending: PendingCharge = { charge: parsed, requestId, entry, ledger: at };
     if (config.overload === 'queue') {
-      gate.enterWhenFree(() => process(request, res));
+      gate.enterWhenFree(() => process(pending, res));
       return;
     }
     if (!gate.tryEnter()) {
       counters.rejected_503++;
       if (key !== undefined) at.idempotency.delete(key);
-      send(res, 503, ANSWER.overloaded, ['retry-after', '1']);
+      sendAnswer(res, shape.overloaded(requestId), RETRY_AFTER_ONE);
       return;
     }
-    process(request, res);
+    process(pending, res);
   }
 
   function stats(): MockProviderStats {
@@ -303,15 +294,16 @@ export async function startMockProvider(
     const path = query === -1 ? target : target.slice(0, query);
     const method = req.method ?? 'GET';
     const isCharges = path.startsWith('/charges/');
+    const isCharge = shape.isChargePath(path);
     const allowed =
-      path === '/charge' || path === '/reset'
+      isCharge || path === '/reset'
         ? 'POST'
         : path === '/stats' || path === '/health' || isCharges
           ? 'GET'
           : undefined;
     if (allowed === undefined) send(res, 404, ANSWER.notFound);
     else if (method !== allowed) notAllowed(res, allowed);
-    else if (path === '/charge') readBody(req, res, (raw) => charge(req, res, raw));
+    else if (isCharge) readBody(req, res, (raw) => chargeRoute(req, res, raw));
     else if (path === '/stats') send(res, 200, JSON.stringify(stats()));
     else if (isCharges) chargesOfRoute(res, path.slice('/charges/'.length));
     else if (path === '/reset') {
@@ -365,8 +357,10 @@ export async function startMockProvider(
     return closing;
   }
 
+  const url = `http://${host}:${port}`;
   return {
-    url: `http://${host}:${port}`,
+    url,
+    chargeUrl: `${url}${shape.route}`,
     port,
     options: config,
     stats,
