@@ -22,10 +22,15 @@ export {
 } from './engine/distributed/worker.js';
 export { InputInvalidError } from './engine/import.js';
 export {
+  type AdapterAttemptContext,
+  type AdapterCharge,
+  type AdapterModule,
+  type AdapterSetupContext,
   type BillOptions,
   type BillPlan,
   type BillResult,
   bill,
+  type RequestPreview,
   type RunChoice,
 } from './engine/local-engine.js';
 export type { ChargeRecord, Ledger, RunRecord, StateCounts } from './ledger/ledger.js';

@@ -118,7 +118,7 @@ export function compileRequest(
   if (urlText === undefined) {
     throw new BulkbillError(
       ErrorCode.Usage,
-      'no endpoint: give --endpoint (or `endpoint` in the config file), or an absolute provider.request.url',
+      'no endpoint: give --endpoint (or `endpoint` in the config file), an absolute provider.request.url, or an --adapter',
     );
   }
   const absolute = /^[a-z][a-z0-9+.-]*:\/\//i.test(urlText);
