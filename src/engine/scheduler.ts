@@ -14,6 +14,8 @@ import { RetryQueue } from './retry-queue.js';
 /** What the scheduler needs from a provider client. */
 export interface ChargeSender {
   attempt(charge: ChargeRequest): Promise<AttemptResult>;
+  /** Whether attempts read a row's other columns; absent: they may. */
+  readonly readsMetadata?: boolean;
 }
 
 /** Timers, injectable so tests drive the scheduler with a fake clock. */
@@ -243,18 +245,21 @@ export class Scheduler {
     if (this.#loading || this.#exhausted) return;
     this.#loading = true;
     const pageSize = this.#pageSize();
-    this.#options.ledger.pendingCharges(this.#options.runId, this.#afterSeq, pageSize).then(
-      (page) => {
-        this.#loading = false;
-        this.#fresh = this.#fresh.slice(this.#freshIndex).concat(page);
-        this.#freshIndex = 0;
-        const last = page.at(-1);
-        if (last) this.#afterSeq = last.seq;
-        if (page.length < pageSize) this.#exhausted = true;
-        this.#pump();
-      },
-      (error: unknown) => this.#fail(error),
-    );
+    const options = { metadata: this.#options.sender.readsMetadata !== false };
+    this.#options.ledger
+      .pendingCharges(this.#options.runId, this.#afterSeq, pageSize, options)
+      .then(
+        (page) => {
+          this.#loading = false;
+          this.#fresh = this.#fresh.slice(this.#freshIndex).concat(page);
+          this.#freshIndex = 0;
+          const last = page.at(-1);
+          if (last) this.#afterSeq = last.seq;
+          if (page.length < pageSize) this.#exhausted = true;
+          this.#pump();
+        },
+        (error: unknown) => this.#fail(error),
+      );
   }
 
   #wake(at: number): void {

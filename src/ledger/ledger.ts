@@ -88,6 +88,8 @@ export interface HeldCharge {
 export interface PendingOptions {
   /** Also return `failed` and `unknown` charges (default: pending ones only). */
   readonly includeEnded?: boolean;
+  /** Read each row's other columns into `metadata` (default true); false spares the work. */
+  readonly metadata?: boolean;
 }
 
 /**

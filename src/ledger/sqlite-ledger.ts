@@ -796,6 +796,7 @@ export class SqliteLedger implements Ledger {
     const statement = options.includeEnded
       ? this.#statements.pendingOrEnded
       : this.#statements.pending;
+    const withMetadata = options.metadata !== false;
     return statement.all(runId, afterSeq, limit).map((row) => ({
       seq: row[0],
       userId: row[1],
@@ -806,7 +807,8 @@ export class SqliteLedger implements Ledger {
       ambiguous: row[5] === 1 || row[6] === 1,
       firstAttemptAt: row[7] ?? undefined,
       waits: row[9],
-      metadata: row[10] ? (JSON.parse(row[10]) as Record<string, string>) : undefined,
+      metadata:
+        withMetadata && row[10] ? (JSON.parse(row[10]) as Record<string, string>) : undefined,
     }));
   }
 

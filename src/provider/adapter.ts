@@ -124,6 +124,8 @@ export class AdapterSender implements BillingSender {
   /** What the run is bound to: the module's `endpoint`, or `adapter:<file name>`. */
   readonly endpoint: string;
   readonly timeoutMs: number;
+  /** An adapter is handed every row's other columns. */
+  readonly readsMetadata = true;
   /** The adapter as reasons name it: its file name. */
   readonly name: string;
   readonly #module: AdapterModule;

@@ -84,6 +84,8 @@ export interface BillingSender {
   };
   /** Lets attempts in flight finish, then releases what the sender holds. */
   close(): Promise<void>;
+  /** Whether attempts read a row's other columns (false: the ledger need not load them). */
+  readonly readsMetadata?: boolean;
 }
 
 export const PROVIDER_CLIENT_DEFAULTS = {
@@ -113,6 +115,8 @@ export class ProviderClient implements BillingSender {
   readonly timeoutMs: number;
   /** The compiled request template: what each attempt sends. */
   readonly request: CompiledRequest;
+  /** Whether the template reads a row's other columns. */
+  readonly readsMetadata: boolean;
   readonly #pool: Pool;
   // `content-type, …, name, value, …`: the headers every attempt sends, before its own.
   readonly #headerList: readonly string[];
@@ -145,6 +149,7 @@ export class ProviderClient implements BillingSender {
     this.#headers = options.headers ?? [];
     this.request = compileProviderRequest(description, options.endpoint, this.#headers);
     this.endpoint = runEndpoint(this.request);
+    this.readsMetadata = this.request.columns.length > 0;
     this.connections = connections;
     this.timeoutMs = timeoutMs;
     const list = ['content-type', this.request.contentType];
