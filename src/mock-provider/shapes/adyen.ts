@@ -71,6 +71,17 @@ export function createAdyenShape(context: ShapeContext): MockShape<AdyenEcho> {
     };
   }
 
+  function inProgressAnswer(key: string, requestId: string): Answer {
+    return serviceError(
+      409,
+      '704',
+      'request already processed or in progress',
+      'validation',
+      pspReference(requestId),
+      ['idempotency-key', key, 'transient-error', 'true'],
+    );
+  }
+
   function paymentResponse(
     charge: ParsedCharge<AdyenEcho>,
     reference: string,
@@ -145,26 +156,11 @@ export function createAdyenShape(context: ShapeContext): MockShape<AdyenEcho> {
       });
     },
     replayed: (entry, key) => storedAnswer(entry, ['idempotency-key', key]),
-    inProgress: (key, requestId) =>
-      serviceError(
-        409,
-        '704',
-        'request already processed or in progress',
-        'validation',
-        pspReference(requestId),
-        ['idempotency-key', key, 'transient-error', 'true'],
-      ),
-    keyReused(entry, key, requestId) {
-      if (entry.status !== undefined) return storedAnswer(entry, ['idempotency-key', key]);
-      return serviceError(
-        409,
-        '704',
-        'request already processed or in progress',
-        'validation',
-        pspReference(requestId),
-        ['idempotency-key', key, 'transient-error', 'true'],
-      );
-    },
+    inProgress: inProgressAnswer,
+    keyReused: (entry, key, requestId) =>
+      entry.status === undefined
+        ? inProgressAnswer(key, requestId)
+        : storedAnswer(entry, ['idempotency-key', key]),
     // Adyen documents the 64-character limit but not its answer past it.
     badKey: (length, requestId) =>
       serviceError(
