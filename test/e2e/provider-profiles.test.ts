@@ -290,16 +290,16 @@ describe('an operator who edits the request template between two runs of a cycle
       // One attempt each: the answers lost after charging leave their charges unknown.
       const first = await bill({ ...common, provider, maxAttempts: 1 });
       expect(first.counts.unknown).toBeGreaterThan(0);
-      // The operator edits the body (a fixed payment method for everyone), then retries the
-      // unknown ones with the same keys.
+      // The operator adds a field to the body, then retries the unknown ones with the same keys
+      // (both providers compare every parameter of a repeated key's request).
       const body = provider.request?.body as { form?: object; json?: object };
       const edited: ProviderDescriptionInput = {
         ...provider,
         request: {
           ...provider.request,
           body: body.form
-            ? { form: { ...body.form, payment_method: 'pm_card_visa' } }
-            : { json: { ...body.json, source_id: 'cnon:card-nonce-ok' } },
+            ? { form: { ...body.form, description: 'November' } }
+            : { json: { ...body.json, note: 'November' } },
         },
       };
       const second = await bill({ ...common, provider: edited, maxAttempts: 2, retryFailed: true });

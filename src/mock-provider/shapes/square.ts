@@ -190,7 +190,8 @@ export function createSquareShape(context: ShapeContext): MockShape<SquareEcho> 
         amount,
         currency,
         key,
-        fingerprint: `${userId}\u0000${amount}\u0000${currency}\u0000${sourceId}`,
+        // Square compares the whole request of a repeated key with the first one's.
+        fingerprint: JSON.stringify({ ...request, idempotency_key: undefined }),
         echo: { sourceId },
       };
     },

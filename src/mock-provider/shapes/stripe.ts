@@ -190,7 +190,12 @@ export function createStripeShape(context: ShapeContext): MockShape<StripeEcho> 
         amount,
         currency,
         key: headerValue(headers, 'idempotency-key'),
-        fingerprint: `${userId}\u0000${amount}\u0000${currency}\u0000${paymentMethod}`,
+        // Stripe compares every parameter of a repeated key's request with the first one's.
+        fingerprint: [...form]
+          // Stripe takes a currency in any case: USD and usd are one parameter value.
+          .map(([name, value]) => `${name}=${name === 'currency' ? value.toLowerCase() : value}`)
+          .sort()
+          .join('\u0000'),
         echo: { paymentMethod, metadata, description: form.get('description') },
       };
     },
