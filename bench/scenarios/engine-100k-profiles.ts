@@ -94,12 +94,31 @@ export interface SubjectFigures {
   /** The mock provider's CPU per charge, in µs. */
   readonly medianMockCpuUsPerCharge: number;
   readonly medianPeakRssBytes: number;
-  /** subject / default within each round (none for the default). */
-  readonly pairRatios: readonly number[];
-  /** Their median: the figure held to the target. */
+  /** This subject against the default shape within each round (none for the default). */
+  readonly pairs: readonly RoundPair[];
+  /** How many pairs the medians below are taken over: the undisturbed ones, or all. */
+  readonly pairsUsed: number;
+  /** The median of the pairs' charges/s ratios: the figure held to the target. */
   readonly medianPairRatio: number;
+  /** The median of the pairs' ratios of engine CPU per charge (subject / default). */
+  readonly medianEngineCpuRatio: number;
+  /** The median of the pairs' ratios of mock CPU per charge (subject / default). */
+  readonly medianMockCpuRatio: number;
   /** This subject's median charges/s over the default's. */
   readonly ratioOfMedians: number;
+}
+
+/** A subject's sample and the default shape's in the same round. */
+export interface RoundPair {
+  readonly round: number;
+  /** Either sample was disturbed: left out of the medians while undisturbed pairs remain. */
+  readonly disturbed: boolean;
+  /** charges/s, subject / default. */
+  readonly chargesRatio: number;
+  /** Engine CPU per charge, subject / default. */
+  readonly engineCpuRatio: number;
+  /** Mock provider CPU per charge, subject / default. */
+  readonly mockCpuRatio: number;
 }
 
 export interface Engine100kProfilesRaw {
@@ -224,13 +243,13 @@ export async function runEngine100kProfiles(
   const measured = samples.filter((sample) => !sample.warmUp);
   const noise = describeNoiseOf(measured);
   const perCharge = (figures: SubjectFigures) =>
-    `per charge: engine ${formatMicroseconds(figures.medianEngineCpuUsPerCharge)} (${signedMicroseconds(figures.medianEngineCpuUsPerCharge - baseline.medianEngineCpuUsPerCharge)}), mock ${formatMicroseconds(figures.medianMockCpuUsPerCharge)} (${signedMicroseconds(figures.medianMockCpuUsPerCharge - baseline.medianMockCpuUsPerCharge)}) of CPU`;
+    `CPU per charge against the default shape's, paired: engine ×${formatRatio(figures.medianEngineCpuRatio)}, mock ×${formatRatio(figures.medianMockCpuRatio)} (medians: engine ${formatMicroseconds(figures.medianEngineCpuUsPerCharge)} against ${formatMicroseconds(baseline.medianEngineCpuUsPerCharge)}, mock ${formatMicroseconds(figures.medianMockCpuUsPerCharge)} against ${formatMicroseconds(baseline.medianMockCpuUsPerCharge)})`;
   const rows: SummaryRow[] = subjects.slice(1).map((figures) => {
     const spec = SUBJECTS.find((candidate) => candidate.subject === figures.subject) as SubjectSpec;
     const verdict: Verdict = figures.medianPairRatio >= TARGET_RATIO && clean ? 'PASS' : 'FAIL';
     return {
       scenario: ENGINE_100K_PROFILES,
-      measure: `charges/s (users / wall) at zero latency, c=${CONCURRENCY}, n=${formatCount(users)}; medians of ${figures.samples} and ${baseline.samples}; ratio: median of ${figures.pairRatios.length} paired ratios`,
+      measure: `charges/s (users / wall) at zero latency, c=${CONCURRENCY}, n=${formatCount(users)}; medians of ${figures.samples} and ${baseline.samples}; ratio: median of ${figures.pairsUsed} paired ratios${figures.pairsUsed < figures.pairs.length ? ` (${figures.pairs.length - figures.pairsUsed} disturbed left out)` : ''}`,
       baseline: `default shape ${formatCount(baseline.medianChargesPerSecond)}`,
       subject: `${spec.label} ${formatCount(figures.medianChargesPerSecond)}`,
       ratio: formatRatio(figures.medianPairRatio),
@@ -241,7 +260,7 @@ export async function runEngine100kProfiles(
           ? `CORRECTNESS VIOLATION: ${violations.join('; ')}`
           : 'no duplicate charge, provider charges = users in every sample',
         problems.length > 0 ? problems.join('; ') : 'engine exit 0, one request per user',
-        `paired ratios ${figures.pairRatios.map(formatRatio).join(', ')}`,
+        `paired ratios ${describePairs(figures.pairs)}`,
         `ratio of medians ${formatRatio(figures.ratioOfMedians)}`,
         perCharge(figures),
         noise,
@@ -308,17 +327,31 @@ function figuresOf(subject: ProfileSubject, samples: readonly ProfileSample[]): 
   const defaults = medianSamples(samples, 'default');
   const defaultMedian = finiteMedian(defaults.map((sample) => sample.chargesPerSecond));
   const medianChargesPerSecond = of((sample) => sample.chargesPerSecond);
-  const pairRatios: number[] = [];
+  const pairs: RoundPair[] = [];
   if (subject !== 'default') {
     const rounds = new Set(
       samples.filter((sample) => !sample.warmUp).map((sample) => sample.round),
     );
+    const perCharge = (cpuMs: number | undefined, sample: ChargeSample) =>
+      cpuMs === undefined ? Number.NaN : cpuMs / sample.users;
     for (const round of rounds) {
       const mine = samples.find((sample) => sample.round === round && sample.subject === subject);
       const base = samples.find((sample) => sample.round === round && sample.subject === 'default');
-      if (mine && base) pairRatios.push(mine.run.chargesPerSecond / base.run.chargesPerSecond);
+      if (!mine || !base) continue;
+      const [a, b] = [mine.run, base.run];
+      pairs.push({
+        round,
+        disturbed: isDisturbed(a) || isDisturbed(b),
+        chargesRatio: a.chargesPerSecond / b.chargesPerSecond,
+        engineCpuRatio: perCharge(a.clientCpuMs, a) / perCharge(b.clientCpuMs, b),
+        mockCpuRatio: perCharge(a.serverCpuMs, a) / perCharge(b.serverCpuMs, b),
+      });
     }
   }
+  const undisturbedPairs = pairs.filter((pair) => !pair.disturbed);
+  const usedPairs = undisturbedPairs.length > 0 ? undisturbedPairs : pairs;
+  const pairMedian = (figure: (pair: RoundPair) => number) =>
+    subject === 'default' ? 1 : finiteMedian(usedPairs.map(figure));
   return {
     subject,
     samples: used.length,
@@ -332,15 +365,20 @@ function figuresOf(subject: ProfileSubject, samples: readonly ProfileSample[]): 
       sample.serverCpuMs === undefined ? Number.NaN : (sample.serverCpuMs * 1_000) / sample.users,
     ),
     medianPeakRssBytes: of((sample) => sample.engine?.summary?.peakRssBytes ?? Number.NaN),
-    pairRatios,
-    medianPairRatio: subject === 'default' ? 1 : finiteMedian(pairRatios),
+    pairs,
+    pairsUsed: usedPairs.length,
+    medianPairRatio: pairMedian((pair) => pair.chargesRatio),
+    medianEngineCpuRatio: pairMedian((pair) => pair.engineCpuRatio),
+    medianMockCpuRatio: pairMedian((pair) => pair.mockCpuRatio),
     ratioOfMedians: medianChargesPerSecond / defaultMedian,
   };
 }
 
-function signedMicroseconds(us: number): string {
-  if (!Number.isFinite(us)) return 'n/a';
-  return `${us >= 0 ? '+' : '−'}${formatMicroseconds(Math.abs(us))}`;
+/** `0.93, 0.61 (disturbed), 0.95`: each round's charges/s ratio. */
+function describePairs(pairs: readonly RoundPair[]): string {
+  return pairs
+    .map((pair) => `${formatRatio(pair.chargesRatio)}${pair.disturbed ? ' (disturbed)' : ''}`)
+    .join(', ');
 }
 
 function describeNoiseOf(samples: readonly ProfileSample[]): string {
@@ -375,8 +413,10 @@ function describeSample(sample: ChargeSample): string {
 }
 
 function subjectTable(subjects: readonly SubjectFigures[]): string {
+  const profile = (figures: SubjectFigures, text: string) =>
+    figures.subject === 'default' ? '' : text;
   return [
-    "Medians over each subject's measured samples (undisturbed ones when there are any). Paired ratios: the subject's charges/s over the default shape's in the same round. CPU per charge: the engine process (startup, import and report included) or the mock provider, over users.",
+    "Medians over each subject's measured samples (the undisturbed ones when there are any). CPU per charge: the engine process (startup, import and report included) or the mock provider, over users. Paired: the subject against the default shape in the same round (pairs with a disturbed sample left out while undisturbed pairs remain): charges/s ratios, and the ratios of CPU per charge.",
     '',
     markdownTable(
       [
@@ -391,6 +431,8 @@ function subjectTable(subjects: readonly SubjectFigures[]): string {
         'paired ratios',
         'median paired ratio',
         'ratio of medians',
+        'engine CPU / charge, paired',
+        'mock CPU / charge, paired',
       ],
       subjects.map((figures) => [
         figures.subject,
@@ -401,11 +443,13 @@ function subjectTable(subjects: readonly SubjectFigures[]): string {
         formatMicroseconds(figures.medianEngineCpuUsPerCharge),
         formatMicroseconds(figures.medianMockCpuUsPerCharge),
         formatMebibytes(figures.medianPeakRssBytes),
-        figures.pairRatios.map(formatRatio).join(', '),
-        figures.subject === 'default' ? '' : formatRatio(figures.medianPairRatio),
-        figures.subject === 'default' ? '' : formatRatio(figures.ratioOfMedians),
+        describePairs(figures.pairs),
+        profile(figures, formatRatio(figures.medianPairRatio)),
+        profile(figures, formatRatio(figures.ratioOfMedians)),
+        profile(figures, `×${formatRatio(figures.medianEngineCpuRatio)}`),
+        profile(figures, `×${formatRatio(figures.medianMockCpuRatio)}`),
       ]),
-      ['left', ...Array<'right'>(9).fill('right'), 'right'],
+      ['left', ...Array<'right'>(12).fill('right')],
     ),
   ].join('\n');
 }
