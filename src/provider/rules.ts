@@ -1,5 +1,6 @@
 import { STATUS_CODES } from 'node:http';
 import { parseRetryAfter } from '../control/retry-after.js';
+import { statusVerdict } from '../control/retry-policy.js';
 import type { AttemptResult } from '../domain/outcome.js';
 import {
   type ClassifyContext,
@@ -215,6 +216,10 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
   };
 
   const byDefault = (answer: ProviderAnswer, json: unknown): AttemptResult => {
+    // The common answer, read from the JSON already parsed (classify() would parse it again).
+    if (statusVerdict(answer.status) === 'charged') {
+      return { kind: 'charged', status: answer.status, chargeId: chargeIdOf(answer.status, json) };
+    }
     const result = classify(answer, context);
     switch (result.kind) {
       case 'charged':

@@ -574,7 +574,8 @@ function jsonNumber(value: string | number, where: string): string {
 
 /** `application/x-www-form-urlencoded` as a browser writes it: UTF-8, spaces as `+`. */
 export function formEncode(text: string): string {
-  return encodeURIComponent(text).replace(/%20/g, '+');
+  const encoded = encodeURIComponent(text);
+  return encoded.includes('%20') ? encoded.replaceAll('%20', '+') : encoded;
 }
 
 /**
