@@ -42,6 +42,7 @@ export const configSchema = z
       .optional(),
     headers: z
       .array(z.string().min(1))
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: the text names a literal ${NAME}.
       .describe('Extra request headers, `Name: value`; `${NAME}` is read from the environment.')
       .optional(),
     concurrency: z
