@@ -319,3 +319,28 @@ describe('an operator who edits the request template between two runs of a cycle
     },
   );
 });
+
+describe('an operator who changes the key length limit between two runs of a cycle', () => {
+  it('is refused before anything is sent: other limits would send other keys', async () => {
+    const mock = await startMockProvider({ port: 0, latencyMs: 1, failRate: 1, seed: 3 });
+    opened.push(mock);
+    const { input } = await cycle('key-limit');
+    const common = {
+      input,
+      endpoint: `${mock.url}/charge`,
+      ledger: join(dir, 'key-limit.db'),
+      runId: '2026-12-key-limit',
+      maxAttempts: 1,
+    };
+    // Every attempt answered 503: the run ends with every charge failed, to be retried later.
+    const first = await bill({ ...common, provider: { idempotency: { maxLength: 22 } } });
+    expect(first.run.endpoint).toBe(`${mock.url}/charge (idempotency keys cut to 22)`);
+    const requests = mock.stats().requests;
+    await expect(
+      bill({ ...common, provider: { idempotency: { maxLength: 255 } }, retryFailed: true }),
+    ).rejects.toThrow(
+      /bills .*\(idempotency keys cut to 22\); resuming it against .*\/charge is refused/,
+    );
+    expect(mock.stats().requests).toBe(requests);
+  });
+});
