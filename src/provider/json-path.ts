@@ -34,3 +34,33 @@ export function compileJsonPath(path: string): JsonGetter {
     return at;
   };
 }
+
+const MEMBER_PATH = /^\$\.([A-Za-z_][A-Za-z0-9_-]*)$/;
+
+/**
+ * For a path of one member step (`$.id`), a reader of that member's string value when it is the
+ * body's first member (`{"id": "pi_…", …}`, as Stripe's and Checkout.com's answers start), found
+ * without parsing the rest; undefined for any other path. The reader answers undefined, and the
+ * caller parses the body, whenever the fast reading could differ from JSON.parse's: the member
+ * is not first, its value is not a plain string (escapes, control characters, a number) or is
+ * blank, or the name appears again later (JSON.parse keeps a repeated member's last value).
+ * Unlike a full parse it does not check the rest of the body: a 2xx cut short after its first
+ * member still gives its charge id.
+ */
+export function compileLeadingMember(
+  path: string,
+): ((body: string) => string | undefined) | undefined {
+  const name = MEMBER_PATH.exec(path)?.[1];
+  if (name === undefined) return undefined;
+  const quoted = `"${name}"`;
+  const leading = new RegExp(
+    `^[ \\t\\n\\r]*\\{[ \\t\\n\\r]*${quoted}[ \\t\\n\\r]*:[ \\t\\n\\r]*"([^"\\\\\\u0000-\\u001f]*)"[ \\t\\n\\r]*[,}]`,
+  );
+  return (body) => {
+    const match = leading.exec(body);
+    if (match === null) return undefined;
+    const value = match[1] as string;
+    if (value.trim().length === 0) return undefined;
+    return body.indexOf(quoted, match[0].length) === -1 ? value : undefined;
+  };
+}

@@ -11,7 +11,7 @@ import {
   providerReason,
 } from './classify.js';
 import type { ProviderDescription, ResponseRule, RuleOutcome } from './description.js';
-import { compileJsonPath, type JsonGetter } from './json-path.js';
+import { compileJsonPath, compileLeadingMember, type JsonGetter } from './json-path.js';
 
 /**
  * A provider description's response rules, compiled once into a classifier: the first rule
@@ -113,6 +113,28 @@ function headerValue(headers: ProviderAnswer['headers'], name: string): string |
   return Array.isArray(value) ? value[0] : value;
 }
 
+/**
+ * An answer's body, parsed as JSON the first time a rule, a charge id or a reason asks for it:
+ * most answers are a 2xx whose charge id is read without parsing (see compileLeadingMember).
+ */
+class AnswerBody {
+  readonly text: string;
+  #json: unknown;
+  #parsed = false;
+
+  constructor(text: string) {
+    this.text = text;
+  }
+
+  get json(): unknown {
+    if (!this.#parsed) {
+      this.#parsed = true;
+      this.#json = parseJson(this.text);
+    }
+    return this.#json;
+  }
+}
+
 function parseJson(body: string): unknown {
   if (body.length === 0) return undefined;
   const first = body.charCodeAt(0);
@@ -124,8 +146,13 @@ function parseJson(body: string): unknown {
   }
 }
 
-function firstText(getters: readonly JsonGetter[] | undefined, json: unknown): string | undefined {
-  if (getters === undefined || json === undefined) return undefined;
+function firstText(
+  getters: readonly JsonGetter[] | undefined,
+  body: AnswerBody,
+): string | undefined {
+  if (getters === undefined) return undefined;
+  const json = body.json;
+  if (json === undefined) return undefined;
   for (const get of getters) {
     const value = get(json);
     if (typeof value === 'string' && value.trim().length > 0) return value;
@@ -144,20 +171,30 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
   if (isDefault(response)) return (exchange) => classify(exchange, context);
   const rules = response.rules.map(compileRule);
   const successIds = paths(response.chargeId.success) ?? [];
+  // A 2xx's charge id at one top-level member, as its answers' first member: read without parsing.
+  const leadingSuccessId =
+    typeof response.chargeId.success === 'string'
+      ? compileLeadingMember(response.chargeId.success)
+      : response.chargeId.success.length === 1
+        ? compileLeadingMember(response.chargeId.success[0] as string)
+        : undefined;
   const failureIds = paths(response.chargeId.failure) ?? successIds;
   const reasons = paths(response.reason);
   const shouldRetry = response.shouldRetryHeader?.toLowerCase();
   const resetHeaders = response.rateLimitResetHeaders.map((name) => name.toLowerCase());
 
-  const chargeIdOf = (status: number, json: unknown): string | undefined => {
-    const text = firstText(status >= 200 && status < 300 ? successIds : failureIds, json);
+  const chargeIdOf = (status: number, body: AnswerBody): string | undefined => {
+    const success = status >= 200 && status < 300;
+    const text =
+      (success ? leadingSuccessId?.(body.text) : undefined) ??
+      firstText(success ? successIds : failureIds, body);
     return text !== undefined && text.length <= CHARGE_ID_MAX_LENGTH ? text : undefined;
   };
-  const reasonOf = (own: readonly JsonGetter[] | undefined, json: unknown, body: string) => {
-    const said = firstText(own, json) ?? firstText(reasons, json);
+  const reasonOf = (own: readonly JsonGetter[] | undefined, body: AnswerBody) => {
+    const said = firstText(own, body) ?? firstText(reasons, body);
     if (said !== undefined) return oneLineReason(said);
     // No path found one: the default shape's reading (`error`, `message`, or the text).
-    return reasons === undefined && own === undefined ? providerReason(body) : undefined;
+    return reasons === undefined && own === undefined ? providerReason(body.text) : undefined;
   };
 
   const retryAfterOf = (answer: ProviderAnswer): number | undefined => {
@@ -177,14 +214,14 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
     return undefined;
   };
 
-  const decide = (answer: ProviderAnswer, rule: CompiledRule, json: unknown): AttemptResult => {
+  const decide = (answer: ProviderAnswer, rule: CompiledRule, body: AnswerBody): AttemptResult => {
     const { status } = answer;
     switch (rule.outcome) {
       case 'charged':
-        return { kind: 'charged', status, chargeId: chargeIdOf(status, json) };
+        return { kind: 'charged', status, chargeId: chargeIdOf(status, body) };
       case 'declined':
       case 'soft_declined': {
-        const reason = reasonOf(rule.reason, json, answer.body) ?? statusLine(status);
+        const reason = reasonOf(rule.reason, body) ?? statusLine(status);
         return {
           kind: 'declined',
           status,
@@ -195,7 +232,7 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
       case 'ambiguous':
       case 'in_progress': {
         const retryAfterMs = retryAfterOf(answer);
-        const said = reasonOf(rule.reason, json, answer.body);
+        const said = reasonOf(rule.reason, body);
         return {
           kind: 'retry',
           status,
@@ -215,27 +252,27 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
     }
   };
 
-  const byDefault = (answer: ProviderAnswer, json: unknown): AttemptResult => {
-    // The common answer, read from the JSON already parsed (classify() would parse it again).
+  const byDefault = (answer: ProviderAnswer, body: AnswerBody): AttemptResult => {
+    // The common answer: classify() would parse the body again for its own charge id.
     if (statusVerdict(answer.status) === 'charged') {
-      return { kind: 'charged', status: answer.status, chargeId: chargeIdOf(answer.status, json) };
+      return { kind: 'charged', status: answer.status, chargeId: chargeIdOf(answer.status, body) };
     }
     const result = classify(answer, context);
     switch (result.kind) {
       case 'charged':
-        return { ...result, chargeId: chargeIdOf(answer.status, json) };
+        return { ...result, chargeId: chargeIdOf(answer.status, body) };
       case 'declined':
         return reasons === undefined
           ? result
           : {
               ...result,
-              reason: reasonOf(undefined, json, answer.body) ?? statusLine(answer.status),
+              reason: reasonOf(undefined, body) ?? statusLine(answer.status),
             };
       case 'retry': {
         const retryAfterMs =
           result.retryAfterMs ??
           (result.throttled || answer.status === 429 ? retryAfterOf(answer) : undefined);
-        const said = reasons === undefined ? undefined : reasonOf(undefined, json, answer.body);
+        const said = reasons === undefined ? undefined : reasonOf(undefined, body);
         return {
           ...result,
           retryAfterMs,
@@ -277,14 +314,16 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
 
   return (exchange) => {
     if (exchange.type === 'failure') return classify(exchange, context);
-    const json = parseJson(exchange.body);
+    const body = new AnswerBody(exchange.body);
     for (const rule of rules) {
       if (rule.statuses !== undefined && !rule.statuses(exchange.status)) continue;
-      if (rule.body.length > 0 && (json === undefined || !rule.body.every((test) => test(json))))
-        continue;
+      if (rule.body.length > 0) {
+        const json = body.json;
+        if (json === undefined || !rule.body.every((test) => test(json))) continue;
+      }
       if (!rule.headers.every((test) => test(exchange.headers))) continue;
-      return hinted(exchange, decide(exchange, rule, json));
+      return hinted(exchange, decide(exchange, rule, body));
     }
-    return hinted(exchange, byDefault(exchange, json));
+    return hinted(exchange, byDefault(exchange, body));
   };
 }

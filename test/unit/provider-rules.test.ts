@@ -317,6 +317,53 @@ describe('provider retry hints', () => {
 });
 
 describe('provider description schema', () => {
+  it('reads a 2xx charge id as a full parse would, with or without one (Stripe)', () => {
+    const classify = rules({
+      rules: [
+        {
+          status: 400,
+          body: { path: '$.error.type', equals: 'idempotency_error' },
+          outcome: 'ambiguous',
+        },
+      ],
+      chargeId: { success: '$.id' },
+      reason: ['$.error.decline_code', '$.error.message'],
+    });
+    const intent = { id: 'pi_1', object: 'payment_intent', status: 'succeeded' };
+    expect(classify(answer(200, intent))).toEqual({
+      kind: 'charged',
+      status: 200,
+      chargeId: 'pi_1',
+    });
+    expect(classify(answer(200, JSON.stringify(intent, null, 2)))).toMatchObject({
+      chargeId: 'pi_1',
+    });
+    // Not the first member, an escaped id: parsed in full, the same id.
+    expect(classify(answer(201, { object: 'x', id: 'pi_2' }))).toMatchObject({ chargeId: 'pi_2' });
+    expect(classify(answer(200, '{"id":"pi_\\u0033"}'))).toMatchObject({ chargeId: 'pi_3' });
+    // Cut short after the id: still charged, with the id the provider gave.
+    expect(classify(answer(200, '{"id":"pi_4","object":"payment_int'))).toMatchObject({
+      kind: 'charged',
+      chargeId: 'pi_4',
+    });
+    expect(classify(answer(200, 'not json'))).toEqual({
+      kind: 'charged',
+      status: 200,
+      chargeId: undefined,
+    });
+    // A 400 the rule reads from its body; another 400 declined with the reason path.
+    expect(
+      classify(answer(400, { error: { type: 'idempotency_error', message: 'keys' } })),
+    ).toMatchObject({ kind: 'retry', ambiguous: true });
+    expect(
+      classify(answer(400, { error: { type: 'invalid_request_error', message: 'bad' } })),
+    ).toEqual({
+      kind: 'declined',
+      status: 400,
+      reason: 'bad',
+    });
+  });
+
   it('names the path of a mistake', () => {
     const parsed = providerSchema.safeParse({
       response: { rules: [{ status: '2xy', outcome: 'charged' }] },
