@@ -176,6 +176,47 @@ type PendingTuple = [
   metadata: string | null,
 ];
 
+/**
+ * A pending charge as read from its page: the row's other columns stay the JSON text SQLite
+ * returned until the charge is sent and its template reads them. A page of 2,000 charges lives
+ * for a few hundred milliseconds; parsed up front, each row's object and strings would outlive
+ * several young-generation collections and be copied and promoted with the page.
+ */
+class PendingRow implements PendingCharge {
+  readonly seq: number;
+  readonly userId: string;
+  readonly amount: number;
+  readonly currency: string;
+  readonly attempts: number;
+  readonly budgetFrom: number;
+  readonly ambiguous: boolean;
+  readonly firstAttemptAt: number | undefined;
+  readonly waits: number;
+  #metadata: string | Record<string, string> | null;
+
+  constructor(row: PendingTuple, metadata: string | null) {
+    this.seq = row[0];
+    this.userId = row[1];
+    this.amount = row[2];
+    this.currency = row[3];
+    this.attempts = row[4];
+    this.budgetFrom = row[8];
+    this.ambiguous = row[5] === 1 || row[6] === 1;
+    this.firstAttemptAt = row[7] ?? undefined;
+    this.waits = row[9];
+    this.#metadata = metadata === '' ? null : metadata;
+  }
+
+  get metadata(): Readonly<Record<string, string>> | undefined {
+    const held = this.#metadata;
+    if (held === null) return undefined;
+    if (typeof held !== 'string') return held;
+    const parsed = JSON.parse(held) as Record<string, string>;
+    this.#metadata = parsed;
+    return parsed;
+  }
+}
+
 function fromTuple(row: ChargeTuple): ChargeRecord {
   return {
     userId: row[2],
@@ -797,19 +838,9 @@ export class SqliteLedger implements Ledger {
       ? this.#statements.pendingOrEnded
       : this.#statements.pending;
     const withMetadata = options.metadata !== false;
-    return statement.all(runId, afterSeq, limit).map((row) => ({
-      seq: row[0],
-      userId: row[1],
-      amount: row[2],
-      currency: row[3],
-      attempts: row[4],
-      budgetFrom: row[8],
-      ambiguous: row[5] === 1 || row[6] === 1,
-      firstAttemptAt: row[7] ?? undefined,
-      waits: row[9],
-      metadata:
-        withMetadata && row[10] ? (JSON.parse(row[10]) as Record<string, string>) : undefined,
-    }));
+    return statement.all(runId, afterSeq, limit).map(
+      (row) => new PendingRow(row, withMetadata ? row[10] : null),
+    );
   }
 
   /**
