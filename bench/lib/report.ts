@@ -17,7 +17,8 @@ export interface BenchSettings {
   readonly progress: (line: string) => void;
 }
 
-export type Verdict = 'PASS' | 'FAIL';
+/** INFO: measured and shown, held to no target. */
+export type Verdict = 'PASS' | 'FAIL' | 'INFO';
 
 /** One line of the summary table: a subject measured against its baseline, in the same run. */
 export interface SummaryRow {

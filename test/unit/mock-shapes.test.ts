@@ -70,6 +70,32 @@ describe('shapes', () => {
     },
   );
 
+  it('default: takes the same fields form-encoded, as a form template sends them', () => {
+    const form = { 'content-type': 'application/x-www-form-urlencoded' };
+    const json = shape('default').parse(
+      {},
+      '{"user_id":"u 1","amount":1999,"currency":"USD"}',
+      'r',
+    );
+    const formed = shape('default').parse(form, 'user_id=u+1&amount=1999&currency=USD', 'r');
+    expect(formed).toEqual(json);
+    expect(
+      rejectedAnswer(shape('default').parse(form, 'user_id=u1&amount=19.99&currency=USD', 'r')),
+    ).toMatchObject({ status: 400, json: { field: 'amount' } });
+    expect(
+      rejectedAnswer(shape('default').parse(form, 'user_id=%E0%A4&amount=1', 'r')),
+    ).toMatchObject({
+      status: 400,
+      json: { field: 'body', message: 'body is not valid form encoding' },
+    });
+    // Without the form's content type the body is read as JSON, as before.
+    expect(rejectedAnswer(shape('default').parse({}, 'user_id=u1&amount=1999', 'r'))).toMatchObject(
+      {
+        json: { field: 'body', message: 'body is not valid JSON' },
+      },
+    );
+  });
+
   it('stripe: names the missing parameter as Stripe does', () => {
     const answer = rejectedAnswer(
       shape('stripe').parse({}, 'currency=usd&confirm=true&payment_method=pm_1', 'r1'),

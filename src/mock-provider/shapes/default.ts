@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { chargeFieldsProblem, IDEMPOTENCY_KEY_MAX_LENGTH } from '../../domain/charge.js';
 import type { IdempotencyEntry } from '../ledger.js';
+import { parseForm } from './form-body.js';
 import {
   type Answer,
   headerValue,
@@ -48,10 +49,39 @@ function rejected(field: string, reason: string): Rejected {
   return { rejected: invalidRequest(field, reason) };
 }
 
+const FORM = 'application/x-www-form-urlencoded';
+
+class FormRejected implements Rejected {
+  constructor(readonly rejected: Answer) {}
+}
+
 /**
- * `POST /charge` with JSON `{"user_id", "amount", "currency"}` and an `Idempotency-Key` header;
- * `Authorization: Bearer <key>`. 200 `{"id": "ch_…", …}`, 402 `{"error": "card_declined"}`,
- * 409 while a key is in progress, 422 for a key reused with another body.
+ * The same three fields form-encoded (`user_id=u1&amount=1999&currency=USD`), as a request
+ * template with a form body sends them: the amount digits only, read as the number JSON would
+ * carry. Undefined (and read as JSON) unless the request says it is a form.
+ */
+function formFields(
+  headers: IncomingHttpHeaders,
+  raw: string,
+): Record<string, unknown> | FormRejected | undefined {
+  const type = headers['content-type'];
+  if (type === undefined || !type.toLowerCase().startsWith(FORM)) return undefined;
+  const form = parseForm(raw);
+  if (form === undefined)
+    return new FormRejected(invalidRequest('body', 'is not valid form encoding'));
+  const amount = form.get('amount');
+  return {
+    user_id: form.get('user_id'),
+    amount: amount !== undefined && /^\d{1,16}$/.test(amount) ? Number(amount) : amount,
+    currency: form.get('currency'),
+  };
+}
+
+/**
+ * `POST /charge` with JSON `{"user_id", "amount", "currency"}` (or the same fields as a form
+ * body) and an `Idempotency-Key` header; `Authorization: Bearer <key>`. 200 `{"id": "ch_…", …}`,
+ * 402 `{"error": "card_declined"}`, 409 while a key is in progress, 422 for a key reused with
+ * another body.
  */
 export function createDefaultShape(context: ShapeContext): MockShape<undefined> {
   const expectedAuthorization = `Bearer ${context.apiKey}`;
@@ -64,11 +94,15 @@ export function createDefaultShape(context: ShapeContext): MockShape<undefined> 
     isChargePath: (path) => path === '/charge',
     authorized: (headers) => headers.authorization === expectedAuthorization,
     parse(headers: IncomingHttpHeaders, raw: string): ParsedCharge<undefined> | Rejected {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(raw);
-      } catch {
-        return rejected('body', 'is not valid JSON');
+      const form = formFields(headers, raw);
+      if (form instanceof FormRejected) return form;
+      let parsed: unknown = form;
+      if (parsed === undefined) {
+        try {
+          parsed = JSON.parse(raw);
+        } catch {
+          return rejected('body', 'is not valid JSON');
+        }
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
         return rejected('body', 'must be a JSON object');
