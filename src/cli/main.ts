@@ -76,6 +76,12 @@ program
     0,
   )
   .option(
+    '--reset-rate <p>',
+    'probability of charging, then resetting the connection halfway through the answer',
+    numberFlag('--reset-rate'),
+    0,
+  )
+  .option(
     '--slow-rate <p>',
     'probability of charging, then answering --slow late',
     numberFlag('--slow-rate'),

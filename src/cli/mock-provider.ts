@@ -16,6 +16,7 @@ interface MockProviderFlags {
   retryAfter: boolean;
   failRate: number;
   lostRate: number;
+  resetRate: number;
   slowRate: number;
   slow: number;
   declineRate: number;
@@ -39,6 +40,7 @@ export async function mockProviderCommand(flags: MockProviderFlags): Promise<num
       retryAfter: flags.retryAfter,
       failRate: flags.failRate,
       lostRate: flags.lostRate,
+      resetRate: flags.resetRate,
       slowRate: flags.slowRate,
       slowMs: flags.slow,
       declineRate: flags.declineRate,
@@ -64,6 +66,7 @@ export async function mockProviderCommand(flags: MockProviderFlags): Promise<num
       : `rate ${options.rate}/s${options.retryAfter ? '' : ' (429 without Retry-After)'}`,
     options.failRate > 0 ? `fail ${options.failRate}` : undefined,
     options.lostRate > 0 ? `lost ${options.lostRate}` : undefined,
+    options.resetRate > 0 ? `reset mid-answer ${options.resetRate}` : undefined,
     options.slowRate > 0
       ? `slow ${options.slowRate} (+${formatDuration(options.slowMs)})`
       : undefined,

@@ -838,9 +838,9 @@ export class SqliteLedger implements Ledger {
       ? this.#statements.pendingOrEnded
       : this.#statements.pending;
     const withMetadata = options.metadata !== false;
-    return statement.all(runId, afterSeq, limit).map(
-      (row) => new PendingRow(row, withMetadata ? row[10] : null),
-    );
+    return statement
+      .all(runId, afterSeq, limit)
+      .map((row) => new PendingRow(row, withMetadata ? row[10] : null));
   }
 
   /**

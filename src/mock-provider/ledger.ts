@@ -28,6 +28,10 @@ export interface MockProviderStats {
   failed_503: number;
   /** Charged, then the connection was dropped without an answer. */
   lost: number;
+  /** Charged, then the connection was reset partway through the answer. */
+  reset_mid_body: number;
+  /** Charge requests answered 503 during an outage window (nothing charged). */
+  outage_503: number;
   /** Charged, then the answer was held back by --slow. */
   slow: number;
   /** Declined (402 card_declined by default). */
@@ -83,6 +87,8 @@ export class ProviderLedger {
     rejected_503: 0,
     failed_503: 0,
     lost: 0,
+    reset_mid_body: 0,
+    outage_503: 0,
     slow: 0,
     declined: 0,
   };

@@ -38,6 +38,11 @@ export const mockProviderOptionsSchema = z
     failRate: probability.default(0),
     /** Probability that the charge is applied and the connection then dropped unanswered. Default 0. */
     lostRate: probability.default(0),
+    /**
+     * Probability that the charge is applied and the connection then reset in the middle of the
+     * answer (the status line, the headers and half the body sent). Default 0.
+     */
+    resetRate: probability.default(0),
     /** Probability that the charge is applied and the answer delayed by `slowMs`. Default 0. */
     slowRate: probability.default(0),
     /** Extra delay of a slow answer, in ms. Default 35 s, past bulkbill's default 30 s timeout. */

@@ -35,6 +35,8 @@ export interface RequestDraws {
   readonly decline: number;
   readonly lost: number;
   readonly slow: number;
+  /** Drawn after the others, so adding it left their streams as they were. */
+  readonly reset: number;
 }
 
 /**
@@ -43,5 +45,12 @@ export interface RequestDraws {
  */
 export function drawsFor(seed: number, userId: string, attempt: number): RequestDraws {
   const next = mulberry32(hashSeed(`${seed}\u0000${userId}\u0000${attempt}`));
-  return { fail: next(), jitter: next(), decline: next(), lost: next(), slow: next() };
+  return {
+    fail: next(),
+    jitter: next(),
+    decline: next(),
+    lost: next(),
+    slow: next(),
+    reset: next(),
+  };
 }

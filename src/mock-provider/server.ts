@@ -29,13 +29,25 @@ export interface MockProvider {
   /** Forgets every charge, key and counter, as POST /reset. */
   reset(): void;
   /**
+   * An outage of `ms`, as POST /outage?ms=…&mode=…: `503` answers every charge request 503
+   * (nothing charged, no key kept) until it ends; `restart` drops every connection at once
+   * (requests in flight lose their answers; those already being processed still complete, as a
+   * provider's committed work does) and refuses connections until it ends, then listens again
+   * on the same port with the same charges and keys. Resolves once the outage has begun.
+   */
+  outage(ms: number, mode?: OutageMode): Promise<void>;
+  /**
    * Stops accepting connections, lets requests in flight finish for up to `graceMs`
    * (default: the `shutdownGraceMs` option), then drops whatever is left.
    */
   close(options?: { graceMs?: number }): Promise<void>;
 }
 
+export type OutageMode = '503' | 'restart';
+
 const MAX_BODY_BYTES = 64 * 1024;
+/** Longest outage an admin request may ask for. */
+const MAX_OUTAGE_MS = 3_600_000;
 const JSON_TYPE = 'application/json';
 const RETRY_AFTER_ONE = ['retry-after', '1'] as const;
 
@@ -114,6 +126,8 @@ export async function startMockProvider(
   };
   const shape = createShape(config.shape, { apiKey: config.apiKey, ids });
   const timers = new Set<NodeJS.Timeout>();
+  /** Until when (clock ms) charge requests are answered 503: an outage window. */
+  let unavailableUntil = Number.NEGATIVE_INFINITY;
   let ledger = new ProviderLedger();
 
   function later(ms: number, run: () => void): void {
@@ -159,6 +173,12 @@ export async function startMockProvider(
       res.socket?.destroy();
       return;
     }
+    if (draws.reset < config.resetRate) {
+      at.counters.reset_mid_body++;
+      gate.leave();
+      resetMidBody(res, answer);
+      return;
+    }
     if (draws.slow < config.slowRate) {
       at.counters.slow++;
       later(config.slowMs, () => {
@@ -192,6 +212,11 @@ export async function startMockProvider(
     const counters = at.counters;
     counters.requests++;
     const requestId = shape.requestIds ? ids.request() : '';
+    if (clock.now() < unavailableUntil) {
+      counters.outage_503++;
+      sendAnswer(res, shape.unavailable(requestId));
+      return;
+    }
     if (config.apiKey !== undefined && !shape.authorized(req.headers)) {
       counters.unauthorized++;
       sendAnswer(res, shape.unauthorized(req.headers, requestId));
@@ -260,6 +285,49 @@ export async function startMockProvider(
     process(pending, res);
   }
 
+  function outageRoute(res: ServerResponse, query: URLSearchParams): void {
+    const ms = Number(query.get('ms'));
+    const mode = query.get('mode') ?? '503';
+    if (!(Number.isFinite(ms) && ms > 0 && ms <= MAX_OUTAGE_MS)) {
+      badRequest(res, 'ms', `must be a number of milliseconds from 1 to ${MAX_OUTAGE_MS}`);
+      return;
+    }
+    if (mode !== '503' && mode !== 'restart') {
+      badRequest(res, 'mode', 'must be 503 or restart');
+      return;
+    }
+    // Answered first: a restart drops this connection too.
+    send(res, 200, JSON.stringify({ ok: true, ms, mode }), ['connection', 'close']);
+    res.on('finish', () => {
+      void outage(ms, mode);
+    });
+  }
+
+  let restarting: Promise<void> | undefined;
+  async function outage(ms: number, mode: OutageMode = '503'): Promise<void> {
+    if (mode === '503') {
+      unavailableUntil = Math.max(unavailableUntil, clock.now() + ms);
+      return;
+    }
+    if (closing || restarting) return;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeAllConnections();
+    await closed;
+    restarting = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        timers.delete(timer);
+        if (closing) {
+          resolve();
+          return;
+        }
+        server.listen({ port, host: config.host, backlog }, () => resolve());
+      }, ms);
+      timers.add(timer);
+    }).finally(() => {
+      restarting = undefined;
+    });
+  }
+
   function stats(): MockProviderStats {
     return {
       ...ledger.counters,
@@ -296,7 +364,7 @@ export async function startMockProvider(
     const isCharges = path.startsWith('/charges/');
     const isCharge = shape.isChargePath(path);
     const allowed =
-      isCharge || path === '/reset'
+      isCharge || path === '/reset' || path === '/outage'
         ? 'POST'
         : path === '/stats' || path === '/health' || isCharges
           ? 'GET'
@@ -309,7 +377,8 @@ export async function startMockProvider(
     else if (path === '/reset') {
       reset();
       send(res, 200, ANSWER.reset);
-    } else send(res, 200, ANSWER.health);
+    } else if (path === '/outage') outageRoute(res, new URLSearchParams(target.slice(query + 1)));
+    else send(res, 200, ANSWER.health);
   }
 
   const server = createServer({ keepAliveTimeout: 10_000, noDelay: true }, route);
@@ -366,8 +435,20 @@ export async function startMockProvider(
     stats,
     chargesOf: (userId) => ledger.chargesOf(userId),
     reset,
+    outage,
     close,
   };
+}
+
+/** Sends the status line, the headers and half the body of `answer`, then resets the connection. */
+function resetMidBody(res: ServerResponse, answer: Answer): void {
+  const body = Buffer.from(answer.body, 'utf8');
+  const headers = ['content-type', JSON_TYPE, 'content-length', String(body.length)];
+  if (answer.headers) headers.push(...answer.headers);
+  res.writeHead(answer.status, headers);
+  res.write(body.subarray(0, Math.floor(body.length / 2)), () => {
+    res.socket?.resetAndDestroy();
+  });
 }
 
 function notAllowed(res: ServerResponse, allowed: string): void {

@@ -1,4 +1,4 @@
-import type { Agent } from 'undici';
+import { type Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   type MockProvider,
@@ -260,6 +260,87 @@ describe('fault injection under a fixed seed', () => {
     expect(provider.stats().duplicate_charges).toBe(0);
   });
 
+  it('--reset-rate charges, then resets the connection halfway through the answer', async () => {
+    const provider = await start({ resetRate: 1 });
+    const response = await request(`${provider.url}/charge`, {
+      dispatcher: agent,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': 'r:u1' },
+      body: JSON.stringify(charge('u1')),
+    });
+    // The status line and the headers came; the body breaks off.
+    expect(response.statusCode).toBe(200);
+    await expect(response.body.text()).rejects.toThrow();
+    expect(provider.stats()).toMatchObject({ reset_mid_body: 1, charges: 1 });
+    const retry = await attempt(provider, charge('u1'), { 'idempotency-key': 'r:u1' });
+    // The retry's draws are another attempt's: reset again or replayed, never charged twice.
+    expect(provider.chargesOf('u1')).toHaveLength(1);
+    expect([0, 200]).toContain(retry.status);
+  });
+
+  it('an outage answers 503 to every charge until it ends, charging nothing', async () => {
+    const clock = new FakeClock();
+    const provider = await start({ clock });
+    await provider.outage(60_000);
+    const during = await attempt(provider, charge('u1'), { 'idempotency-key': 'r:u1' });
+    expect(during.status).toBe(503);
+    clock.advance(59_999);
+    expect((await attempt(provider, charge('u2'), { 'idempotency-key': 'r:u2' })).status).toBe(503);
+    clock.advance(1);
+    const after = await attempt(provider, charge('u1'), { 'idempotency-key': 'r:u1' });
+    expect(after.status).toBe(200);
+    expect(after.headers['idempotent-replayed']).toBeUndefined();
+    expect(provider.stats()).toMatchObject({ outage_503: 2, charges: 1, requests: 3 });
+  });
+
+  it('POST /outage?mode=restart drops connections, refuses new ones, then serves the same keys', async () => {
+    const provider = await start();
+    const first = await attempt(provider, charge('u1'), { 'idempotency-key': 'r:u1' });
+    expect(first.status).toBe(200);
+    const asked = await request(`${provider.url}/outage?ms=1500&mode=restart`, {
+      method: 'POST',
+    });
+    expect(asked.statusCode).toBe(200);
+    await asked.body.text();
+    // Refused while it restarts (a fresh agent: no pooled connection to reuse).
+    const fresh = testAgent(1);
+    try {
+      await expect
+        .poll(async () => {
+          try {
+            await request(`${provider.url}/health`, { dispatcher: fresh });
+            return 'up';
+          } catch (error) {
+            return (error as { code?: string }).code;
+          }
+        })
+        .toBe('ECONNREFUSED');
+      // Back on the same port, with the same keys: the charge is replayed, not made again.
+      await expect
+        .poll(
+          async () => (await attempt(provider, charge('u1'), { 'idempotency-key': 'r:u1' })).status,
+          {
+            timeout: 5_000,
+          },
+        )
+        .toBe(200);
+    } finally {
+      await fresh.close();
+    }
+    expect(provider.chargesOf('u1')).toEqual([first.json.id]);
+    expect(provider.stats()).toMatchObject({ charges: 1, duplicate_charges: 0 });
+    expect(provider.stats().replays).toBeGreaterThanOrEqual(1);
+  });
+
+  it('POST /outage refuses a bad length or mode', async () => {
+    const provider = await start();
+    for (const query of ['ms=0', 'ms=abc', 'ms=10&mode=maybe', 'ms=99999999']) {
+      const answer = await request(`${provider.url}/outage?${query}`, { method: 'POST' });
+      expect(answer.statusCode).toBe(400);
+      await answer.body.text();
+    }
+  });
+
   it('--slow-rate charges, then holds the answer back by --slow; a retry meanwhile replays', async () => {
     const everyone = users(40);
     const slowMs = 600;
@@ -436,7 +517,6 @@ describe('the other routes', () => {
     const provider = await start();
     const headers = { 'idempotency-key': 'r:once' };
     const before = await postCharge(agent, provider.url, charge('once'), headers);
-    const { request } = await import('undici');
     const reset = await request(`${provider.url}/reset`, { dispatcher: agent, method: 'POST' });
     expect(reset.statusCode).toBe(200);
     await reset.body.dump();
@@ -465,6 +545,8 @@ describe('the other routes', () => {
         'rejected_503',
         'failed_503',
         'lost',
+        'reset_mid_body',
+        'outage_503',
         'slow',
         'declined',
         'in_flight',
@@ -479,7 +561,6 @@ describe('the other routes', () => {
 
   it('answers 404 to unknown paths and 405 to wrong methods', async () => {
     const provider = await start();
-    const { request } = await import('undici');
     const missing = await request(`${provider.url}/nope`, { dispatcher: agent });
     const wrong = await request(`${provider.url}/charge`, { dispatcher: agent });
     expect(missing.statusCode).toBe(404);

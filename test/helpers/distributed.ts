@@ -7,6 +7,8 @@ import type { StateCounts } from '../../src/ledger/ledger.js';
 import { type CliProcess, runCli, spawnCli } from './cli.js';
 import { closeRedisAdmin, deleteKeysUnder, REDIS_URL, uniquePrefix } from './redis.js';
 
+export { pollUntil } from './poll.js';
+
 // Helpers of the distributed engine's end-to-end tests: the CLI's workers as child processes,
 // the queue and the ledger read straight from Redis, polling with a deadline.
 
@@ -60,22 +62,6 @@ export function openQueue(place: RedisPlace): Queue {
   });
   queue.on('error', () => {});
   return queue;
-}
-
-/** Calls `probe` every `everyMs` until it returns something other than undefined; fails at the deadline. */
-export async function pollUntil<T>(
-  what: string,
-  probe: () => Promise<T | undefined>,
-  timeoutMs = 20_000,
-  everyMs = 20,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const found = await probe();
-    if (found !== undefined) return found;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, everyMs));
-  }
 }
 
 /** The job ids the enqueue gives a run's users, as a set. */

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pollUntil } from './distributed.js';
+import { pollUntil } from './poll.js';
 
 /** A free TCP port on 127.0.0.1 (free when asked; nothing else here takes ports by number). */
 export async function freePort(): Promise<number> {
@@ -25,12 +25,18 @@ export async function freePort(): Promise<number> {
  */
 export class OwnRedisServer {
   readonly #persist: boolean;
+  readonly #fsync: 'always' | 'everysec';
   #port = 0;
   #dir = '';
   #child: ChildProcess | undefined;
 
-  constructor(options: { readonly appendonly: boolean }) {
+  /**
+   * `fsync`: how often the append-only file is synced (default `always`: a stop loses no
+   * write); `everysec`, Redis's own default, may lose the last second's writes to a kill -9.
+   */
+  constructor(options: { readonly appendonly: boolean; readonly fsync?: 'always' | 'everysec' }) {
     this.#persist = options.appendonly;
+    this.#fsync = options.fsync ?? 'always';
   }
 
   get url(): string {
@@ -46,7 +52,7 @@ export class OwnRedisServer {
     if (this.#port === 0) this.#port = await freePort();
     if (this.#dir === '') this.#dir = await mkdtemp(join(tmpdir(), 'bulkbill-redis-'));
     const persistence = this.#persist
-      ? ['--appendonly', 'yes', '--appendfsync', 'always', '--save', '']
+      ? ['--appendonly', 'yes', '--appendfsync', this.#fsync, '--save', '']
       : ['--appendonly', 'no', '--save', ''];
     const child = spawn(
       'redis-server',
