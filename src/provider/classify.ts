@@ -2,6 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import { parseRetryAfter, type WallClock } from '../control/retry-after.js';
 import { statusVerdict } from '../control/retry-policy.js';
 import type { AttemptResult } from '../domain/outcome.js';
+import { compileLeadingMember } from './json-path.js';
 
 /** The provider answered: what classification needs of the answer. */
 export interface ProviderAnswer {
@@ -143,8 +144,12 @@ function parseObject(body: string): Record<string, unknown> | undefined {
   }
 }
 
+// A 2xx whose body broke off (a reset mid-answer) still names its charge when `id` came first.
+const leadingId = compileLeadingMember('$.id') as (body: string) => string | undefined;
+
 function chargeIdOf(body: string): string | undefined {
-  const id = parseObject(body)?.id;
+  const parsed = parseObject(body);
+  const id = parsed === undefined ? leadingId(body) : parsed.id;
   const text = typeof id === 'string' ? id : typeof id === 'number' ? String(id) : undefined;
   return text !== undefined && text.length > 0 && text.length <= CHARGE_ID_MAX_LENGTH
     ? text

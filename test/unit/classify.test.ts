@@ -45,6 +45,12 @@ describe('classify: answers', () => {
       });
     }
     expect(classify(answer(204), context).kind).toBe('charged');
+    // Cut short (a reset halfway through the answer): the id that came first is kept.
+    expect(classify(answer(200, '{"id":"ch_2","user_id":"u1","amo'), context)).toMatchObject({
+      kind: 'charged',
+      chargeId: 'ch_2',
+    });
+    expect(classify(answer(200, '{"id":"ch_'), context)).toMatchObject({ chargeId: undefined });
   });
 
   it('402, 400, 422 and other 4xx decline with the provider’s reason', () => {

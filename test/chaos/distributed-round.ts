@@ -1,0 +1,227 @@
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type MockProvider, startMockProvider } from '../../src/mock-provider/index.js';
+import { type CliProcess, runCli, spawnCli } from '../helpers/cli.js';
+import { OwnRedisServer } from '../helpers/redis-server.js';
+import { checkRound } from './check.js';
+import { type ChaosUser, chaosUsers, type FileStyle, writeChaosInput } from './input.js';
+import { drawProviderFaults } from './local-round.js';
+import { Random } from './random.js';
+import { type FaultTally, type RoundResult, sleep, tally } from './round.js';
+import { TcpProxy } from './tcp-proxy.js';
+
+const TIMEOUT_MS = 1_000;
+const LOCK_MS = 2_000;
+/** Fault moments per round; then the workers are left to finish. */
+const FAULTS = 3;
+/** Times the operator may have to enqueue again and restart workers before the run ends. */
+const MAX_RECOVERIES = 6;
+
+/**
+ * One round on the distributed engine, on a Redis of its own that syncs its append-only file
+ * every second (Redis's default, so a kill -9 may lose the last second of writes): `enqueue`
+ * (perhaps killed -9 and run again), two or three workers, one of them reaching Redis through
+ * a proxy that can partition it while it still reaches the provider; at random moments a
+ * worker or all of them killed -9 and restarted, Redis killed -9 and restarted after longer
+ * than the lock, the partition, a provider outage. Then as an operator would: `status --wait`,
+ * and while charges are left pending with no job, `enqueue` again and workers again, until
+ * the run ends; `report`, and the checks.
+ */
+export async function distributedRound(seed: number, workDir: string): Promise<RoundResult> {
+  const started = performance.now();
+  const random = new Random(seed, 'distributed');
+  const faults: FaultTally = {};
+  const dir = join(workDir, `distributed-${seed}`);
+  await mkdir(dir, { recursive: true });
+  const users: ChaosUser[] = chaosUsers(random, random.int(100, 400), random.int(0, 2));
+  const style: FileStyle = {
+    format: random.pick(['csv', 'ndjson'] as const),
+    bom: random.chance(0.3),
+    crlf: random.chance(0.5),
+    shuffle: 0,
+  };
+  const input = join(dir, `cycle.${style.format}`);
+  await writeChaosInput(input, users, style, (items, s) => new Random(s, 'shuffle').shuffle(items));
+  const redis = new OwnRedisServer({ appendonly: true, fsync: 'everysec' });
+  await redis.start();
+  const proxy = new TcpProxy({ host: '127.0.0.1', port: redis.port });
+  await proxy.start();
+  const provider: MockProvider = await startMockProvider({
+    port: 0,
+    ...drawProviderFaults(random, faults),
+  });
+  const maxAttempts = random.int(3, 6);
+  const place = ['--prefix', `chaos${seed}`, '--queue', 'charges'];
+  const report = join(dir, 'report.csv');
+  const log: string[] = [];
+  const violations: string[] = [];
+  const workers = new Set<CliProcess>();
+  let launches = 0;
+  const workerFlags = [
+    ...['--endpoint', `${provider.url}/charge`, '--exit-when-idle'],
+    ...['--concurrency', String(random.int(4, 32)), '--max-attempts', String(maxAttempts)],
+    ...['--timeout', `${TIMEOUT_MS}ms`, '--lock-duration', `${LOCK_MS}ms`],
+  ];
+  const startWorker = (viaProxy: boolean) => {
+    launches++;
+    const worker = spawnCli([
+      'worker',
+      '--redis',
+      viaProxy ? proxy.url : redis.url,
+      ...place,
+      ...workerFlags,
+    ]);
+    workers.add(worker);
+    void worker.exited.then((code) => {
+      workers.delete(worker);
+      log.push(`worker ${worker.child.pid}${viaProxy ? ' (via proxy)' : ''}: exit ${code}`);
+    });
+    return worker;
+  };
+  const enqueue = async (killAfterMs?: number): Promise<string | undefined> => {
+    launches++;
+    const cli = spawnCli(['enqueue', input, '--redis', redis.url, ...place, '--skip-invalid']);
+    let killed = false;
+    const timer =
+      killAfterMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            killed = true;
+            tally(faults, 'kill -9 of enqueue');
+            cli.child.kill('SIGKILL');
+          }, killAfterMs);
+    const code = await cli.exited;
+    clearTimeout(timer);
+    log.push(`enqueue: exit ${code}${killed ? ' after kill -9' : ''}`);
+    if (killed) return undefined;
+    if (code !== 0) {
+      violations.push(`enqueue exited ${code}: ${cli.stderr().slice(-1_500)}`);
+      return undefined;
+    }
+    return cli.stdout().trim().split('\n').at(-1);
+  };
+
+  try {
+    let runId = random.chance(0.3) ? await enqueue(random.int(50, 1_200)) : undefined;
+    runId ??= await enqueue();
+    if (runId === undefined) throw new Error(`no run: ${log.join('; ')}`);
+    const count = random.int(2, 3);
+    for (let index = 0; index < count; index++) startWorker(index === 0);
+
+    for (let fault = 0; fault < FAULTS; fault++) {
+      await sleep(random.int(300, 2_000));
+      const kind = random.pick([
+        'kill -9 of a worker',
+        'kill -9 of every worker',
+        'SIGTERM of a worker',
+        'kill -9 of Redis',
+        'partition worker–Redis',
+        'provider outage',
+      ] as const);
+      tally(faults, kind);
+      switch (kind) {
+        case 'kill -9 of a worker':
+        case 'SIGTERM of a worker': {
+          const victim = random.pick([...workers]);
+          if (victim === undefined) break;
+          victim.child.kill(kind === 'SIGTERM of a worker' ? 'SIGTERM' : 'SIGKILL');
+          await victim.exited;
+          startWorker(false);
+          break;
+        }
+        case 'kill -9 of every worker': {
+          const all = [...workers];
+          for (const victim of all) victim.child.kill('SIGKILL');
+          await Promise.all(all.map((victim) => victim.exited));
+          for (let index = 0; index < count; index++) startWorker(index === 0);
+          break;
+        }
+        case 'kill -9 of Redis':
+          await redis.stop('SIGKILL');
+          // Down for longer than the lock: every job's lock has expired when it comes back.
+          await sleep(LOCK_MS + random.int(300, 1_500));
+          await redis.start();
+          break;
+        case 'partition worker–Redis':
+          proxy.partition(LOCK_MS + random.int(0, 1_500));
+          break;
+        case 'provider outage':
+          await provider.outage(random.int(300, 2_000), random.pick(['503', 'restart'] as const));
+          break;
+      }
+    }
+
+    // As an operator: wait for the run; charges pending with no job queued get enqueued again.
+    let finished = false;
+    for (let recovery = 0; recovery < MAX_RECOVERIES && !finished; recovery++) {
+      const waited = await runCli([
+        'status',
+        '--redis',
+        redis.url,
+        ...place,
+        '--run-id',
+        runId,
+        '--wait',
+        '--json',
+      ]);
+      log.push(`status --wait: exit ${waited.code}`);
+      const status = lastJson(waited.stdout);
+      const pending = (status?.counts as Record<string, number> | undefined)?.pending;
+      finished = pending === 0;
+      if (finished) break;
+      tally(faults, 'operator enqueues again');
+      await enqueue();
+      if (workers.size === 0) startWorker(false);
+    }
+    if (!finished) violations.push(`the run did not end: ${log.join('; ')}`);
+    for (const worker of [...workers]) worker.child.kill('SIGTERM');
+    await Promise.all([...workers].map((worker) => worker.exited));
+    const written = await runCli([
+      'report',
+      '--redis',
+      redis.url,
+      ...place,
+      '--run-id',
+      runId,
+      '--out',
+      report,
+    ]);
+    if (written.code !== 0) violations.push(`report: exit ${written.code}: ${written.stderr}`);
+    const checked = await checkRound(report, provider, {
+      userIds: users.map((user) => user.userId),
+      invalid: new Set(users.filter((user) => user.broken).map((user) => user.userId)),
+      maxAttempts,
+    });
+    violations.push(...checked.violations);
+    return {
+      seed,
+      engine: 'distributed',
+      users: users.length,
+      launches,
+      faults,
+      charged: checked.charged,
+      states: checked.states,
+      provider: provider.stats(),
+      violations,
+      log,
+      ms: performance.now() - started,
+    };
+  } finally {
+    for (const worker of workers) worker.child.kill('SIGKILL');
+    await proxy.close();
+    await redis.destroy();
+    await provider.close({ graceMs: 0 });
+  }
+}
+
+function lastJson(text: string): Record<string, unknown> | undefined {
+  for (const line of text.trim().split('\n').reverse()) {
+    try {
+      const value = JSON.parse(line) as unknown;
+      if (typeof value === 'object' && value !== null) return value as Record<string, unknown>;
+    } catch {
+      // not JSON
+    }
+  }
+  return undefined;
+}
