@@ -40,7 +40,13 @@ export async function checkRound(
   expected: Expectation,
 ): Promise<{ violations: string[]; charged: number; states: Record<string, number> }> {
   const violations: string[] = [];
-  const rows = parse(await readFile(reportPath, 'utf8'), {
+  let text: string;
+  try {
+    text = await readFile(reportPath, 'utf8');
+  } catch (error) {
+    return { violations: [`no report: ${(error as Error).message}`], charged: 0, states: {} };
+  }
+  const rows = parse(text, {
     columns: true,
     skip_empty_lines: true,
     bom: true,

@@ -51,7 +51,8 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     ...drawProviderFaults(random, faults),
   });
   const maxAttempts = random.int(3, 6);
-  const place = ['--prefix', `chaos${seed}`, '--queue', 'charges'];
+  const prefix = ['--prefix', `chaos${seed}`];
+  const place = [...prefix, '--queue', 'charges'];
   const report = join(dir, 'report.csv');
   const log: string[] = [];
   const violations: string[] = [];
@@ -108,8 +109,11 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     const count = random.int(2, 3);
     for (let index = 0; index < count; index++) startWorker(index === 0);
 
+    // Faults land while it bills: from the first charge on.
+    const deadline = Date.now() + 30_000;
+    while (provider.stats().requests === 0 && Date.now() < deadline) await sleep(10);
     for (let fault = 0; fault < FAULTS; fault++) {
-      await sleep(random.int(300, 2_000));
+      await sleep(random.int(100, 1_500));
       const kind = random.pick([
         'kill -9 of a worker',
         'kill -9 of every worker',
@@ -118,12 +122,13 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
         'partition worker–Redis',
         'provider outage',
       ] as const);
+      // Workers exit once the queue is empty: a run already billed has none left to kill.
+      if (kind.includes('worker') && workers.size === 0) continue;
       tally(faults, kind);
       switch (kind) {
         case 'kill -9 of a worker':
         case 'SIGTERM of a worker': {
           const victim = random.pick([...workers]);
-          if (victim === undefined) break;
           victim.child.kill(kind === 'SIGTERM of a worker' ? 'SIGTERM' : 'SIGKILL');
           await victim.exited;
           startWorker(false);
@@ -180,7 +185,7 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
       'report',
       '--redis',
       redis.url,
-      ...place,
+      ...prefix,
       '--run-id',
       runId,
       '--out',

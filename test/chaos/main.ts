@@ -55,8 +55,9 @@ try {
     // Round i's seed is the base seed + i: `--seed S --rounds 1` replays the round of seed S.
     const seed = baseSeed + index;
     for (const which of engines) {
-      const result =
-        which === 'local' ? await localRound(seed, workDir) : await distributedRound(seed, workDir);
+      const result = await (which === 'local' ? localRound : distributedRound)(seed, workDir).catch(
+        (error: unknown) => crashed(which, seed, error),
+      );
       results.push(result);
       const verdict =
         result.violations.length === 0 ? 'ok' : `${result.violations.length} VIOLATIONS`;
@@ -79,6 +80,25 @@ try {
 
 process.stdout.write(`${summaryTable(results, performance.now() - started)}\n`);
 process.exit(results.some((result) => result.violations.length > 0) ? 1 : 0);
+
+/** A round whose harness itself failed: reported as a violation, and the suite goes on. */
+function crashed(which: ChaosEngine, seed: number, error: unknown): RoundResult {
+  return {
+    seed,
+    engine: which,
+    users: 0,
+    launches: 0,
+    faults: {},
+    charged: 0,
+    states: {},
+    provider: { duplicate_charges: 0 } as RoundResult['provider'],
+    violations: [
+      `the round itself failed: ${error instanceof Error ? error.stack : String(error)}`,
+    ],
+    log: [],
+    ms: 0,
+  };
+}
 
 function summaryTable(all: readonly RoundResult[], ms: number): string {
   const kinds = new Map<string, number>();
