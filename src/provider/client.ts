@@ -94,7 +94,7 @@ export const PROVIDER_CLIENT_DEFAULTS = {
 } as const;
 
 /** Most response body bytes kept: enough for a charge id or a reason, never a flood. */
-const MAX_BODY_BYTES = 16 * 1024;
+const MAX_BODY_BYTES = 64 * 1024;
 const systemWallClock: WallClock = { now: Date.now };
 
 // Settings every attempt shares, built once per client.
@@ -400,6 +400,23 @@ class AttemptExpiredError extends Error {
 
 // The HTTP client refused the request itself: retrying the same request cannot help.
 const CLIENT_REFUSED = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_CLOSED', 'UND_ERR_DESTROYED']);
+// The provider's certificate does not verify: every retry would fail the same way, so the run
+// stops as misconfigured (charges left pending) instead of ending everyone `failed`.
+const CERTIFICATE_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_REVOKED',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_REJECTED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'HOSTNAME_MISMATCH',
+]);
 const TIMEOUT_CODES = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
   'UND_ERR_HEADERS_TIMEOUT',
@@ -454,10 +471,16 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
     this.#headers = headers;
   }
 
-  onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.#bytes >= MAX_BODY_BYTES) return;
     this.#chunks.push(chunk);
     this.#bytes += chunk.length;
+    // Enough of the body to read a charge id and a reason: the status line said what happened,
+    // and a provider sending megabytes is not waited for (the connection is dropped).
+    if (this.#bytes >= MAX_BODY_BYTES) {
+      this.#answer();
+      controller.abort(new AttemptExpiredError('answer body over the size read'));
+    }
   }
 
   onResponseEnd(): void {
@@ -479,6 +502,14 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
         kind: 'fatal',
         status: undefined,
         reason: `the HTTP client refused the request: ${error.message} (${codeText})`,
+      });
+      return;
+    }
+    if (!sent && codeText !== undefined && CERTIFICATE_CODES.has(codeText)) {
+      this.#settle({
+        kind: 'fatal',
+        status: undefined,
+        reason: `the provider's TLS certificate does not verify: ${error.message} (${codeText}); nothing was sent. Check the endpoint; a private CA is trusted with NODE_EXTRA_CA_CERTS=<file.pem>`,
       });
       return;
     }
