@@ -1,3 +1,4 @@
+import { closeSync, openSync } from 'node:fs';
 import { hostname } from 'node:os';
 import Database from 'better-sqlite3';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
@@ -313,9 +314,24 @@ function openDatabase(path: string): Database.Database {
   }
 }
 
+/**
+ * Creates a new ledger file readable by its owner only (0600): it names every user and amount.
+ * SQLite gives its -wal and -shm files the database file's permissions. An existing file keeps
+ * the mode it has.
+ */
+function createPrivately(path: string): void {
+  if (path === '' || path === ':memory:' || path.startsWith('file:')) return;
+  try {
+    closeSync(openSync(path, 'wx', 0o600));
+  } catch {
+    // Already there, or not creatable: then new Database says why, in its own words.
+  }
+}
+
 function prepareDatabase(path: string): Database.Database {
   let db: Database.Database | undefined;
   try {
+    createPrivately(path);
     db = new Database(path);
     // SQLite reads the file lazily: a file that is not a database fails here, not above.
     db.pragma('journal_mode = WAL');

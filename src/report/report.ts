@@ -37,7 +37,8 @@ export async function writeReport(ledger: Ledger, runId: string, path: string): 
   const existing = await stat(path).catch(() => undefined);
   const temporary =
     existing === undefined || existing.isFile() ? `${path}.${process.pid}.tmp` : undefined;
-  const out = createWriteStream(temporary ?? path, { encoding: 'utf8' });
+  // Owner-only (0600): a report names every user and amount. A device or pipe keeps its own.
+  const out = createWriteStream(temporary ?? path, { encoding: 'utf8', mode: 0o600 });
   const ioFailure = (error: unknown) =>
     new BulkbillError(
       ErrorCode.Io,

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { MockProvider, MockProviderOptions } from '../../src/mock-provider/index.js';
@@ -176,6 +176,17 @@ describe('bulkbill run (end to end)', () => {
       return;
     }
     expect((await providerStats(ws.agent, mock.url)).charges).toBe(0);
+  });
+
+  it('creates the ledger and the report readable by their owner only (0600)', async () => {
+    const input = await writeCsvInput(join(ws.dir, 'modes.csv'), plainUsers(5));
+    const mock = await provider();
+    const run = await runCli(runArgs(input, mock));
+    expect(run.code, run.stderr).toBe(0);
+    // SQLite removes the WAL when the last connection closes; the ledger and report stay.
+    for (const file of [ws.ledger, ws.report]) {
+      expect((await stat(file)).mode & 0o777, file).toBe(0o600);
+    }
   });
 
   it('--json prints one JSON summary that adds up; status agrees with the report', async () => {
