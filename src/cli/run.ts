@@ -4,7 +4,7 @@ import { DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
 import { type BillPlan, type BillResult, bill } from '../engine/local-engine.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
 import { ProgressDisplay, type ProgressEvent } from '../observe/progress.js';
-import type { ProviderDescriptionInput } from '../provider/index.js';
+import { type ProviderDescriptionInput, plainHttpWarning } from '../provider/index.js';
 import { formatAmounts, formatSummary } from '../report/format.js';
 import { latencyPercentiles, type RunSummary } from '../report/summary.js';
 import { announceRun } from './announce.js';
@@ -127,6 +127,16 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       ),
   );
   try {
+    const insecure =
+      flags.adapter === undefined
+        ? safely(() =>
+            plainHttpWarning(
+              flags.provider as ProviderDescriptionInput | undefined,
+              flags.endpoint,
+            ),
+          )
+        : undefined;
+    if (insecure !== undefined) stderr.write(`bulkbill: warning: ${insecure}\n`);
     const common = {
       input,
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
@@ -219,5 +229,14 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
   } finally {
     display.finish();
     removeSignals();
+  }
+}
+
+/** `make()`, or undefined where it throws: the command itself reports that mistake, in context. */
+function safely<T>(make: () => T): T | undefined {
+  try {
+    return make();
+  } catch {
+    return undefined;
   }
 }

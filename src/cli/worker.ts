@@ -4,7 +4,11 @@ import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { redisWarnings } from '../engine/distributed/redis-checks.js';
 import { BillingWorker } from '../engine/distributed/worker.js';
-import { type ProviderDescriptionInput, senderFromOptions } from '../provider/index.js';
+import {
+  type ProviderDescriptionInput,
+  plainHttpWarning,
+  senderFromOptions,
+} from '../provider/index.js';
 import { ExitStatus } from './exit-codes.js';
 import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
@@ -87,6 +91,13 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     timeoutMs: flags.timeout,
     label: billLabel,
   });
+  if (flags.adapter === undefined) {
+    const insecure = plainHttpWarning(
+      flags.provider as ProviderDescriptionInput | undefined,
+      flags.endpoint,
+    );
+    if (insecure !== undefined) log.warn(insecure);
+  }
   const probe = connectRedis(redisUrl, 'short');
   try {
     await checkReachable(probe, redisUrl);

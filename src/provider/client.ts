@@ -364,6 +364,24 @@ export function describeRunEndpoint(
 }
 
 /**
+ * A warning when charges would go over plain http to a host other than this machine's loopback:
+ * the credentials and every charge would cross the network unencrypted. Undefined otherwise.
+ */
+export function plainHttpWarning(
+  provider: ProviderDescriptionInput | undefined,
+  endpoint: string | undefined,
+): string | undefined {
+  const { origin } = compileRequest(providerSchema.parse(provider ?? {}), endpoint);
+  const url = new URL(origin);
+  if (url.protocol !== 'http:') return undefined;
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const loopback = host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+  return loopback
+    ? undefined
+    : `charges go to ${origin} over plain http: the credentials and every charge cross the network unencrypted; use https`;
+}
+
+/**
  * The endpoint as a ledger records it and a person may read it: origin and path, `?…` for a
  * query string. Fails with a usage error naming `label` for anything but a credential-free
  * http(s) URL.

@@ -29,6 +29,7 @@ export {
   PROVIDER_CLIENT_DEFAULTS,
   ProviderClient,
   type ProviderClientOptions,
+  plainHttpWarning,
   printableEndpoint,
   providerHeaders,
   templateRowCheck,

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { plainHttpWarning } from '../../src/provider/client.js';
 import { type ProviderDescriptionInput, providerSchema } from '../../src/provider/description.js';
 import { compileRequest, TemplateRenderError } from '../../src/provider/template.js';
 
@@ -312,5 +313,28 @@ describe('request template: mistakes in the description', () => {
     expect(() => compile(provider as ProviderDescriptionInput, 'https://p.example/')).toThrow(
       message,
     );
+  });
+});
+
+describe('plainHttpWarning', () => {
+  it('warns for plain http to another host, never for https or this machine', () => {
+    expect(plainHttpWarning(undefined, 'http://pay.example.com/charge')).toMatch(
+      /http:\/\/pay\.example\.com over plain http/,
+    );
+    expect(plainHttpWarning(undefined, 'http://10.0.0.5:4010/charge')).toBeDefined();
+    expect(
+      plainHttpWarning(
+        { request: { url: 'http://{{vars.site}}.example/x' }, vars: { site: 'acme' } },
+        undefined,
+      ),
+    ).toMatch(/acme\.example/);
+    for (const quiet of [
+      'https://pay.example.com/charge',
+      'http://127.0.0.1:4010/charge',
+      'http://localhost/x',
+      'http://[::1]:80/x',
+    ]) {
+      expect(plainHttpWarning(undefined, quiet), quiet).toBeUndefined();
+    }
   });
 });
