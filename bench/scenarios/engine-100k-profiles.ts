@@ -1,8 +1,7 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
-import { parseConfig } from '../../src/config/config-file.js';
 import {
   type ChargeSample,
   findingsOf,
@@ -21,6 +20,7 @@ import {
   formatRatio,
   formatSeconds,
 } from '../lib/figures.js';
+import { writeConfig, writeProfileConfig } from '../lib/profile-config.js';
 import { describeQuietWait } from '../lib/quiet-machine.js';
 import {
   type BenchSettings,
@@ -29,7 +29,7 @@ import {
   type SummaryRow,
   type Verdict,
 } from '../lib/report.js';
-import { REPO_ROOT, type ServerProcess } from '../lib/server-process.js';
+import type { ServerProcess } from '../lib/server-process.js';
 import { startMockProviderServer, stopServers } from '../lib/servers.js';
 import { type ExtraColumn, type UsersFile, writeUsersCsv } from '../lib/users-file.js';
 
@@ -329,38 +329,6 @@ export async function runEngine100kProfiles(
     ].join('\n'),
     raw: { users, concurrency: CONCURRENCY, rounds, droppedHeaders, subjects, samples },
   };
-}
-
-/**
- * Writes examples/providers/<name>.jsonc, read with parseConfig as the CLI reads a config file,
- * as a config file for this run: its endpoint the mock's URL; without `rate` and `concurrency`
- * (the bench gives --concurrency, and Stripe's 80/s would be the whole measure); without the
- * headers that read a credential from the environment (`${NAME}`), the mock running without an
- * API key, so that what differs from the default shape is the provider description.
- */
-async function writeProfileConfig(
-  name: string,
-  mockUrl: string,
-  workDir: string,
-): Promise<{ path: string; dropped: string[] }> {
-  const file = join(REPO_ROOT, 'examples', 'providers', `${name}.jsonc`);
-  const values = parseConfig(await readFile(file, 'utf8'), file);
-  const { endpoint: _endpoint, rate: _rate, concurrency: _concurrency, header, ...rest } = values;
-  const headers = (header as readonly string[] | undefined) ?? [];
-  const readsEnv = (text: string) => text.includes('${');
-  const kept = headers.filter((text) => !readsEnv(text));
-  const dropped = headers.filter(readsEnv).map((text) => text.slice(0, text.indexOf(':')).trim());
-  const config = { ...rest, endpoint: mockUrl, ...(kept.length > 0 ? { headers: kept } : {}) };
-  const path = await writeConfig(config, join(workDir, `${name}.config.json`));
-  return { path, dropped };
-}
-
-async function writeConfig(config: Record<string, unknown>, path: string): Promise<string> {
-  const text = `${JSON.stringify(config, null, 2)}\n`;
-  // Still a valid config file: the engine would refuse it otherwise, after the mock started.
-  parseConfig(text, path);
-  await writeFile(path, text);
-  return path;
 }
 
 /** The measured samples of a subject a median is taken over: the undisturbed ones, or all. */

@@ -5,7 +5,7 @@ import { type CliProcess, runCli, spawnCli } from '../helpers/cli.js';
 import { OwnRedisServer } from '../helpers/redis-server.js';
 import { checkRound } from './check.js';
 import { type ChaosUser, chaosUsers, type FileStyle, writeChaosInput } from './input.js';
-import { drawProviderFaults } from './local-round.js';
+import { drawProfile, drawProviderFaults, providerFlags } from './local-round.js';
 import { Random } from './random.js';
 import { type FaultTally, type RoundResult, sleep, tally } from './round.js';
 import { TcpProxy } from './tcp-proxy.js';
@@ -16,6 +16,12 @@ const LOCK_MS = 2_000;
 const FAULTS = 3;
 /** Times the operator may have to enqueue again and restart workers before the run ends. */
 const MAX_RECOVERIES = 6;
+/** How long `status --wait` runs before the operator looks whether a worker is left. */
+const WAIT_MS = 15_000;
+/** How long after the faults the run may take to end before the round calls it stuck. */
+const RECOVERY_MS = 120_000;
+/** How long a worker has to stop after SIGTERM before it is killed (and that is reported). */
+const STOP_MS = 20_000;
 
 /**
  * One round on the distributed engine, on a Redis of its own that syncs its append-only file
@@ -46,7 +52,9 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
   await redis.start();
   const proxy = new TcpProxy({ host: '127.0.0.1', port: redis.port });
   await proxy.start();
+  const profile = drawProfile(seed);
   const provider: MockProvider = await startMockProvider({
+    ...(profile === 'default' ? {} : { shape: profile }),
     port: 0,
     ...drawProviderFaults(random, faults),
   });
@@ -57,12 +65,31 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
   const log: string[] = [];
   const violations: string[] = [];
   const workers = new Set<CliProcess>();
+  /** Workers the round sent a signal to. */
+  const signalled = new Set<CliProcess>();
+  const kill = (worker: CliProcess, signal: NodeJS.Signals) => {
+    signalled.add(worker);
+    worker.child.kill(signal);
+  };
   let launches = 0;
+  const pointed = await providerFlags(profile, provider, dir);
   const workerFlags = [
-    ...['--endpoint', `${provider.url}/charge`, '--exit-when-idle'],
+    ...pointed,
+    '--exit-when-idle',
     ...['--concurrency', String(random.int(4, 32)), '--max-attempts', String(maxAttempts)],
     ...['--timeout', `${TIMEOUT_MS}ms`, '--lock-duration', `${LOCK_MS}ms`],
   ];
+  /** Waits for a signalled worker to exit; one that takes over STOP_MS is killed, and reported. */
+  const stopped = async (worker: CliProcess): Promise<void> => {
+    const timer = setTimeout(() => {
+      violations.push(
+        `worker ${worker.child.pid} did not stop within ${STOP_MS} ms of a signal: ${worker.stderr().slice(-1_000)}`,
+      );
+      kill(worker, 'SIGKILL');
+    }, STOP_MS);
+    await worker.exited;
+    clearTimeout(timer);
+  };
   const startWorker = (viaProxy: boolean) => {
     launches++;
     const worker = spawnCli([
@@ -76,12 +103,28 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     void worker.exited.then((code) => {
       workers.delete(worker);
       log.push(`worker ${worker.child.pid}${viaProxy ? ' (via proxy)' : ''}: exit ${code}`);
+      // Killed by the round, or done: anything else is a worker that gave up on its own.
+      if (code !== 0 && !signalled.has(worker)) {
+        violations.push(
+          `worker ${worker.child.pid} exited ${code} by itself: ${worker.stderr().slice(-1_500)}`,
+        );
+      }
     });
     return worker;
   };
   const enqueue = async (killAfterMs?: number): Promise<string | undefined> => {
     launches++;
-    const cli = spawnCli(['enqueue', input, '--redis', redis.url, ...place, '--skip-invalid']);
+    // With a profile, enqueue reads its config too: the template's columns are checked at import.
+    const config = pointed[0] === '--config' ? pointed : [];
+    const cli = spawnCli([
+      'enqueue',
+      input,
+      '--redis',
+      redis.url,
+      ...place,
+      '--skip-invalid',
+      ...config,
+    ]);
     let killed = false;
     const timer =
       killAfterMs === undefined
@@ -91,8 +134,15 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
             tally(faults, 'kill -9 of enqueue');
             cli.child.kill('SIGKILL');
           }, killAfterMs);
+    const stuck = setTimeout(() => {
+      violations.push(
+        `enqueue did not end within ${STOP_MS * 3} ms: ${cli.stderr().slice(-1_000)}`,
+      );
+      cli.child.kill('SIGKILL');
+    }, STOP_MS * 3);
     const code = await cli.exited;
     clearTimeout(timer);
+    clearTimeout(stuck);
     log.push(`enqueue: exit ${code}${killed ? ' after kill -9' : ''}`);
     if (killed) return undefined;
     if (code !== 0) {
@@ -125,18 +175,19 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
       // Workers exit once the queue is empty: a run already billed has none left to kill.
       if (kind.includes('worker') && workers.size === 0) continue;
       tally(faults, kind);
+      log.push(`fault: ${kind}`);
       switch (kind) {
         case 'kill -9 of a worker':
         case 'SIGTERM of a worker': {
           const victim = random.pick([...workers]);
-          victim.child.kill(kind === 'SIGTERM of a worker' ? 'SIGTERM' : 'SIGKILL');
-          await victim.exited;
+          kill(victim, kind === 'SIGTERM of a worker' ? 'SIGTERM' : 'SIGKILL');
+          await stopped(victim);
           startWorker(false);
           break;
         }
         case 'kill -9 of every worker': {
           const all = [...workers];
-          for (const victim of all) victim.child.kill('SIGKILL');
+          for (const victim of all) kill(victim, 'SIGKILL');
           await Promise.all(all.map((victim) => victim.exited));
           for (let index = 0; index < count; index++) startWorker(index === 0);
           break;
@@ -158,8 +209,14 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
 
     // As an operator: wait for the run; charges pending with no job queued get enqueued again.
     let finished = false;
-    for (let recovery = 0; recovery < MAX_RECOVERIES && !finished; recovery++) {
-      const waited = await runCli([
+    const giveUpAt = Date.now() + RECOVERY_MS;
+    for (let recovery = 0; recovery < MAX_RECOVERIES && !finished && Date.now() < giveUpAt; ) {
+      // A run with jobs left and no worker waits for one: an operator starts one.
+      if (workers.size === 0) {
+        tally(faults, 'operator starts a worker');
+        startWorker(false);
+      }
+      const waiting = spawnCli([
         'status',
         '--redis',
         redis.url,
@@ -169,18 +226,27 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
         '--wait',
         '--json',
       ]);
-      log.push(`status --wait: exit ${waited.code}`);
-      const status = lastJson(waited.stdout);
+      // Looked at again every WAIT_MS: whether a worker is still there to bill the run.
+      const timer = setTimeout(() => waiting.child.kill('SIGKILL'), WAIT_MS);
+      const code = await waiting.exited;
+      clearTimeout(timer);
+      log.push(
+        `status --wait: exit ${code}${code === 137 ? ` (no end within ${WAIT_MS} ms)` : ''}`,
+      );
+      if (code === 137) continue;
+      const status = lastJson(waiting.stdout());
       const pending = (status?.counts as Record<string, number> | undefined)?.pending;
       finished = pending === 0;
       if (finished) break;
+      recovery++;
       tally(faults, 'operator enqueues again');
       await enqueue();
-      if (workers.size === 0) startWorker(false);
     }
     if (!finished) violations.push(`the run did not end: ${log.join('; ')}`);
-    for (const worker of [...workers]) worker.child.kill('SIGTERM');
-    await Promise.all([...workers].map((worker) => worker.exited));
+    for (const worker of [...workers]) {
+      kill(worker, 'SIGTERM');
+      await stopped(worker);
+    }
     const written = await runCli([
       'report',
       '--redis',
@@ -201,6 +267,7 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     return {
       seed,
       engine: 'distributed',
+      profile,
       users: users.length,
       launches,
       faults,
@@ -212,7 +279,7 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
       ms: performance.now() - started,
     };
   } finally {
-    for (const worker of workers) worker.child.kill('SIGKILL');
+    for (const worker of workers) kill(worker, 'SIGKILL');
     await proxy.close();
     await redis.destroy();
     await provider.close({ graceMs: 0 });

@@ -7,6 +7,8 @@ export interface ChaosUser {
   /** Integer minor units. */
   readonly amount: number;
   readonly currency: string;
+  /** The provider's reference of the user's stored card: the columns the profiles read. */
+  readonly ref: string;
   /** Written as a typo (`19.99`, `usd`) until the operator fixes it in a later rerun. */
   broken: boolean;
 }
@@ -47,6 +49,7 @@ export function chaosUsers(random: Random, count: number, broken: number): Chaos
       userId,
       amount: random.int(50, 250_000),
       currency: random.pick(CURRENCIES) as string,
+      ref: String(index).padStart(6, '0'),
       broken: false,
     });
   }
@@ -60,8 +63,16 @@ export function addedUsers(random: Random, from: number, count: number): ChaosUs
     userId: `added-${from + index}`,
     amount: random.int(50, 250_000),
     currency: random.pick(CURRENCIES) as string,
+    ref: `a${String(from + index).padStart(6, '0')}`,
     broken: false,
   }));
+}
+
+/** The columns the shipped Stripe and Adyen profiles read besides the charge's own. */
+const PROFILE_COLUMNS = ['customer', 'payment_method', 'stored_payment_method_id'] as const;
+
+function profileValues(user: ChaosUser): string[] {
+  return [`cus_${user.ref}`, `pm_${user.ref}`, `spm_${user.ref}`];
 }
 
 function csvCell(value: string): string {
@@ -89,9 +100,11 @@ export async function writeChaosInput(
   const lines =
     style.format === 'csv'
       ? [
-          'user_id,amount,currency',
+          `user_id,amount,currency,${PROFILE_COLUMNS.join(',')}`,
           ...rows.map((user) =>
-            [user.userId, amountText(user), user.currency].map(csvCell).join(','),
+            [user.userId, amountText(user), user.currency, ...profileValues(user)]
+              .map(csvCell)
+              .join(','),
           ),
         ]
       : rows.map((user) =>
@@ -100,6 +113,9 @@ export async function writeChaosInput(
             user_id: user.userId,
             amount: user.broken ? amountText(user) : user.amount,
             currency: user.currency,
+            ...Object.fromEntries(
+              PROFILE_COLUMNS.map((name, index) => [name, profileValues(user)[index]]),
+            ),
           }),
         );
   const text = `${style.bom ? '\ufeff' : ''}${lines.join(newline)}${newline}`;

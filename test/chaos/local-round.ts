@@ -5,6 +5,7 @@ import {
   type MockProviderOptions,
   startMockProvider,
 } from '../../src/mock-provider/index.js';
+import { writeProfileConfig } from '../../bench/lib/profile-config.js';
 import { type CliProcess, runCli, spawnCli } from '../helpers/cli.js';
 import { checkRound } from './check.js';
 import {
@@ -21,6 +22,28 @@ import { type FaultTally, type RoundResult, sleep, tally } from './round.js';
 const FAULTY_LAUNCHES = 4;
 const MAX_CALM_LAUNCHES = 8;
 const TIMEOUT_MS = 1_000;
+
+/** Which API the round's provider speaks: the mock's own, or Stripe's or Adyen's (a profile). */
+export type ChaosProfile = 'default' | 'stripe' | 'adyen';
+
+/** Drawn from a stream of its own, so the rest of a seed's round is what it was without it. */
+export function drawProfile(seed: number): ChaosProfile {
+  return new Random(seed, 'profile').pick(['default', 'default', 'stripe', 'adyen'] as const);
+}
+
+/**
+ * How bulkbill is pointed at the provider: `--endpoint` for the mock's own API, else the shipped
+ * profile (examples/providers/<name>.jsonc) as a config file, its endpoint the mock's.
+ */
+export async function providerFlags(
+  profile: ChaosProfile,
+  provider: MockProvider,
+  dir: string,
+): Promise<string[]> {
+  if (profile === 'default') return ['--endpoint', `${provider.url}/charge`];
+  const { path } = await writeProfileConfig(profile, provider.url, dir);
+  return ['--config', path];
+}
 
 /** The provider faults of a round, drawn from its seed. */
 export function drawProviderFaults(random: Random, faults: FaultTally): MockProviderOptions {
@@ -73,15 +96,18 @@ export async function localRound(seed: number, workDir: string): Promise<RoundRe
     crlf: random.chance(0.5),
     shuffle: 0,
   };
+  const profile = drawProfile(seed);
   const provider: MockProvider = await startMockProvider({
     port: 0,
+    ...(profile === 'default' ? {} : { shape: profile }),
     ...drawProviderFaults(random, faults),
   });
   const ledger = join(dir, 'ledger.db');
   const report = join(dir, 'report.csv');
   const maxAttempts = random.int(3, 6);
   const flags = [
-    ...['--ledger', ledger, '--endpoint', `${provider.url}/charge`, '--report', report],
+    ...(await providerFlags(profile, provider, dir)),
+    ...['--ledger', ledger, '--report', report],
     ...['--concurrency', String(random.int(4, 48)), '--max-attempts', String(maxAttempts)],
     ...['--timeout', `${TIMEOUT_MS}ms`, '--skip-invalid', '--json'],
   ];
@@ -172,6 +198,7 @@ export async function localRound(seed: number, workDir: string): Promise<RoundRe
     return {
       seed,
       engine: 'local',
+      profile,
       users: users.length,
       launches,
       faults,

@@ -62,7 +62,7 @@ try {
       const verdict =
         result.violations.length === 0 ? 'ok' : `${result.violations.length} VIOLATIONS`;
       process.stderr.write(
-        `chaos: round ${index + 1}/${rounds} ${which} seed ${seed}: ${result.users} users, ${result.launches} launches, ${Object.values(result.faults).reduce((a, b) => a + b, 0)} faults, ${(result.ms / 1_000).toFixed(1)} s: ${verdict}\n`,
+        `chaos: round ${index + 1}/${rounds} ${which} seed ${seed} (${result.profile}): ${result.users} users, ${result.launches} launches, ${Object.values(result.faults).reduce((a, b) => a + b, 0)} faults, ${(result.ms / 1_000).toFixed(1)} s: ${verdict}\n`,
       );
       if (result.violations.length > 0) {
         for (const violation of result.violations.slice(0, 20))
@@ -86,6 +86,7 @@ function crashed(which: ChaosEngine, seed: number, error: unknown): RoundResult 
   return {
     seed,
     engine: which,
+    profile: 'default',
     users: 0,
     launches: 0,
     faults: {},

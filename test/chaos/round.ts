@@ -13,6 +13,8 @@ export type ChaosEngine = 'local' | 'distributed';
 export interface RoundResult {
   readonly seed: number;
   readonly engine: ChaosEngine;
+  /** The API the provider spoke: the mock's own, or a shipped profile's. */
+  readonly profile: 'default' | 'stripe' | 'adyen';
   /** Users the run had to account for. */
   readonly users: number;
   /** Processes of bulkbill started to bill it (runs, or enqueues and workers). */

@@ -175,11 +175,19 @@ describe('bulkbill worker (distributed engine, end to end)', () => {
 
   it("--rate is the queue's: a worker without it and one with a looser one keep the stricter rate, no 429", async () => {
     const RATE = 150;
-    const rows = plainUsers(450);
+    const rows = plainUsers(1_200);
     const input = await writeCsvInput(join(ws.dir, 'rate.csv'), rows);
-    // The provider's token bucket holds RATE (burst = RATE): a worker not pacing itself at RATE
-    // would empty it within a second and be answered 429.
-    const mock = await ws.provider({ latencyMs: 20, jitter: 0, rate: RATE, seed: 3 });
+    // The provider refills RATE a second into a bucket of 2 × RATE: BullMQ's limiter lets RATE
+    // jobs start per 1 s window, so up to 2 × RATE can start within one second across a window's
+    // edge (a loaded machine clumps them there). A worker pacing itself at the looser 2 × RATE
+    // would still run the bucket dry within about 2 s of the 8 the run takes, and meet 429s.
+    const mock = await ws.provider({
+      latencyMs: 20,
+      jitter: 0,
+      rate: RATE,
+      burst: 2 * RATE,
+      seed: 3,
+    });
     const runId = await enqueue(input);
     const common = ['--exit-when-idle', '--concurrency', '20'];
     const strict = spawnWorker(mock, ...common, '--rate', String(RATE));
