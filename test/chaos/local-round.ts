@@ -1,11 +1,11 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeProfileConfig } from '../../bench/lib/profile-config.js';
 import {
   type MockProvider,
   type MockProviderOptions,
   startMockProvider,
 } from '../../src/mock-provider/index.js';
-import { writeProfileConfig } from '../../bench/lib/profile-config.js';
 import { type CliProcess, runCli, spawnCli } from '../helpers/cli.js';
 import { checkRound } from './check.js';
 import {
