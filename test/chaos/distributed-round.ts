@@ -3,14 +3,12 @@ import { join } from 'node:path';
 import { type MockProvider, startMockProvider } from '../../src/mock-provider/index.js';
 import { type CliProcess, runCli, spawnCli } from '../helpers/cli.js';
 import { OwnRedisServer } from '../helpers/redis-server.js';
-import { checkRound } from './check.js';
 import { type ChaosUser, chaosUsers, type FileStyle, writeChaosInput } from './input.js';
-import { drawProfile, drawProviderFaults, providerFlags } from './local-round.js';
+import { ATTEMPT_TIMEOUT_MS, drawProfile, drawProviderFaults, providerFlags } from './provider.js';
 import { Random } from './random.js';
-import { type FaultTally, type RoundResult, sleep, tally } from './round.js';
+import { type FaultTally, finishRound, lastJson, type RoundResult, sleep, tally } from './round.js';
 import { TcpProxy } from './tcp-proxy.js';
 
-const TIMEOUT_MS = 1_000;
 const LOCK_MS = 2_000;
 /** Fault moments per round; then the workers are left to finish. */
 const FAULTS = 3;
@@ -77,7 +75,7 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     ...pointed,
     '--exit-when-idle',
     ...['--concurrency', String(random.int(4, 32)), '--max-attempts', String(maxAttempts)],
-    ...['--timeout', `${TIMEOUT_MS}ms`, '--lock-duration', `${LOCK_MS}ms`],
+    ...['--timeout', `${ATTEMPT_TIMEOUT_MS}ms`, '--lock-duration', `${LOCK_MS}ms`],
   ];
   /** Waits for a signalled worker to exit; one that takes over STOP_MS is killed, and reported. */
   const stopped = async (worker: CliProcess): Promise<void> => {
@@ -258,42 +256,24 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
       report,
     ]);
     if (written.code !== 0) violations.push(`report: exit ${written.code}: ${written.stderr}`);
-    const checked = await checkRound(report, provider, {
-      userIds: users.map((user) => user.userId),
-      invalid: new Set(users.filter((user) => user.broken).map((user) => user.userId)),
-      maxAttempts,
-    });
-    violations.push(...checked.violations);
-    return {
+    return await finishRound({
       seed,
       engine: 'distributed',
       profile,
-      users: users.length,
+      users,
       launches,
       faults,
-      charged: checked.charged,
-      states: checked.states,
-      provider: provider.stats(),
+      maxAttempts,
+      report,
+      provider,
       violations,
       log,
-      ms: performance.now() - started,
-    };
+      started,
+    });
   } finally {
     for (const worker of workers) kill(worker, 'SIGKILL');
     await proxy.close();
     await redis.destroy();
     await provider.close({ graceMs: 0 });
   }
-}
-
-function lastJson(text: string): Record<string, unknown> | undefined {
-  for (const line of text.trim().split('\n').reverse()) {
-    try {
-      const value = JSON.parse(line) as unknown;
-      if (typeof value === 'object' && value !== null) return value as Record<string, unknown>;
-    } catch {
-      // not JSON
-    }
-  }
-  return undefined;
 }

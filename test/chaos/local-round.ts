@@ -1,13 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeProfileConfig } from '../../bench/lib/profile-config.js';
-import {
-  type MockProvider,
-  type MockProviderOptions,
-  startMockProvider,
-} from '../../src/mock-provider/index.js';
+import { type MockProvider, startMockProvider } from '../../src/mock-provider/index.js';
 import { type CliProcess, runCli, spawnCli } from '../helpers/cli.js';
-import { checkRound } from './check.js';
 import {
   addedUsers,
   type ChaosUser,
@@ -15,66 +9,13 @@ import {
   type FileStyle,
   writeChaosInput,
 } from './input.js';
+import { ATTEMPT_TIMEOUT_MS, drawProfile, drawProviderFaults, providerFlags } from './provider.js';
 import { Random } from './random.js';
-import { type FaultTally, type RoundResult, sleep, tally } from './round.js';
+import { type FaultTally, finishRound, lastJson, type RoundResult, sleep, tally } from './round.js';
 
 /** Launches with a fault at most; then the run is resumed without faults until it ends. */
 const FAULTY_LAUNCHES = 4;
 const MAX_CALM_LAUNCHES = 8;
-const TIMEOUT_MS = 1_000;
-
-/** Which API the round's provider speaks: the mock's own, or Stripe's or Adyen's (a profile). */
-export type ChaosProfile = 'default' | 'stripe' | 'adyen';
-
-/** Drawn from a stream of its own, so the rest of a seed's round is what it was without it. */
-export function drawProfile(seed: number): ChaosProfile {
-  return new Random(seed, 'profile').pick(['default', 'default', 'stripe', 'adyen'] as const);
-}
-
-/**
- * How bulkbill is pointed at the provider: `--endpoint` for the mock's own API, else the shipped
- * profile (examples/providers/<name>.jsonc) as a config file, its endpoint the mock's.
- */
-export async function providerFlags(
-  profile: ChaosProfile,
-  provider: MockProvider,
-  dir: string,
-): Promise<string[]> {
-  if (profile === 'default') return ['--endpoint', `${provider.url}/charge`];
-  const { path } = await writeProfileConfig(profile, provider.url, dir);
-  return ['--config', path];
-}
-
-/** The provider faults of a round, drawn from its seed. */
-export function drawProviderFaults(random: Random, faults: FaultTally): MockProviderOptions {
-  const options: MockProviderOptions = {
-    latencyMs: random.int(10, 80),
-    jitter: 0.5,
-    seed: random.int(0, 0xffff_ffff),
-    failRate: random.pick([0, 0.05, 0.15]),
-    lostRate: random.pick([0, 0.03, 0.08]),
-    resetRate: random.pick([0, 0.03]),
-    slowRate: random.pick([0, 0, 0.03]),
-    // Slower than the timeout: the retry meets the key still in progress (409) or its replay.
-    slowMs: TIMEOUT_MS + random.int(200, 1_500),
-    declineRate: random.pick([0, 0.05]),
-    shutdownGraceMs: 0,
-  };
-  if (random.chance(0.3)) {
-    options.rate = random.int(150, 600);
-    options.retryAfter = random.chance(0.5);
-    tally(faults, options.retryAfter ? '429 with Retry-After' : '429 without Retry-After');
-  }
-  if (random.chance(0.3)) {
-    options.capacity = random.int(4, 16);
-    tally(faults, '503 over capacity');
-  }
-  if ((options.failRate ?? 0) > 0) tally(faults, '503 before charging');
-  if ((options.lostRate ?? 0) > 0) tally(faults, 'lost answer');
-  if ((options.resetRate ?? 0) > 0) tally(faults, 'reset mid-answer');
-  if ((options.slowRate ?? 0) > 0) tally(faults, 'answer slower than the timeout');
-  return options;
-}
 
 /**
  * One round on the local engine: a billing cycle of awkward ids, a provider with a fault mix,
@@ -109,7 +50,7 @@ export async function localRound(seed: number, workDir: string): Promise<RoundRe
     ...(await providerFlags(profile, provider, dir)),
     ...['--ledger', ledger, '--report', report],
     ...['--concurrency', String(random.int(4, 48)), '--max-attempts', String(maxAttempts)],
-    ...['--timeout', `${TIMEOUT_MS}ms`, '--skip-invalid', '--json'],
+    ...['--timeout', `${ATTEMPT_TIMEOUT_MS}ms`, '--skip-invalid', '--json'],
   ];
   const log: string[] = [];
   let input = '';
@@ -189,26 +130,20 @@ export async function localRound(seed: number, workDir: string): Promise<RoundRe
       ]);
       if (written.code !== 0) violations.push(`report: exit ${written.code}: ${written.stderr}`);
     }
-    const checked = await checkRound(report, provider, {
-      userIds: users.map((user) => user.userId),
-      invalid: new Set(users.filter((user) => user.broken).map((user) => user.userId)),
-      maxAttempts,
-    });
-    violations.push(...checked.violations);
-    return {
+    return await finishRound({
       seed,
       engine: 'local',
       profile,
-      users: users.length,
+      users,
       launches,
       faults,
-      charged: checked.charged,
-      states: checked.states,
-      provider: provider.stats(),
+      maxAttempts,
+      report,
+      provider,
       violations,
       log,
-      ms: performance.now() - started,
-    };
+      started,
+    });
   } finally {
     await provider.close({ graceMs: 0 });
   }
@@ -266,19 +201,6 @@ async function settled(
   log.push(cli.stderr().slice(-500));
   await sleep(0);
   return false;
-}
-
-function lastJson(text: string): Record<string, unknown> | undefined {
-  const lines = text.trim().split('\n').reverse();
-  for (const line of lines) {
-    try {
-      const value = JSON.parse(line) as unknown;
-      if (typeof value === 'object' && value !== null) return value as Record<string, unknown>;
-    } catch {
-      // not the summary
-    }
-  }
-  return undefined;
 }
 
 function runIdOf(statusOutput: string): string | undefined {

@@ -1,12 +1,9 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ProviderClient, type ProviderClientOptions } from '../../src/provider/index.js';
+import { selfSignedCertificate } from '../helpers/tls.js';
 
 // A provider that answers in ways no provider should: each is classified as docs/guarantees.md
 // says, memory stays bounded, and the credentials never go to another host.
@@ -148,36 +145,18 @@ describe('hostile answers', () => {
 });
 
 describe('a TLS certificate that does not verify', () => {
-  let dir: string;
   let url: string;
   let requests = 0;
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'bulkbill-tls-'));
-    const key = join(dir, 'key.pem');
-    const cert = join(dir, 'cert.pem');
-    execFileSync(
-      'openssl',
-      [
-        ...['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'],
-        ...['-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1'],
-      ],
-      { stdio: 'ignore' },
-    );
-    const server = createHttpsServer(
-      { key: readFileSync(key), cert: readFileSync(cert) },
-      (_req, res) => {
-        requests++;
-        res.writeHead(200);
-        res.end('{"id":"ch_tls"}');
-      },
-    );
+    const server = createHttpsServer(selfSignedCertificate(), (_req, res) => {
+      requests++;
+      res.writeHead(200);
+      res.end('{"id":"ch_tls"}');
+    });
     servers.push(server);
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  });
-  afterAll(() => {
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('stops the run as misconfigured, never sending the request', async () => {

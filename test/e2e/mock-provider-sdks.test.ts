@@ -1,8 +1,4 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import {
   CheckoutAPI,
@@ -20,6 +16,7 @@ import {
   type MockProviderOptions,
   startMockProvider,
 } from '../../src/mock-provider/index.js';
+import { selfSignedCertificate } from '../helpers/tls.js';
 
 // The mock's stripe and adyen shapes, checked by the providers' own clients: what the official
 // SDK parses (objects, replays, declines, error classes) is what the mock answers.
@@ -169,37 +166,11 @@ describe('@adyen/api-library against --shape adyen', () => {
   // a custom HttpClient on the Client: this one hands every request to the library's own
   // HttpURLConnectionClient, pointed at a TLS front of the mock, so the library's headers,
   // serialization and error parsing are what is tested.
-  let certificates: string;
   let front: TlsServer;
   let upstreamPort = 0;
 
   beforeAll(async () => {
-    certificates = mkdtempSync(join(tmpdir(), 'bulkbill-adyen-tls-'));
-    const key = join(certificates, 'key.pem');
-    const cert = join(certificates, 'cert.pem');
-    // A throwaway self-signed certificate, made for this run (none is kept in the repository).
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:prime256v1',
-        '-nodes',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-        '-days',
-        '1',
-        '-subj',
-        '/CN=127.0.0.1',
-      ],
-      { stdio: 'ignore' },
-    );
-    front = createTlsServer({ key: readFileSync(key), cert: readFileSync(cert) }, (socket) => {
+    front = createTlsServer(selfSignedCertificate(), (socket) => {
       const upstream = connect(upstreamPort, '127.0.0.1');
       socket.pipe(upstream).pipe(socket);
       upstream.on('error', () => socket.destroy());
@@ -211,7 +182,6 @@ describe('@adyen/api-library against --shape adyen', () => {
 
   afterAll(async () => {
     await new Promise<void>((resolve) => front.close(() => resolve()));
-    rmSync(certificates, { recursive: true, force: true });
   });
 
   async function checkoutFor(provider: MockProvider, apiKey = SECRET): Promise<CheckoutAPI> {
