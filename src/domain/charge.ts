@@ -66,3 +66,29 @@ export function chargeFieldsProblem(fields: {
   if (currency) return { field: 'currency', reason: currency };
   return undefined;
 }
+
+/**
+ * The form of a user id that two spellings of one user share: lower case (Unicode's default
+ * mapping) and Unicode NFC, so `Alice@x` and `alice@x`, or `José` precomposed and decomposed, fold
+ * alike. Returns '' when the id is its own fold (every lower-case ASCII id): ledgers store a fold
+ * only where it differs. Two ids of a run with one fold are refused as one user written twice.
+ */
+export function userIdFold(userId: string): string {
+  const lower = userId.toLowerCase();
+  const fold = ASCII.test(lower) ? lower : lower.normalize('NFC');
+  return fold === userId ? '' : fold;
+}
+
+/** No code point above U+007F (the normalization forms of such text are itself). */
+const ASCII = /^[^\u0080-\u{10ffff}]*$/u;
+
+/**
+ * Why a row is refused as a user met before (without the `user_id: ` field name): the same id
+ * again (`twin` undefined), or an id of the same fold as `twin`'s, on `firstLine` of this input,
+ * or (`held`) already in the run from an earlier input of it.
+ */
+export function duplicateReason(firstLine: number, twin?: string, held = false): string {
+  if (twin === undefined) return `appears twice (first on line ${firstLine})`;
+  const whose = held ? `"${twin}", whom the run already holds,` : `line ${firstLine}'s "${twin}"`;
+  return `differs from ${whose} only by case or Unicode normalization`;
+}

@@ -69,7 +69,7 @@ function validatedRows(file: string, options: ImportOptions) {
     }
   }
   const onDuplicate = (duplicate: DuplicateUser) => {
-    note(duplicate.line, formatDuplicateProblem(file, duplicate.line, duplicate.firstLine));
+    note(duplicate.line, formatDuplicateProblem(file, duplicate));
   };
   return { batches: batches(), onDuplicate };
 }

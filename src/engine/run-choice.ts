@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { userIdFold } from '../domain/charge.js';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import {
   formatDuplicateProblem,
@@ -113,7 +114,8 @@ async function compareInput(
     if (problems.length < PROBLEMS_LISTED) problems.push({ line, text });
   };
   // The input is checked whole before a run is changed: on Redis rows are added as they are read.
-  const firstLines = new Map<string, number>();
+  // This input's users by fold (userIdFold): their first line and id.
+  const firstLines = new Map<string, { line: number; userId: string }>();
   const file = request.input;
   for await (const batch of readInputBatches(file, {
     format: request.format,
@@ -122,12 +124,18 @@ async function compareInput(
     const valid = [];
     for (const row of batch) {
       if (row.charge !== undefined) {
-        const first = firstLines.get(row.charge.userId);
+        const { userId } = row.charge;
+        const key = userIdFold(userId) || userId;
+        const first = firstLines.get(key);
         if (first === undefined) {
-          firstLines.set(row.charge.userId, row.line);
+          firstLines.set(key, { line: row.line, userId });
           valid.push({ line: row.line, ...row.charge });
         } else if (!request.skipInvalid) {
-          note(row.line, formatDuplicateProblem(file, row.line, first));
+          const twin = first.userId === userId ? {} : { twin: first.userId };
+          note(
+            row.line,
+            formatDuplicateProblem(file, { line: row.line, firstLine: first.line, ...twin }),
+          );
         }
       } else if (!request.skipInvalid) {
         for (const problem of row.problems) {
@@ -146,6 +154,22 @@ async function compareInput(
           continue;
         }
         overlap.shared++;
+        if (charge.twin !== undefined) {
+          // Another spelling of a user the run holds: one person, who would be billed twice.
+          if (!request.skipInvalid) {
+            const { twin } = charge;
+            note(
+              row.line,
+              formatDuplicateProblem(file, {
+                line: row.line,
+                firstLine: charge.line,
+                twin,
+                held: true,
+              }),
+            );
+          }
+          continue;
+        }
         if (charge.amount !== row.amount || charge.currency !== row.currency) {
           overlap.changedCount++;
           if (overlap.changed.length < PROBLEMS_LISTED) {

@@ -1,3 +1,4 @@
+import { duplicateReason } from '../domain/charge.js';
 import type { InputRow } from './row.js';
 
 /**
@@ -14,8 +15,17 @@ export function formatProblem(file: string, line: number, field: string, reason:
  * file); the ledger's import does, and reports them with this so every message looks alike:
  * `users.csv:40: user_id: appears twice (first on line 17)`.
  */
-export function formatDuplicateProblem(file: string, line: number, firstLine: number): string {
-  return formatProblem(file, line, 'user_id', `appears twice (first on line ${firstLine})`);
+export function formatDuplicateProblem(
+  file: string,
+  duplicate: {
+    readonly line: number;
+    readonly firstLine: number;
+    readonly twin?: string;
+    readonly held?: boolean;
+  },
+): string {
+  const { line, firstLine, twin, held } = duplicate;
+  return formatProblem(file, line, 'user_id', duplicateReason(firstLine, twin, held));
 }
 
 /** Every problem of a row, formatted; empty for a row that holds a charge. */

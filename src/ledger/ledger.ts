@@ -82,6 +82,8 @@ export interface HeldCharge {
   readonly amount: number;
   readonly currency: string;
   readonly state: ChargeState;
+  /** The held row's user id, when it is not the id asked for but one of its fold (userIdFold). */
+  readonly twin?: string;
 }
 
 /** Options of pendingCharges(). */
@@ -143,11 +145,17 @@ export function endedOf(counts: StateCounts): number {
   return counts.charged + counts.declined + counts.failed + counts.unknown + counts.invalid;
 }
 
-/** A duplicate user id met during the import. */
+/**
+ * A user met twice during an import: the same id again, or (`twin`) an id of the same fold
+ * (userIdFold) as the id `twin` on `firstLine`, or, `held`, as `twin` which the run already holds
+ * from an earlier input.
+ */
 export interface DuplicateUser {
   readonly userId: string;
   readonly line: number;
   readonly firstLine: number;
+  readonly twin?: string;
+  readonly held?: boolean;
 }
 
 /**
@@ -188,7 +196,10 @@ export interface Ledger {
     batches: AsyncIterable<readonly ImportRow[]>,
     onDuplicate: (duplicate: DuplicateUser) => void,
   ): Promise<RunRecord>;
-  /** The valid rows the run holds of these users (absent users are left out). */
+  /**
+   * The valid rows the run holds of these users, or of ids of the same fold (`twin` set), keyed
+   * by the id asked for; absent users are left out.
+   */
   heldCharges(runId: string, userIds: readonly string[]): Promise<Map<string, HeldCharge>>;
   /**
    * Up to `limit` charges of the run that still need an attempt, in input order, after position

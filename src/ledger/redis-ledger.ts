@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
+import { userIdFold } from '../domain/charge.js';
 import { BulkbillError, describeValue, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
 import { CLAIM_BEAT_MS, processIsAlive, type RunClaim, refuseLiveClaim } from './claims.js';
@@ -28,6 +29,7 @@ import {
   DISCARD_IMPORT,
   EXTEND_ROWS,
   HASH_CAS,
+  HELD_CHARGES,
   IMPORT_ROWS,
   KEY_CAS,
   type LuaScript,
@@ -102,6 +104,18 @@ type Claim = RunClaim;
 
 // Text fields are escaped so that a stored value can be split on `|`: `\` → `\\`, `|` → `\p`.
 // Optional text tells undefined (nothing) from '' (`\-`).
+/** The keys of an import (see the scripts' KEYS[1..6]): rows, order, invalid, tally, lease, folds. */
+function importKeysOf(keys: {
+  readonly rows: string;
+  readonly order: string;
+  readonly invalid: string;
+  readonly tally: string;
+  readonly lease: string;
+  readonly folds: string;
+}): string[] {
+  return [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease, keys.folds];
+}
+
 function escapeText(text: string): string {
   return /[|\\]/.test(text) ? text.replace(/[|\\]/g, (c) => (c === '|' ? '\\p' : '\\\\')) : text;
 }
@@ -410,7 +424,7 @@ export class RedisLedger implements Ledger {
     }
     const created = first;
     const keys = this.#runKeys(run.runId);
-    const importKeys = [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease];
+    const importKeys = importKeysOf(keys);
     const renew = setInterval(() => {
       this.#eval(RENEW_IMPORT, importKeys, [token, LEASE_MS, IMPORT_DATA_MS]).catch(() => {});
     }, RENEW_MS);
@@ -617,19 +631,25 @@ export class RedisLedger implements Ledger {
   async heldCharges(runId: string, userIds: readonly string[]): Promise<Map<string, HeldCharge>> {
     const held = new Map<string, HeldCharge>();
     if (userIds.length === 0 || !(await this.#isPublished(runId))) return held;
-    const key = this.#runKeys(runId).rows;
+    const keys = this.#runKeys(runId);
     for (let from = 0; from < userIds.length; from += PAGE) {
       const slice = userIds.slice(from, from + PAGE);
-      const values = await this.#call(() => this.#redis.hmget(key, ...slice));
-      values.forEach((value, index) => {
-        if (value === null) return;
-        const userId = slice[index] as string;
-        const charge = toCharge(userId, 'v', value);
+      const found = (await this.#eval(
+        HELD_CHARGES,
+        [keys.rows, keys.folds],
+        slice.flatMap((userId) => [userId, userIdFold(userId)]),
+      )) as string[];
+      slice.forEach((userId, index) => {
+        const value = found[2 * index] as string;
+        if (value === '') return;
+        const twin = found[2 * index + 1] as string;
+        const charge = toCharge(twin || userId, 'v', value);
         held.set(userId, {
           line: charge.line,
           amount: charge.amount,
           currency: charge.currency,
           state: charge.state,
+          ...(twin === '' ? {} : { twin }),
         });
       });
     }
@@ -646,7 +666,7 @@ export class RedisLedger implements Ledger {
       throw new BulkbillError(ErrorCode.Usage, `no run ${runId} in this ledger`);
     }
     const keys = this.#runKeys(runId);
-    const extendKeys = [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease, keys.seen];
+    const extendKeys = [...importKeysOf(keys).slice(0, 5), keys.seen, keys.folds];
     const token = randomBytes(8).toString('hex');
     if ((await this.#eval(BEGIN_EXTEND, extendKeys, [token, LEASE_MS])) !== 1) {
       throw new BulkbillError(
@@ -671,21 +691,25 @@ export class RedisLedger implements Ledger {
               invalid ? 'i' : 'v',
               row.userId,
               invalid ? `${base}|${escapeText(row.invalidReason ?? '')}` : base,
+              invalid ? '' : userIdFold(row.userId),
             );
           }
           const [count, ...duplicates] = (await this.#eval(EXTEND_ROWS, extendKeys, [
             token,
             LEASE_MS,
             ...args,
-          ])) as number[];
+          ])) as Array<number | string>;
           if (count === -1) throw lostLease(runId);
           added += Number(count);
-          for (let i = 0; i < duplicates.length; i += 2) {
+          for (let i = 0; i < duplicates.length; i += 4) {
             const row = chunk[Number(duplicates[i]) - 1] as ImportRow;
+            const twin = String(duplicates[i + 2]);
             onDuplicate({
               userId: row.userId,
               line: row.line,
               firstLine: Number(duplicates[i + 1]),
+              ...(twin === '' ? {} : { twin }),
+              ...(duplicates[i + 3] === '1' ? { held: true } : {}),
             });
           }
         }
@@ -909,6 +933,7 @@ export class RedisLedger implements Ledger {
       owner: `${base}owner`,
       stopped: `${base}stopped`,
       seen: `${base}seen`,
+      folds: `${base}folds`,
       credentials: `${base}credentials`,
       attempted: `${base}attempted`,
     };
@@ -940,8 +965,7 @@ export class RedisLedger implements Ledger {
       if (!dead) continue;
       // The entry first: once it is gone the import can no longer publish, so its rows may go.
       if ((await this.#eval(HASH_CAS, [this.#runsKey], [runId, text, ''])) !== 1) continue;
-      const importKeys = [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease];
-      await this.#eval(DISCARD_IMPORT, importKeys, [importing.token]);
+      await this.#eval(DISCARD_IMPORT, importKeysOf(keys), [importing.token]);
     }
   }
 
@@ -992,6 +1016,7 @@ export class RedisLedger implements Ledger {
         invalid ? 'i' : 'v',
         row.userId,
         invalid ? `${base}|${escapeText(row.invalidReason ?? '')}` : base,
+        invalid ? '' : userIdFold(row.userId),
       );
     }
     const tally = [...counted].flatMap(([field, by]) => [field, by.toString()]);
@@ -1004,9 +1029,15 @@ export class RedisLedger implements Ledger {
       ...rows,
     ])) as Array<number | string>;
     if (duplicates[0] === -1) throw lostLease(runId);
-    for (let i = 0; i < duplicates.length; i += 2) {
+    for (let i = 0; i < duplicates.length; i += 3) {
       const row = chunk[Number(duplicates[i]) - firstSeq] as ImportRow;
-      onDuplicate({ userId: row.userId, line: row.line, firstLine: Number(duplicates[i + 1]) });
+      const twin = String(duplicates[i + 2]);
+      onDuplicate({
+        userId: row.userId,
+        line: row.line,
+        firstLine: Number(duplicates[i + 1]),
+        ...(twin === '' ? {} : { twin }),
+      });
     }
   }
 

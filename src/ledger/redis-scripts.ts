@@ -62,6 +62,33 @@ local function negated(amount)
   return '-' .. amount
 end
 
+-- Text made safe for a row value (escapeText in redis-ledger.ts): no '|'.
+local function escaped(text)
+  return (string.gsub(text, '[|\\\\]', function(c) if c == '|' then return '\\\\p' end return '\\\\\\\\' end))
+end
+
+-- The refusals of a user met twice (duplicateReason in src/domain/charge.ts), escaped.
+local function twice_reason(first_line)
+  return 'user_id: appears twice (first on line ' .. first_line .. ')'
+end
+local function twin_reason(first_line, twin)
+  return 'user_id: differs from line ' .. first_line .. "'s \\"" .. escaped(twin) ..
+    '" only by case or Unicode normalization'
+end
+local function held_twin_reason(twin)
+  return 'user_id: differs from "' .. escaped(twin) ..
+    '", whom the run already holds, only by case or Unicode normalization'
+end
+
+-- The id of another valid row of this user's fold, or false. KEYS: rows, folds (fold -> id, for
+-- the ids that are not their own fold); fold '' when the id is its own.
+local function twin_of(rows, folds, user, fold)
+  local twin = redis.call('HGET', folds, fold ~= '' and fold or user)
+  if not twin and fold ~= '' and redis.call('HEXISTS', rows, fold) == 1 then twin = fold end
+  if twin == user then return false end
+  return twin
+end
+
 local function move(tally, old, new, currency, amount)
   redis.call('HINCRBY', tally, 'n' .. old .. currency, -1)
   redis.call('HINCRBY', tally, 'n' .. new .. currency, 1)
@@ -126,11 +153,12 @@ end
 return 1
 `);
 
-// The data keys of a run: KEYS[1..4] = rows, order, invalid, tally; KEYS[5] = the import lease.
+// The data keys of a run: KEYS[1..4] = rows, order, invalid, tally; KEYS[5] = the import lease;
+// KEYS[6] = folds (see twin_of), a data key too.
 
 /** Starts an import: drops whatever a dead import left, takes the lease. ARGV: token, leaseMs. */
 export const BEGIN_IMPORT = new LuaScript(`
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
 redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2])
 return 1
 `);
@@ -143,15 +171,16 @@ return 1
 export const RENEW_IMPORT = new LuaScript(`
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[5], ARGV[2])
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+for _, k in ipairs({1, 2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
 return 1
 `);
 
 /**
  * Imports rows, in order. ARGV: token, seq of the first row, dataMs, n, then n pairs (tally field,
- * increment) that count the rows as pending or invalid, then triples (kind 'v' valid | 'i' invalid,
- * user id, value). A valid row whose user id is already in \`rows\` is recorded invalid in its place
- * and its tally moved. Returns {-1} when the lease is lost, else {seq, first line}* of duplicates.
+ * increment) that count the rows as pending or invalid, then quadruples (kind 'v' valid | 'i'
+ * invalid, user id, value, fold: userIdFold's, '' for an invalid row). A valid row whose user id,
+ * or fold, is already in \`rows\` is recorded invalid in its place and its tally moved. Returns
+ * {-1} when the lease is lost, else {seq, first line, twin ('' for the same id)}* of duplicates.
  */
 export const IMPORT_ROWS = new LuaScript(`${ROW_HELPERS}
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {-1} end
@@ -163,30 +192,42 @@ for _ = 1, tonumber(ARGV[4]) do
 end
 local duplicates, order = {}, {}
 while i <= #ARGV do
-  local kind, user, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  i = i + 3
+  local kind, user, value, fold = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
   seq = seq + 1
   order[#order + 1] = user
   local field = string.format('%d', seq)
   if kind == 'i' then
     redis.call('HSET', KEYS[3], field, value)
     redis.call('HSETNX', KEYS[3], '=' .. user, field)
-  elseif redis.call('HSETNX', KEYS[1], user, value) == 0 then
-    local first_line = split_row(redis.call('HGET', KEYS[1], user))
-    local _, amount, currency = split_row(value)
-    redis.call('HSET', KEYS[3], field,
-      value .. '|user_id: appears twice (first on line ' .. first_line .. ')')
-    redis.call('HSETNX', KEYS[3], '=' .. user, field)
-    move(KEYS[4], 'p', 'i', currency, amount)
-    duplicates[#duplicates + 1] = seq
-    duplicates[#duplicates + 1] = first_line
+  else
+    local twin = twin_of(KEYS[1], KEYS[6], user, fold)
+    local reason, first_line
+    if twin then
+      first_line = split_row(redis.call('HGET', KEYS[1], twin))
+      reason = twin_reason(first_line, twin)
+    elseif redis.call('HSETNX', KEYS[1], user, value) == 0 then
+      first_line = split_row(redis.call('HGET', KEYS[1], user))
+      reason = twice_reason(first_line)
+    elseif fold ~= '' then
+      redis.call('HSET', KEYS[6], fold, user)
+    end
+    if reason then
+      local _, amount, currency = split_row(value)
+      redis.call('HSET', KEYS[3], field, value .. '|' .. reason)
+      redis.call('HSETNX', KEYS[3], '=' .. user, field)
+      move(KEYS[4], 'p', 'i', currency, amount)
+      duplicates[#duplicates + 1] = seq
+      duplicates[#duplicates + 1] = first_line
+      duplicates[#duplicates + 1] = twin or ''
+    end
   end
 end
 -- unpack() is limited by Lua's C stack (8000): push in slices.
 for from = 1, #order, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(order, from, math.min(from + 999, #order)))
 end
-for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+for _, k in ipairs({1, 2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
 return duplicates
 `);
 
@@ -197,7 +238,7 @@ return duplicates
  */
 export const SEAL_IMPORT = new LuaScript(`
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
-for i = 1, 4 do redis.call('PERSIST', KEYS[i]) end
+for _, k in ipairs({1, 2, 3, 4, 6}) do redis.call('PERSIST', KEYS[k]) end
 redis.call('SET', KEYS[5], ARGV[1] .. ':sealed', 'PX', ARGV[2])
 return 1
 `);
@@ -209,7 +250,7 @@ return 1
 export const DISCARD_IMPORT = new LuaScript(`
 local lease = redis.call('GET', KEYS[5])
 if lease and lease ~= ARGV[1] and lease ~= ARGV[1] .. ':sealed' then return 0 end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
 `);
 
@@ -432,10 +473,12 @@ return 1
 
 /**
  * Adds rows of a later input to a run, in order, after every row it has. KEYS: rows, order,
- * invalid, tally, lease, seen. ARGV: token, leaseMs, then triples (kind 'v' valid | 'i' invalid,
- * user id, value). A valid row of a user the run holds is left as it is; an invalid row of such a
- * user is dropped; a user met twice in this input (`seen`) is recorded invalid. Returns {-1} when
- * the lease is lost, else {added, then {index of the row in ARGV's triples, first line}* of
+ * invalid, tally, lease, seen (this input's users by fold: \`line:id\`), folds. ARGV: token,
+ * leaseMs, then quadruples (kind 'v' valid | 'i' invalid, user id, value, fold as in IMPORT_ROWS).
+ * A valid row of a user the run holds is left as it is; an invalid row of such a user is dropped;
+ * a user met twice in this input (\`seen\`), or another id of the fold of one the run holds, is
+ * recorded invalid. Returns {-1} when the lease is lost, else {added, then {index of the row in
+ * ARGV's quadruples, first line, twin ('' for the same id), '1' when held by the run else '0'}* of
  * duplicates}.
  */
 export const EXTEND_ROWS = new LuaScript(`${ROW_HELPERS}
@@ -453,23 +496,43 @@ local function push_invalid(user, value)
   redis.call('HINCRBY', KEYS[4], 'ni' .. currency, 1)
   if amount ~= '0' and amount ~= '' then redis.call('HINCRBY', KEYS[4], 'si' .. currency, amount) end
 end
-for i = 3, #ARGV, 3 do
+local function refuse(user, value, reason, first_line, twin, held)
+  push_invalid(user, value .. '|' .. reason)
+  out[#out + 1] = index
+  out[#out + 1] = first_line
+  out[#out + 1] = twin
+  out[#out + 1] = held
+end
+for i = 3, #ARGV, 4 do
   index = index + 1
-  local kind, user, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local kind, user, value, fold = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local line = string.sub(value, 1, string.find(value, '|', 1, true) - 1)
+  local key = fold ~= '' and fold or user
   if kind == 'i' then
     if user == '' or redis.call('HEXISTS', KEYS[1], user) == 0 then push_invalid(user, value) end
-  elseif redis.call('HSETNX', KEYS[6], user, line) == 0 then
-    local first_line = redis.call('HGET', KEYS[6], user)
-    push_invalid(user, value .. '|user_id: appears twice (first on line ' .. first_line .. ')')
-    out[#out + 1] = index
-    out[#out + 1] = first_line
-  elseif redis.call('HSETNX', KEYS[1], user, value) == 1 then
-    redis.call('RPUSH', KEYS[2], user)
-    local _, amount, currency = split_row(value)
-    redis.call('HINCRBY', KEYS[4], 'np' .. currency, 1)
-    if amount ~= '0' then redis.call('HINCRBY', KEYS[4], 'sp' .. currency, amount) end
-    added = added + 1
+  elseif redis.call('HSETNX', KEYS[6], key, line .. ':' .. user) == 0 then
+    local seen = redis.call('HGET', KEYS[6], key)
+    local colon = string.find(seen, ':', 1, true)
+    local first_line, first_user = string.sub(seen, 1, colon - 1), string.sub(seen, colon + 1)
+    if first_user == user then
+      refuse(user, value, twice_reason(first_line), first_line, '', '0')
+    else
+      refuse(user, value, twin_reason(first_line, first_user), first_line, first_user, '0')
+    end
+  elseif redis.call('HEXISTS', KEYS[1], user) == 0 then
+    local twin = twin_of(KEYS[1], KEYS[7], user, fold)
+    if twin then
+      local first_line = split_row(redis.call('HGET', KEYS[1], twin))
+      refuse(user, value, held_twin_reason(twin), first_line, twin, '1')
+    else
+      redis.call('HSET', KEYS[1], user, value)
+      if fold ~= '' then redis.call('HSET', KEYS[7], fold, user) end
+      redis.call('RPUSH', KEYS[2], user)
+      local _, amount, currency = split_row(value)
+      redis.call('HINCRBY', KEYS[4], 'np' .. currency, 1)
+      if amount ~= '0' then redis.call('HINCRBY', KEYS[4], 'sp' .. currency, amount) end
+      added = added + 1
+    end
   end
 end
 redis.call('PEXPIRE', KEYS[6], ARGV[2])
@@ -492,4 +555,27 @@ if current and (open > 0 or redis.call('HEXISTS', KEYS[2], 'real') == 1) then re
 redis.call('SET', KEYS[1], ARGV[1])
 if current then return 'rebound' end
 return 'bound'
+`);
+
+/**
+ * The valid rows of users, or of another id of their fold. KEYS: rows, folds. ARGV: pairs (user
+ * id, fold as in IMPORT_ROWS). Returns pairs (the row's value or '', the twin's id or '').
+ */
+export const HELD_CHARGES = new LuaScript(`${ROW_HELPERS}
+local out = {}
+for i = 1, #ARGV, 2 do
+  local user, fold = ARGV[i], ARGV[i + 1]
+  local value = redis.call('HGET', KEYS[1], user)
+  local twin = ''
+  if not value then
+    local other = twin_of(KEYS[1], KEYS[2], user, fold)
+    if other then
+      value = redis.call('HGET', KEYS[1], other)
+      twin = other
+    end
+  end
+  out[#out + 1] = value or ''
+  out[#out + 1] = twin
+end
+return out
 `);

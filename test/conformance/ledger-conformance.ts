@@ -220,6 +220,56 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         expect(await ledger.totals('r1', 'invalid')).toEqual({ USD: 1_499 });
       });
 
+      it('refuses an id that differs from an earlier one only by case or Unicode normalization, naming it', async () => {
+        const ledger = await open();
+        const composed = 'Jos\u00e9';
+        const decomposed = 'Jose\u0301';
+        const all = [
+          row(2, 'Alice@x'),
+          row(3, 'alice@x'), // the fold of line 2, written as its own fold
+          row(4, composed),
+          row(5, decomposed), // the same letters, another normalization
+          row(6, 'ALICE@X'),
+          row(7, 'bob|\\'), // separators in the ids of both rows
+          row(8, 'BOB|\\'),
+          row(9, 'Alice@x'), // the same id again
+          row(10, 'ß'), // its own fold; `SS` is not
+          row(11, 'SS'),
+        ];
+        const { run, duplicates } = await create(ledger, 'r1', all, undefined, 4);
+        expect(duplicates).toEqual([
+          { userId: 'alice@x', line: 3, firstLine: 2, twin: 'Alice@x' },
+          { userId: decomposed, line: 5, firstLine: 4, twin: composed },
+          { userId: 'ALICE@X', line: 6, firstLine: 2, twin: 'Alice@x' },
+          { userId: 'BOB|\\', line: 8, firstLine: 7, twin: 'bob|\\' },
+          { userId: 'Alice@x', line: 9, firstLine: 2 },
+        ]);
+        expect(run.total).toBe(10);
+        const charges = await collect(ledger.charges('r1'));
+        expect(charges.filter((c) => c.state === 'pending').map((c) => c.userId)).toEqual([
+          'Alice@x',
+          composed,
+          'bob|\\',
+          'ß',
+          'SS',
+        ]);
+        expect(charges[1]?.error).toBe(
+          `user_id: differs from line 2's "Alice@x" only by case or Unicode normalization`,
+        );
+        expect(charges[6]?.error).toBe(
+          `user_id: differs from line 7's "bob|\\" only by case or Unicode normalization`,
+        );
+        expect(charges[7]?.error).toBe('user_id: appears twice (first on line 2)');
+        expect(await ledger.counts('r1')).toMatchObject({ pending: 5, invalid: 5 });
+        // A later input is checked by fold against the run too, and a held twin is told apart.
+        const held = await ledger.heldCharges('r1', ['alice@x', 'Alice@x', 'JOSÉ', 'nobody']);
+        expect([...held].map(([id, charge]) => [id, charge.line, charge.twin])).toEqual([
+          ['alice@x', 2, 'Alice@x'],
+          ['Alice@x', 2, undefined],
+          ['JOSÉ', 4, composed],
+        ]);
+      });
+
       it('finds duplicates across batches', async () => {
         const ledger = await open();
         const all = [...rows(5), row(20, 'u2'), row(21, 'u5')];
@@ -1067,6 +1117,62 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         ]);
         expect((await ledger.findRun('r1'))?.total).toBe(6);
         expect((await ledger.charge('r1', 'u4'))?.state).toBe('pending');
+      });
+
+      it('refuses a later id that differs only by case or normalization from one the run holds, or from one earlier in the input', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', [row(2, 'Alice@x'), row(3, 'carol')]);
+        const duplicates: unknown[] = [];
+        const run = await ledger.extendRun(
+          'r1',
+          { inputHash: 'hash-2', inputPath: 'again.csv' },
+          batchesOf([
+            row(2, 'alice@x'), // the run holds its twin
+            row(3, 'Carol'), // likewise, the held id being its own fold
+            row(4, 'Alice@x'), // held as it is, but line 2 was its twin
+            row(5, 'Dave'),
+            row(6, 'dave'), // a twin of line 5 of this input
+            row(7, 'Dave'), // line 5 again
+          ]),
+          (duplicate) => duplicates.push(duplicate),
+        );
+        expect(duplicates).toEqual([
+          { userId: 'alice@x', line: 2, firstLine: 2, twin: 'Alice@x', held: true },
+          { userId: 'Carol', line: 3, firstLine: 3, twin: 'carol', held: true },
+          { userId: 'Alice@x', line: 4, firstLine: 2, twin: 'alice@x' },
+          { userId: 'dave', line: 6, firstLine: 5, twin: 'Dave' },
+          { userId: 'Dave', line: 7, firstLine: 5 },
+        ]);
+        expect(run.total).toBe(8);
+        const all = await collect(ledger.charges('r1'));
+        expect(all.map((c) => [c.userId, c.state, c.error])).toEqual([
+          ['Alice@x', 'pending', undefined],
+          ['carol', 'pending', undefined],
+          [
+            'alice@x',
+            'invalid',
+            'user_id: differs from "Alice@x", whom the run already holds, only by case or Unicode normalization',
+          ],
+          [
+            'Carol',
+            'invalid',
+            'user_id: differs from "carol", whom the run already holds, only by case or Unicode normalization',
+          ],
+          [
+            'Alice@x',
+            'invalid',
+            `user_id: differs from line 2's "alice@x" only by case or Unicode normalization`,
+          ],
+          ['Dave', 'pending', undefined],
+          [
+            'dave',
+            'invalid',
+            `user_id: differs from line 5's "Dave" only by case or Unicode normalization`,
+          ],
+          ['Dave', 'invalid', 'user_id: appears twice (first on line 5)'],
+        ]);
+        // And the twin added by this input is held by fold for the next one.
+        expect((await ledger.heldCharges('r1', ['DAVE'])).get('DAVE')?.twin).toBe('Dave');
       });
 
       it('leaves a finished run finished when the later input adds nobody', async () => {

@@ -152,7 +152,7 @@ describe('operator mistakes between two runs of bulkbill run (local engine)', ()
     expect(human.stdout).toContain('0 invalid');
   }, 30_000);
 
-  it('re-export: the finished file in another row order, then with CRLF line endings, bills nobody', async () => {
+  it('re-export: the finished file in another row order, then with CRLF line endings, bills nobody; with ids in upper case it is refused', async () => {
     const rows = plainUsers(80);
     const input = await writeLfCsv(join(ws.dir, 'users.csv'), rows);
     const mock = await ws.provider();
@@ -172,6 +172,18 @@ describe('operator mistakes between two runs of bulkbill run (local engine)', ()
       expect(result.stdout).toContain(`bulkbill run ${runId}: already finished, nobody billed`);
       expect(mock.stats()).toMatchObject({ requests: 80, charges: 80, duplicate_charges: 0 });
     }
+    // An export that changed the ids' case: one person each, so refused, naming the held id.
+    const shouted = await writeLfCsv(
+      join(ws.dir, 'export-4.csv'),
+      rows.map((row, index) => (index % 2 ? { ...row, userId: row.userId.toUpperCase() } : row)),
+    );
+    const refused = await runCli(runArgs(shouted, mock));
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain(
+      `${shouted}:3: user_id: differs from "user-1", whom the run already holds, only by case or Unicode normalization`,
+    );
+    expect(refused.stderr).toContain(`${shouted}: 40 invalid rows`);
+    expect(mock.stats()).toMatchObject({ requests: 80, charges: 80, duplicate_charges: 0 });
     const [status, list] = await Promise.all([
       statusJson(ws.ledger, runId),
       runCli(['status', '--ledger', ws.ledger, '--json']),

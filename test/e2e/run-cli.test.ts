@@ -289,6 +289,7 @@ describe('bulkbill run (end to end)', () => {
       { userId: 'ok-1', amount: 5, currency: 'USD' },
       { userId: '', amount: 100, currency: 'USD' },
       { userId: 'ok-3', amount: 300, currency: 'EUR' },
+      { userId: 'OK-1', amount: 100, currency: 'USD' },
     ]);
     const mock = await provider();
 
@@ -303,6 +304,7 @@ describe('bulkbill run (end to end)', () => {
       expect.stringMatching(/^4: currency: .*usd/),
       expect.stringMatching(/^5: user_id: appears twice \(first on line 2\)/),
       expect.stringMatching(/^6: user_id: /),
+      `8: user_id: differs from line 2's "ok-1" only by case or Unicode normalization`,
     ]);
     expect(refused.stderr).toContain('nothing was charged');
     expect((await providerStats(ws.agent, mock.url)).requests).toBe(0);
@@ -317,6 +319,7 @@ describe('bulkbill run (end to end)', () => {
       ['5', 'ok-1', 'invalid'],
       ['6', '', 'invalid'],
       ['7', 'ok-3', 'charged'],
+      ['8', 'OK-1', 'invalid'],
     ]);
     for (const row of rows.filter((row) => row.status === 'invalid')) {
       expect(row.error, row.line).not.toBe('');

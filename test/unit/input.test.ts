@@ -67,7 +67,7 @@ describe('formatProblem', () => {
   });
 
   it('prints a duplicate user id the same way', () => {
-    expect(formatDuplicateProblem('users.csv', 40, 17)).toBe(
+    expect(formatDuplicateProblem('users.csv', { line: 40, firstLine: 17 })).toBe(
       'users.csv:40: user_id: appears twice (first on line 17)',
     );
   });
