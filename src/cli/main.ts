@@ -160,6 +160,10 @@ program
     durationFlag('--timeout'),
   )
   .option(
+    '--ca <file>',
+    "PEM file of the CA that signs the provider's TLS certificate (a private CA), trusted besides the usual ones",
+  )
+  .option(
     '--max-attempts <n>',
     'attempts per charge, over every crash and resume (default 5)',
     integerFlag('--max-attempts'),
@@ -330,6 +334,10 @@ program
     integerFlag('--global-concurrency'),
   )
   .option('--timeout <duration>', 'deadline of one request', durationFlag('--timeout'), 30_000)
+  .option(
+    '--ca <file>',
+    "PEM file of the CA that signs the provider's TLS certificate (a private CA), trusted besides the usual ones",
+  )
   .option(
     '--max-attempts <n>',
     'attempts per charge, over every crash',

@@ -22,6 +22,7 @@ export interface RunFlags {
   concurrency?: number;
   rate?: number;
   timeout?: number;
+  ca?: string;
   maxAttempts?: number;
   keyRetention?: number;
   newCycle?: boolean;
@@ -149,6 +150,7 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       ...(flags.concurrency === undefined ? {} : { concurrency: flags.concurrency }),
       ...(flags.rate === undefined ? {} : { rate: flags.rate }),
       ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout }),
+      ...(flags.ca === undefined ? {} : { caFile: flags.ca }),
       ...(flags.maxAttempts === undefined ? {} : { maxAttempts: flags.maxAttempts }),
       ...(flags.keyRetention === undefined ? {} : { keyRetentionMs: flags.keyRetention }),
       newCycle: flags.newCycle === true,

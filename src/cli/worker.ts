@@ -26,6 +26,7 @@ export interface WorkerFlags {
   rate?: number;
   globalConcurrency?: number;
   timeout: number;
+  ca?: string;
   maxAttempts: number;
   keyRetention: number;
   header: string[];
@@ -89,6 +90,7 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     env: process.env,
     connections: flags.concurrency,
     timeoutMs: flags.timeout,
+    caFile: flags.ca,
     label: billLabel,
   });
   if (flags.adapter === undefined) {

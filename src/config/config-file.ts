@@ -63,6 +63,13 @@ export const configSchema = z
       .optional(),
     keyRetention: duration.describe('How long the provider keeps idempotency keys.').optional(),
     ledger: z.string().min(1).describe('The SQLite ledger file, relative to this file.').optional(),
+    ca: z
+      .string()
+      .min(1)
+      .describe(
+        "PEM file of the CA certificates that sign the provider's TLS certificate (a private CA), relative to this file; trusted besides the usual ones.",
+      )
+      .optional(),
     redis: z.string().min(1).describe('Redis, for the distributed engine.').optional(),
     queue: z.string().min(1).optional(),
     prefix: z.string().min(1).optional(),
@@ -160,7 +167,7 @@ function normalize(config: z.output<typeof configSchema>, file: string): Record<
     }
   }
   const folder = dirname(file);
-  for (const key of ['ledger', 'adapter'] as const) {
+  for (const key of ['ledger', 'adapter', 'ca'] as const) {
     const value = values[key];
     if (typeof value === 'string' && !isAbsolute(value)) out[key] = resolve(folder, value);
   }

@@ -24,6 +24,7 @@ import {
   ProviderClient,
   providerHeaders,
   providerSchema,
+  readCaFile,
 } from '../provider/index.js';
 import { writeReport } from '../report/report.js';
 import { endpointMismatch, type RunChoice, settleRun } from './run-choice.js';
@@ -68,6 +69,8 @@ export const billOptionsSchema = z
     rate: z.number().finite().positive().optional(),
     /** Deadline of one request, in ms. Default 30 s. */
     timeoutMs: z.number().finite().positive().default(30_000),
+    /** A PEM file of CAs trusted besides Node's roots for the provider's TLS (a private CA). */
+    caFile: z.string().min(1).optional(),
     /** Attempts per charge (throttled ones do not count), over every crash and resume. Default 5. */
     maxAttempts: positiveInteger.max(100).default(5),
     /**
@@ -295,6 +298,7 @@ export async function bill(
         connections: config.concurrency,
         timeoutMs: config.timeoutMs,
         endpointLabel: label('endpoint'),
+        ...(config.caFile === undefined ? {} : { ca: readCaFile(config.caFile, label('caFile')) }),
       });
       client = http;
     } else {

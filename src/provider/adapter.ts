@@ -369,6 +369,7 @@ export class AdapterDeadlineError extends Error {
  * a provider description, an endpoint or headers (none of them would be used).
  */
 export async function senderFromOptions(options: {
+  readonly caFile?: string | undefined;
   readonly adapter?: string | undefined;
   readonly adapterModule?: AdapterModule | undefined;
   readonly endpoint: string | undefined;

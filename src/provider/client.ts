@@ -1,7 +1,9 @@
+import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
 import { type Dispatcher, Pool } from 'undici';
 import type { WallClock } from '../control/retry-after.js';
 import { RETRY_DEFAULTS } from '../control/retry-policy.js';
-import { describeValue, UsageError } from '../domain/errors.js';
+import { BulkbillError, describeValue, ErrorCode, UsageError } from '../domain/errors.js';
 import type { AttemptResult } from '../domain/outcome.js';
 import { classify } from './classify.js';
 import { credentialsFingerprint, fingerprintSalt } from './credentials.js';
@@ -21,6 +23,8 @@ import { type Classifier, compileRules } from './rules.js';
 import { type CompiledRequest, compileRequest, TemplateRenderError } from './template.js';
 
 export interface ProviderClientOptions {
+  /** PEM text of CA certificates trusted besides Node's roots (a private CA; see readCaFile). */
+  readonly ca?: string;
   /**
    * Where charges are sent, e.g. `http://127.0.0.1:4010/charge`: http or https, without
    * credentials (send those with a header). Required, unless the provider description's
@@ -175,7 +179,11 @@ export class ProviderClient implements BillingSender {
       // The attempt's own deadline comes first; these only stop a stuck socket for good.
       headersTimeout: timeoutMs,
       bodyTimeout: timeoutMs,
-      connect: { timeout: timeoutMs },
+      // A private CA is trusted besides Node's roots, as NODE_EXTRA_CA_CERTS would be.
+      connect: {
+        timeout: timeoutMs,
+        ...(options.ca === undefined ? {} : { ca: [...rootCertificates, options.ca] }),
+      },
     });
   }
 
@@ -264,7 +272,32 @@ function captureResolve(resolve: (result: AttemptResult) => void): void {
  * flags over them, resolved from `env` (a missing `${NAME}` fails here, naming it), and errors
  * naming each option as `label` spells it.
  */
+/**
+ * The PEM text of a CA file given with `--ca` (or `ca` in the config file): refused, naming the
+ * file, when it cannot be read or holds no certificate. A certificate error is never ignored.
+ */
+export function readCaFile(path: string, label = '--ca'): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new BulkbillError(
+      ErrorCode.Config,
+      `${label}: cannot read ${path}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new BulkbillError(
+      ErrorCode.Config,
+      `${label}: ${path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`,
+    );
+  }
+  return text;
+}
+
 export function clientFromOptions(options: {
+  readonly caFile?: string | undefined;
   readonly endpoint: string | undefined;
   readonly provider?: ProviderDescriptionInput | undefined;
   readonly headers: readonly string[];
@@ -274,7 +307,9 @@ export function clientFromOptions(options: {
   readonly label: (name: string) => string;
 }): ProviderClient {
   const { label } = options;
+  const ca = options.caFile === undefined ? undefined : readCaFile(options.caFile, label('ca'));
   return new ProviderClient({
+    ...(ca === undefined ? {} : { ca }),
     endpoint: options.endpoint,
     provider: options.provider,
     headers: providerHeaders(options.provider, options.headers, options.env, label('headers')),
@@ -527,7 +562,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
       this.#settle({
         kind: 'fatal',
         status: undefined,
-        reason: `the provider's TLS certificate does not verify: ${error.message} (${codeText}); nothing was sent. Check the endpoint; a private CA is trusted with NODE_EXTRA_CA_CERTS=<file.pem>`,
+        reason: `the provider's TLS certificate does not verify: ${error.message} (${codeText}); nothing was sent. Check the endpoint; a private CA is trusted with --ca <file.pem> (or NODE_EXTRA_CA_CERTS)`,
       });
       return;
     }

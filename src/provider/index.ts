@@ -32,6 +32,7 @@ export {
   plainHttpWarning,
   printableEndpoint,
   providerHeaders,
+  readCaFile,
   templateRowCheck,
 } from './client.js';
 export { credentialsFingerprint, fingerprintSalt, sameCredentials } from './credentials.js';

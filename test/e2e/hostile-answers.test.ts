@@ -1,8 +1,12 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ProviderClient, type ProviderClientOptions } from '../../src/provider/index.js';
+import { runCli } from '../helpers/cli.js';
 import { selfSignedCertificate } from '../helpers/tls.js';
 
 // A provider that answers in ways no provider should: each is classified as docs/guarantees.md
@@ -165,4 +169,47 @@ describe('a TLS certificate that does not verify', () => {
     expect(result.kind === 'fatal' ? result.reason : '').toMatch(/certificate/i);
     expect(requests).toBe(0);
   });
+});
+
+describe('a private CA given with --ca', () => {
+  it('is trusted besides the usual roots: the run charges; a file without a certificate is refused naming it, nothing sent', async () => {
+    const tls = selfSignedCertificate();
+    let requests = 0;
+    const server = createHttpsServer(tls, (req, res) => {
+      req.resume();
+      req.on('end', () => {
+        requests++;
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(`{"id":"ch_${requests}"}`);
+      });
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const endpoint = `https://127.0.0.1:${(server.address() as AddressInfo).port}/charge`;
+    const dir = await mkdtemp(join(tmpdir(), 'bulkbill-ca-'));
+    try {
+      const ca = join(dir, 'private-ca.pem');
+      const notCa = join(dir, 'key-by-mistake.txt');
+      const input = join(dir, 'users.csv');
+      await writeFile(ca, tls.cert);
+      await writeFile(notCa, 'this is not a certificate\n');
+      await writeFile(input, 'user_id,amount,currency\nu1,100,USD\nu2,200,EUR\n');
+      const run = (...flags: string[]) =>
+        runCli(['run', input, '--endpoint', endpoint, '--ledger', join(dir, 'l.db'), ...flags]);
+
+      const refused = await run('--ca', notCa);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain(`${notCa} holds no PEM certificate`);
+      const missing = await run('--ca', join(dir, 'nowhere.pem'));
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toContain(`cannot read ${join(dir, 'nowhere.pem')}`);
+      expect(requests).toBe(0);
+
+      const billed = await run('--ca', ca, '--report', join(dir, 'report.csv'));
+      expect(billed.code, billed.stderr).toBe(0);
+      expect(requests).toBe(2);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });

@@ -87,6 +87,7 @@ export async function billDistributed(
     signal,
     connections: config.concurrency,
     timeoutMs: config.timeoutMs,
+    caFile: config.caFile,
     label,
   });
   let redis: Redis;
