@@ -116,6 +116,27 @@ function importKeysOf(keys: {
   return [keys.rows, keys.order, keys.invalid, keys.tally, keys.lease, keys.folds];
 }
 
+/** A row as IMPORT_ROWS and EXTEND_ROWS take it: kind, user id, value, fold ('' if invalid). */
+function scriptRow(row: ImportRow): [string, string, string, string] {
+  const base = rowBase(row);
+  if (row.invalidReason === undefined) return ['v', row.userId, base, userIdFold(row.userId)];
+  return ['i', row.userId, `${base}|${escapeText(row.invalidReason)}`, ''];
+}
+
+/** A duplicate as the import scripts report it: first line, twin ('' for the same id)[, held]. */
+function reportedDuplicate(
+  row: ImportRow,
+  [firstLine, twin, held]: ReadonlyArray<number | string>,
+): DuplicateUser {
+  return {
+    userId: row.userId,
+    line: row.line,
+    firstLine: Number(firstLine),
+    ...(twin === '' || twin === undefined ? {} : { twin: String(twin) }),
+    ...(held === '1' ? { held: true } : {}),
+  };
+}
+
 function escapeText(text: string): string {
   return /[|\\]/.test(text) ? text.replace(/[|\\]/g, (c) => (c === '|' ? '\\p' : '\\\\')) : text;
 }
@@ -683,17 +704,7 @@ export class RedisLedger implements Ledger {
       for await (const batch of batches) {
         for (let start = 0; start < batch.length; start += IMPORT_CHUNK) {
           const chunk = batch.slice(start, start + IMPORT_CHUNK);
-          const args: string[] = [];
-          for (const row of chunk) {
-            const base = rowBase(row);
-            const invalid = row.invalidReason !== undefined;
-            args.push(
-              invalid ? 'i' : 'v',
-              row.userId,
-              invalid ? `${base}|${escapeText(row.invalidReason ?? '')}` : base,
-              invalid ? '' : userIdFold(row.userId),
-            );
-          }
+          const args = chunk.flatMap(scriptRow);
           const [count, ...duplicates] = (await this.#eval(EXTEND_ROWS, extendKeys, [
             token,
             LEASE_MS,
@@ -703,14 +714,7 @@ export class RedisLedger implements Ledger {
           added += Number(count);
           for (let i = 0; i < duplicates.length; i += 4) {
             const row = chunk[Number(duplicates[i]) - 1] as ImportRow;
-            const twin = String(duplicates[i + 2]);
-            onDuplicate({
-              userId: row.userId,
-              line: row.line,
-              firstLine: Number(duplicates[i + 1]),
-              ...(twin === '' ? {} : { twin }),
-              ...(duplicates[i + 3] === '1' ? { held: true } : {}),
-            });
+            onDuplicate(reportedDuplicate(row, duplicates.slice(i + 1, i + 4)));
           }
         }
       }
@@ -1006,18 +1010,11 @@ export class RedisLedger implements Ledger {
     const count = (field: string, by: bigint) =>
       counted.set(field, (counted.get(field) ?? 0n) + by);
     for (const row of chunk) {
-      const base = rowBase(row);
-      const invalid = row.invalidReason !== undefined;
-      const letter = invalid ? 'i' : 'p';
+      const letter = row.invalidReason !== undefined ? 'i' : 'p';
       const currency = escapeText(row.currency);
       count(`n${letter}${currency}`, 1n);
       if (row.amount !== 0) count(`s${letter}${currency}`, BigInt(row.amount));
-      rows.push(
-        invalid ? 'i' : 'v',
-        row.userId,
-        invalid ? `${base}|${escapeText(row.invalidReason ?? '')}` : base,
-        invalid ? '' : userIdFold(row.userId),
-      );
+      rows.push(...scriptRow(row));
     }
     const tally = [...counted].flatMap(([field, by]) => [field, by.toString()]);
     const duplicates = (await this.#eval(IMPORT_ROWS, keys, [
@@ -1031,13 +1028,7 @@ export class RedisLedger implements Ledger {
     if (duplicates[0] === -1) throw lostLease(runId);
     for (let i = 0; i < duplicates.length; i += 3) {
       const row = chunk[Number(duplicates[i]) - firstSeq] as ImportRow;
-      const twin = String(duplicates[i + 2]);
-      onDuplicate({
-        userId: row.userId,
-        line: row.line,
-        firstLine: Number(duplicates[i + 1]),
-        ...(twin === '' ? {} : { twin }),
-      });
+      onDuplicate(reportedDuplicate(row, duplicates.slice(i + 1, i + 3)));
     }
   }
 

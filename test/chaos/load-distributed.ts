@@ -5,22 +5,22 @@ import { openBenchRedis, redisServerCounters } from '../../bench/lib/redis-admin
 import { type UsersFile, writeUsersCsv } from '../../bench/lib/users-file.js';
 import { startMockProvider } from '../../src/mock-provider/index.js';
 import { OwnRedisServer } from '../helpers/redis-server.js';
-import { checkLoad, inputUsdTotal, type LedgerFigures } from './load-check.js';
+import type { LedgerFigures } from './load-check.js';
 import { bareBaseline, LOCAL_CONCURRENCY, type LoadOptions } from './load-local.js';
 import {
   describeNoise,
   LoadSampler,
   measureNoise,
   type SteadyWindow,
-  steadyRate,
   steadyWindow,
 } from './load-memory.js';
 import {
   type Baseline,
+  type Billed,
+  checkedRun,
   describeExit,
   faultyProvider,
   type LoadResult,
-  providerFaults,
   quietMachine,
   spawnTracked,
   type TrackedCli,
@@ -79,8 +79,6 @@ export async function distributedLoad(
     problems: [...billed.problems, ...local.problems, ...bare.problems],
   };
 }
-
-type Billed = Omit<LoadResult, 'engine' | 'users' | 'seed' | 'billedBy' | 'baselines'>;
 
 async function billWithFaults(
   options: LoadOptions & { readonly workers: number },
@@ -298,32 +296,22 @@ async function billWithFaults(
     notes.push(
       `while it billed (enqueue to report): ${describeNoise(noise())}; before it, ${quiet}`,
     );
-    const firstRequest = sampler.firstRequestAt();
-    const lastCharge = sampler.timeOfCharges(provider.stats().charges);
-    progress('checking the report against the provider');
-    const check = await checkLoad(report, provider, {
+    return await checkedRun({
+      sampler,
+      provider,
+      report,
+      inputPath: input.path,
       users,
       maxAttempts: MAX_ATTEMPTS,
-      usdTotal: await inputUsdTotal(input.path),
-      ledger: ledger?.counts === undefined ? undefined : ledger,
-    });
-    progress(`checked ${check.rows.toLocaleString('en-US')} rows in ${Math.round(check.ms)} ms`);
-    const stats = provider.stats();
-    return {
-      faults: { ...faults, ...providerFaults(stats) },
-      wallMs: ended - started,
-      spanMs:
-        firstRequest === undefined || lastCharge === undefined
-          ? undefined
-          : lastCharge - firstRequest,
+      ledger,
+      faults,
+      startedAt: started,
+      endedAt: ended,
       windows,
-      steadyPerSecond: steadyRate(windows),
-      processes: sampler.processes,
-      check,
       problems,
-      provider: stats,
       notes: [`input: ${(input.bytes / 1_048_576).toFixed(1)} MiB CSV`, ...notes],
-    };
+      progress,
+    });
   } finally {
     sampler.stop();
     for (const worker of workers) worker.cli.kill('SIGKILL');

@@ -4,21 +4,21 @@ import { type UsersFile, writeUsersCsv } from '../../bench/lib/users-file.js';
 import { startMockProvider } from '../../src/mock-provider/index.js';
 import type { RunSummary } from '../../src/report/summary.js';
 import { runBareLoopProcess } from './load-bare.js';
-import { checkLoad, inputUsdTotal, type LedgerFigures } from './load-check.js';
+import type { LedgerFigures } from './load-check.js';
 import {
   describeNoise,
   LoadSampler,
   measureNoise,
   type SteadyWindow,
-  steadyRate,
   steadyWindow,
 } from './load-memory.js';
 import {
   type Baseline,
+  type Billed,
+  checkedRun,
   describeExit,
   faultyProvider,
   type LoadResult,
-  providerFaults,
   quietMachine,
   spawnTracked,
   until,
@@ -63,8 +63,6 @@ export async function localLoad(options: LoadOptions): Promise<LoadResult> {
     problems: [...billed.problems, ...bare.problems],
   };
 }
-
-type Billed = Omit<LoadResult, 'engine' | 'users' | 'seed' | 'billedBy' | 'baselines'>;
 
 async function billWithFaults(options: LoadOptions, input: UsersFile): Promise<Billed> {
   const { users, seed, dir, progress } = options;
@@ -161,30 +159,19 @@ async function billWithFaults(options: LoadOptions, input: UsersFile): Promise<B
     }
     sampler.stop();
     const noiseNow = noise();
-    const firstRequest = sampler.firstRequestAt();
-    const lastCharge = sampler.timeOfCharges(provider.stats().charges);
-    progress('checking the report against the provider');
-    const check = await checkLoad(report, provider, {
+    return await checkedRun({
+      sampler,
+      provider,
+      report,
+      inputPath: input.path,
       users,
       maxAttempts: MAX_ATTEMPTS,
-      usdTotal: await inputUsdTotal(input.path),
-      ledger: ledger?.counts === undefined ? undefined : ledger,
-    });
-    progress(`checked ${check.rows.toLocaleString('en-US')} rows in ${Math.round(check.ms)} ms`);
-    const stats = provider.stats();
-    return {
-      faults: { ...faults, ...providerFaults(stats) },
-      wallMs: ended - started,
-      spanMs:
-        firstRequest === undefined || lastCharge === undefined
-          ? undefined
-          : lastCharge - firstRequest,
+      ledger,
+      faults,
+      startedAt: started,
+      endedAt: ended,
       windows,
-      steadyPerSecond: steadyRate(windows),
-      processes: sampler.processes,
-      check,
       problems,
-      provider: stats,
       notes: [
         `input: ${(input.bytes / 1_048_576).toFixed(1)} MiB CSV, written in ${Math.round(input.writeMs)} ms`,
         `while it billed (first run to status): ${describeNoise(noiseNow)}; before it, ${quiet}`,
@@ -194,7 +181,8 @@ async function billWithFaults(options: LoadOptions, input: UsersFile): Promise<B
               `the last \`bulkbill run\`'s summary: import ${Math.round(summary.importMs)} ms (finding the run again by content on resume), its own wall ${(summary.wallMs / 1_000).toFixed(1)} s, its peakRssBytes ${summary.peakRssBytes.toLocaleString('en-US')}`,
             ]),
       ],
-    };
+      progress,
+    });
   } finally {
     sampler.stop();
     await provider.close({ graceMs: 0 });

@@ -1,8 +1,17 @@
 import { type CliExit, spawnBulkbill } from '../../bench/lib/cli-process.js';
 import { describeQuietWait, waitForQuietMachine } from '../../bench/lib/quiet-machine.js';
-import type { MockProviderOptions, MockProviderStats } from '../../src/mock-provider/index.js';
-import type { LoadCheck } from './load-check.js';
-import type { LoadSampler, SteadyWindow, TrackedProcess } from './load-memory.js';
+import type {
+  MockProvider,
+  MockProviderOptions,
+  MockProviderStats,
+} from '../../src/mock-provider/index.js';
+import { checkLoad, inputUsdTotal, type LedgerFigures, type LoadCheck } from './load-check.js';
+import {
+  type LoadSampler,
+  type SteadyWindow,
+  steadyRate,
+  type TrackedProcess,
+} from './load-memory.js';
 
 export type LoadEngine = 'local' | 'distributed';
 
@@ -132,4 +141,56 @@ export async function quietMachine(
   const said = `waited ${describeQuietWait(wait)} for a quiet machine`;
   if (wait.waitedMs > 1_000 || !wait.quiet) progress(`${what}: ${said}`);
   return said;
+}
+
+/** What a faulty run yields before its baselines are measured. */
+export type Billed = Omit<LoadResult, 'engine' | 'users' | 'seed' | 'billedBy' | 'baselines'>;
+
+/**
+ * The end of a faulty run, on either engine: its report checked against the provider and the
+ * ledger's own figures, and its timings and faults gathered. Call with the sampler stopped.
+ */
+export async function checkedRun(run: {
+  readonly sampler: LoadSampler;
+  readonly provider: MockProvider;
+  readonly report: string;
+  readonly inputPath: string;
+  readonly users: number;
+  readonly maxAttempts: number;
+  readonly ledger: LedgerFigures | undefined;
+  readonly faults: Readonly<Record<string, number>>;
+  readonly startedAt: number;
+  readonly endedAt: number;
+  readonly windows: readonly SteadyWindow[];
+  readonly problems: readonly string[];
+  readonly notes: readonly string[];
+  readonly progress: (line: string) => void;
+}): Promise<Billed> {
+  const { sampler, provider, progress, ledger } = run;
+  const firstRequest = sampler.firstRequestAt();
+  const lastCharge = sampler.timeOfCharges(provider.stats().charges);
+  progress('checking the report against the provider');
+  const check = await checkLoad(run.report, provider, {
+    users: run.users,
+    maxAttempts: run.maxAttempts,
+    usdTotal: await inputUsdTotal(run.inputPath),
+    ledger: ledger?.counts === undefined ? undefined : ledger,
+  });
+  progress(`checked ${check.rows.toLocaleString('en-US')} rows in ${Math.round(check.ms)} ms`);
+  const stats = provider.stats();
+  return {
+    faults: { ...run.faults, ...providerFaults(stats) },
+    wallMs: run.endedAt - run.startedAt,
+    spanMs:
+      firstRequest === undefined || lastCharge === undefined
+        ? undefined
+        : lastCharge - firstRequest,
+    windows: run.windows,
+    steadyPerSecond: steadyRate(run.windows),
+    processes: sampler.processes,
+    check,
+    problems: run.problems,
+    provider: stats,
+    notes: run.notes,
+  };
 }
