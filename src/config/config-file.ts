@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { parseDuration } from '../domain/duration.js';
 import { BulkbillError, describeValue, ErrorCode } from '../domain/errors.js';
 import { providerSchema } from '../provider/description.js';
+import { parseHeaderFlags } from '../provider/header-template.js';
 
 /**
  * The config file: every option a command takes that belongs to a deployment rather than to
@@ -172,6 +173,12 @@ function normalize(config: z.output<typeof configSchema>, file: string): Record<
     if (typeof value === 'string' && !isAbsolute(value)) out[key] = resolve(folder, value);
   }
   if (values.headers !== undefined) {
+    try {
+      // Checked here too, so a bad header (a literal credential) names this file.
+      parseHeaderFlags(values.headers, 'headers');
+    } catch (error) {
+      throw configError(file, (error as Error).message);
+    }
     out.header = values.headers;
     delete out.headers;
   }

@@ -14,10 +14,12 @@ import {
 } from './description.js';
 import {
   describeHeaders,
+  maskSecrets,
   parseHeaderFlags,
   REDACTED,
   type RequestHeader,
   resolveHeaders,
+  secretFragments,
 } from './header-template.js';
 import { type Classifier, compileRules } from './rules.js';
 import { type CompiledRequest, compileRequest, TemplateRenderError } from './template.js';
@@ -104,6 +106,8 @@ const systemWallClock: WallClock = { now: Date.now };
 // Settings every attempt shares, built once per client.
 interface AttemptShared {
   readonly classify: Classifier;
+  /** An answer's body with the sensitive header values a provider echoed masked. */
+  readonly mask: (body: string) => string;
   readonly timeoutMs: number;
 }
 
@@ -171,6 +175,7 @@ export class ProviderClient implements BillingSender {
         options.provider === undefined
           ? (exchange) => classify(exchange, context)
           : compileRules(description.response, context),
+      mask: bodyMask(this.#headers),
       timeoutMs,
     };
     this.#pool = new Pool(this.request.origin, {
@@ -477,6 +482,11 @@ const TIMEOUT_CODES = new Set([
   'ETIMEDOUT',
 ]);
 
+function bodyMask(headers: readonly RequestHeader[]): (body: string) => string {
+  const fragments = secretFragments(headers);
+  return fragments.length === 0 ? (body) => body : (body) => maskSecrets(body, fragments);
+}
+
 function onDeadline(handler: AttemptHandler): void {
   handler.expire();
 }
@@ -609,7 +619,8 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
         type: 'answer',
         status: this.#status,
         retryAfter: this.#retryAfter,
-        body,
+        // A provider that echoes the credentials in its reason must not put them in the ledger.
+        body: this.#shared.mask(body),
         headers: this.#headers,
       }),
     );

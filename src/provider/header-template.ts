@@ -98,6 +98,13 @@ export function parseHeaderFlags(texts: readonly string[], label = '--header'): 
     if (seen.has(lower)) {
       throw new UsageError(`${label} "${template.name}": given more than once`);
     }
+    if (template.sensitive && template.variables.length === 0) {
+      // A literal secret sits in shell history, `ps` and the config file: read it from the env.
+      const example = lower === 'authorization' ? `Bearer \${BILLING_TOKEN}` : `\${BILLING_TOKEN}`;
+      throw new UsageError(
+        `${label} "${template.name}": a credential is read only from the environment: write its value with \${NAME}, e.g. "${template.name}: ${example}", and set NAME`,
+      );
+    }
     seen.add(lower);
     return template;
   });
@@ -147,4 +154,51 @@ export function describeHeaders(
   const shown: Record<string, string> = {};
   for (const { name, value, sensitive } of headers) shown[name] = sensitive ? REDACTED : value;
   return shown;
+}
+
+// A fragment shorter than this is not masked on its own (the whole value always is).
+const FRAGMENT_MIN_LENGTH = 8;
+
+/**
+ * The texts a provider could echo back of the sensitive headers, longest first: each whole
+ * value, its parts (the token after `Bearer `, after `token=`) and what a Basic value's base64
+ * decodes to (`id:secret`, and `secret`). What `maskSecrets` replaces.
+ */
+export function secretFragments(headers: readonly RequestHeader[]): string[] {
+  const fragments = new Set<string>();
+  const add = (text: string, whole = false): void => {
+    if (whole ? text.length > 0 : text.length >= FRAGMENT_MIN_LENGTH) fragments.add(text);
+  };
+  for (const { value, sensitive } of headers) {
+    if (!sensitive) continue;
+    add(value, true);
+    for (const part of value.split(/[\s,;]+/)) {
+      const afterEquals = part.slice(part.indexOf('=') + 1);
+      for (const piece of [part, afterEquals]) {
+        add(piece);
+        const decoded = decodedBase64(piece);
+        if (decoded === undefined) continue;
+        add(decoded);
+        for (const half of decoded.split(':')) add(half);
+      }
+    }
+  }
+  return [...fragments].sort((a, b) => b.length - a.length);
+}
+
+/** Printable ASCII text a base64 token decodes to, or undefined. */
+function decodedBase64(token: string): string | undefined {
+  if (token.length < FRAGMENT_MIN_LENGTH || token.length % 4 !== 0) return undefined;
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(token)) return undefined;
+  const text = Buffer.from(token, 'base64').toString('latin1');
+  return /^[\x20-\x7e]+$/.test(text) ? text : undefined;
+}
+
+/** `text` with every fragment (from `secretFragments`) replaced by `[redacted]`. */
+export function maskSecrets(text: string, fragments: readonly string[]): string {
+  let masked = text;
+  for (const fragment of fragments) {
+    if (masked.includes(fragment)) masked = masked.replaceAll(fragment, REDACTED);
+  }
+  return masked;
 }

@@ -3,10 +3,12 @@ import { describe, expect, it } from 'vitest';
 import { BulkbillError, ErrorCode, UsageError } from '../../src/domain/errors.js';
 import {
   describeHeaders,
+  maskSecrets,
   parseHeaderFlag,
   parseHeaderFlags,
   REDACTED,
   resolveHeaders,
+  secretFragments,
 } from '../../src/provider/header-template.js';
 
 const SECRET = 'sk_live_abc123';
@@ -120,6 +122,20 @@ describe('parseHeaderFlags', () => {
       );
     }
   });
+
+  it('refuses a credential written literally: it is read only from the environment', () => {
+    const bearer = thrown(() => parseHeaderFlags([`Authorization: Bearer ${SECRET}`]));
+    expect(bearer).toBeInstanceOf(UsageError);
+    expect(bearer.message).toBe(
+      '--header "Authorization": a credential is read only from the environment: write its value with ${NAME}, e.g. "Authorization: Bearer ${BILLING_TOKEN}", and set NAME',
+    );
+    const key = thrown(() => parseHeaderFlags([`X-Api-Key: ${SECRET}`], 'headers'));
+    expect(key.message).toMatch(/^headers "X-Api-Key": a credential is read only/);
+    expect(key.message).toContain('"X-Api-Key: ${BILLING_TOKEN}"');
+    expect(key.message).not.toContain(SECRET);
+    // A header that reads the environment, or is no credential, is taken as it is.
+    expect(parseHeaderFlags(['X-Api-Key: ${KEY}', 'X-Team: ops'])).toHaveLength(2);
+  });
 });
 
 describe('resolveHeaders', () => {
@@ -167,12 +183,12 @@ describe('resolveHeaders', () => {
 
 describe('describeHeaders', () => {
   it('redacts sensitive values, in templates and in resolved headers alike', () => {
-    const templates = parseHeaderFlags([
-      'Authorization: Bearer ${BILLING_TOKEN}',
-      `X-Api-Key: ${SECRET}`,
-      'X-Tenant: ${TENANT}',
-      'X-Team: billing',
-    ]);
+    const templates = [
+      ...parseHeaderFlags(['Authorization: Bearer ${BILLING_TOKEN}']),
+      // One header at a time, a secret-looking name with a literal value is still redacted.
+      parseHeaderFlag(`X-Api-Key: ${SECRET}`),
+      ...parseHeaderFlags(['X-Tenant: ${TENANT}', 'X-Team: billing']),
+    ];
     const expected = {
       Authorization: REDACTED,
       'X-Api-Key': REDACTED,
@@ -184,5 +200,40 @@ describe('describeHeaders', () => {
     expect(describeHeaders(resolved)).toEqual(expected);
     expect(JSON.stringify(describeHeaders(resolved))).not.toContain(SECRET);
     expect(REDACTED).toBe('[redacted]');
+  });
+});
+
+describe('secretFragments and maskSecrets', () => {
+  const basic = Buffer.from(`public_id:${SECRET}`).toString('base64');
+  const headers = [
+    { name: 'Authorization', value: `Bearer ${SECRET}`, sensitive: true },
+    { name: 'X-Basic', value: `Basic ${basic}`, sensitive: true },
+    { name: 'X-Token', value: 'Token token=tok_9f8e7d6c5b', sensitive: true },
+    { name: 'X-Team', value: 'billing-operations', sensitive: false },
+  ];
+
+  it('masks what a provider could echo: the value, the token after its scheme, a Basic pair', () => {
+    const fragments = secretFragments(headers);
+    const echoed = [
+      `you sent "Bearer ${SECRET}"`,
+      `key ${SECRET} is not allowed`,
+      `basic ${basic}, that is public_id:${SECRET}`,
+      'token tok_9f8e7d6c5b expired',
+    ].join(' | ');
+    const masked = maskSecrets(echoed, fragments);
+    expect(masked).toBe(
+      `you sent "${REDACTED}" | key ${REDACTED} is not allowed | basic ${REDACTED}, that is ${REDACTED} | token ${REDACTED} expired`,
+    );
+    expect(masked).not.toContain(SECRET);
+  });
+
+  it('leaves what is no secret alone: schemes, short words, headers that are not sensitive', () => {
+    const fragments = secretFragments(headers);
+    expect(fragments).not.toContain('Bearer');
+    expect(fragments).not.toContain('billing-operations');
+    expect(maskSecrets('Bearer token expired for billing-operations', fragments)).toBe(
+      'Bearer token expired for billing-operations',
+    );
+    expect(secretFragments([{ name: 'X-Team', value: 'ops', sensitive: false }])).toEqual([]);
   });
 });
