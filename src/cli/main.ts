@@ -368,6 +368,8 @@ program
   .action(async (flags, command: Command) => {
     const { workerCommand } = await import('./worker.js');
     process.exitCode = await workerCommand(await configured(command, flags));
+    // Its work is over and said: a connection a Redis fault left behind must not keep it alive.
+    setTimeout(() => process.exit(), 3_000).unref();
   });
 
 program

@@ -34,6 +34,10 @@ const STOP_MS = 20_000;
 export async function distributedRound(seed: number, workDir: string): Promise<RoundResult> {
   const started = performance.now();
   const random = new Random(seed, 'distributed');
+  // The operator's own moves draw from a stream of their own: the rest of the plan stays put.
+  const operator = new Random(seed, 'distributed-operator');
+  /** `enqueue --retry-failed` launches: each gives the failed charges a new round of attempts. */
+  let retryRounds = 0;
   const faults: FaultTally = {};
   const dir = join(workDir, `distributed-${seed}`);
   await mkdir(dir, { recursive: true });
@@ -101,6 +105,11 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     void worker.exited.then((code) => {
       workers.delete(worker);
       log.push(`worker ${worker.child.pid}${viaProxy ? ' (via proxy)' : ''}: exit ${code}`);
+      // Not a fault the round injected: BullMQ's close that a Redis fault left waiting forever
+      // (bullmq#4656), which the worker cut short. Counted, to show how often it happens.
+      if (worker.stderr().includes('blocking Redis connection did not end')) {
+        tally(faults, 'worker close stuck in BullMQ, cut short');
+      }
       // Killed by the round, or done: anything else is a worker that gave up on its own.
       if (code !== 0 && !signalled.has(worker)) {
         violations.push(
@@ -110,7 +119,10 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     });
     return worker;
   };
-  const enqueue = async (killAfterMs?: number): Promise<string | undefined> => {
+  const enqueue = async (
+    killAfterMs?: number,
+    extra: readonly string[] = [],
+  ): Promise<string | undefined> => {
     launches++;
     // With a profile, enqueue reads its config too: the template's columns are checked at import.
     const config = pointed[0] === '--config' ? pointed : [];
@@ -122,6 +134,7 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
       ...place,
       '--skip-invalid',
       ...config,
+      ...extra,
     ]);
     let killed = false;
     const timer =
@@ -141,7 +154,9 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     const code = await cli.exited;
     clearTimeout(timer);
     clearTimeout(stuck);
-    log.push(`enqueue: exit ${code}${killed ? ' after kill -9' : ''}`);
+    log.push(
+      `enqueue${extra.length > 0 ? ` ${extra.join(' ')}` : ''}: exit ${code}${killed ? ' after kill -9' : ''}`,
+    );
     if (killed) return undefined;
     if (code !== 0) {
       violations.push(`enqueue exited ${code}: ${cli.stderr().slice(-1_500)}`);
@@ -149,6 +164,48 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     }
     return cli.stdout().trim().split('\n').at(-1);
   };
+
+  /** `status --wait`, enqueuing again and starting workers, until the run ends or time is up. */
+  async function waitForEnd(
+    runId: string,
+  ): Promise<{ finished: boolean; counts: Record<string, number> | undefined }> {
+    let finished = false;
+    let counts: Record<string, number> | undefined;
+    const giveUpAt = Date.now() + RECOVERY_MS;
+    for (let recovery = 0; recovery < MAX_RECOVERIES && !finished && Date.now() < giveUpAt; ) {
+      // A run with jobs left and no worker waits for one: an operator starts one.
+      if (workers.size === 0) {
+        tally(faults, 'operator starts a worker');
+        startWorker(false);
+      }
+      const waiting = spawnCli([
+        'status',
+        '--redis',
+        redis.url,
+        ...place,
+        '--run-id',
+        runId,
+        '--wait',
+        '--json',
+      ]);
+      // Looked at again every WAIT_MS: whether a worker is still there to bill the run.
+      const timer = setTimeout(() => waiting.child.kill('SIGKILL'), WAIT_MS);
+      const code = await waiting.exited;
+      clearTimeout(timer);
+      log.push(
+        `status --wait: exit ${code}${code === 137 ? ` (no end within ${WAIT_MS} ms)` : ''}`,
+      );
+      if (code === 137) continue;
+      const status = lastJson(waiting.stdout());
+      counts = status?.counts as Record<string, number> | undefined;
+      finished = counts?.pending === 0;
+      if (finished) break;
+      recovery++;
+      tally(faults, 'operator enqueues again');
+      await enqueue();
+    }
+    return { finished, counts };
+  }
 
   try {
     let runId = random.chance(0.3) ? await enqueue(random.int(50, 1_200)) : undefined;
@@ -160,6 +217,11 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     // Faults land while it bills: from the first charge on.
     const deadline = Date.now() + 30_000;
     while (provider.stats().requests === 0 && Date.now() < deadline) await sleep(10);
+    if (operator.chance(0.3)) {
+      // Longer than the retries' backoff: charges end failed, for --retry-failed to retry.
+      tally(faults, 'long provider outage (503): charges fail');
+      await provider.outage(operator.int(5_000, 10_000), '503');
+    }
     for (let fault = 0; fault < FAULTS; fault++) {
       await sleep(random.int(100, 1_500));
       const kind = random.pick([
@@ -206,39 +268,23 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     }
 
     // As an operator: wait for the run; charges pending with no job queued get enqueued again.
-    let finished = false;
-    const giveUpAt = Date.now() + RECOVERY_MS;
-    for (let recovery = 0; recovery < MAX_RECOVERIES && !finished && Date.now() < giveUpAt; ) {
-      // A run with jobs left and no worker waits for one: an operator starts one.
-      if (workers.size === 0) {
-        tally(faults, 'operator starts a worker');
+    let { finished, counts } = await waitForEnd(runId);
+    // Charges that ended failed or unknown: the operator queues them again, as status says.
+    for (let retry = 0; finished && retry < 2 && leftToRetry(counts) > 0; retry++) {
+      if (!operator.chance(0.7)) break;
+      retryRounds++;
+      tally(faults, 'operator enqueue --retry-failed');
+      if ((await enqueue(undefined, ['--run-id', runId, '--retry-failed'])) === undefined) break;
+      for (let index = workers.size; index < 2; index++) startWorker(index === 0);
+      if (operator.chance(0.4) && workers.size > 0) {
+        await sleep(operator.int(50, 800));
+        const victim = operator.pick([...workers]);
+        tally(faults, 'kill -9 of a worker (retrying)');
+        kill(victim, 'SIGKILL');
+        await stopped(victim);
         startWorker(false);
       }
-      const waiting = spawnCli([
-        'status',
-        '--redis',
-        redis.url,
-        ...place,
-        '--run-id',
-        runId,
-        '--wait',
-        '--json',
-      ]);
-      // Looked at again every WAIT_MS: whether a worker is still there to bill the run.
-      const timer = setTimeout(() => waiting.child.kill('SIGKILL'), WAIT_MS);
-      const code = await waiting.exited;
-      clearTimeout(timer);
-      log.push(
-        `status --wait: exit ${code}${code === 137 ? ` (no end within ${WAIT_MS} ms)` : ''}`,
-      );
-      if (code === 137) continue;
-      const status = lastJson(waiting.stdout());
-      const pending = (status?.counts as Record<string, number> | undefined)?.pending;
-      finished = pending === 0;
-      if (finished) break;
-      recovery++;
-      tally(faults, 'operator enqueues again');
-      await enqueue();
+      ({ finished, counts } = await waitForEnd(runId));
     }
     if (!finished) violations.push(`the run did not end: ${log.join('; ')}`);
     for (const worker of [...workers]) {
@@ -263,7 +309,7 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
       users,
       launches,
       faults,
-      maxAttempts,
+      maxAttempts: maxAttempts * (1 + retryRounds),
       report,
       provider,
       violations,
@@ -276,4 +322,9 @@ export async function distributedRound(seed: number, workDir: string): Promise<R
     await redis.destroy();
     await provider.close({ graceMs: 0 });
   }
+}
+
+/** Charges the counts say ended failed or unknown. */
+function leftToRetry(counts: Record<string, number> | undefined): number {
+  return (counts?.failed ?? 0) + (counts?.unknown ?? 0);
 }

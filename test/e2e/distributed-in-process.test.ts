@@ -1,7 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Queue } from 'bullmq';
+import { Queue, RedisConnection } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { resolveRetryPolicy } from '../../src/control/retry-policy.js';
@@ -83,6 +83,8 @@ async function startWorker(
     globalConcurrency?: number;
     exitWhenIdle?: boolean;
     name?: string;
+    closeStuckMs?: number;
+    onLog?: (level: 'info' | 'warn' | 'error', message: string) => void;
   },
 ): Promise<{ worker: BillingWorker; endpoint: string }> {
   const client = new ProviderClient({
@@ -201,5 +203,37 @@ describe('status of a run on the distributed engine', () => {
     expect(mock.stats().requests).toBe(0);
     const queueKeys = (await keysUnder(`${prefix}:q`)).filter((key) => !key.endsWith(':meta'));
     expect(queueKeys).toEqual([]);
+  });
+});
+
+describe('closing a worker whose blocking connection a Redis fault parked', () => {
+  it('ends: BullMQ waiting forever for the blocking connection (bullmq#4656) is cut short once nothing is in flight', async () => {
+    const mock = await provider(5);
+    await enqueueFile(await usersFile(30));
+    const warnings: string[] = [];
+    // As a client parked in "reconnecting" does: a disconnect that waits for an end never comes.
+    const disconnect = RedisConnection.prototype.disconnect;
+    RedisConnection.prototype.disconnect = function (this: RedisConnection, wait?: boolean) {
+      return wait === false ? disconnect.call(this, wait) : new Promise<void>(() => {});
+    };
+    try {
+      const { worker } = await startWorker(mock, {
+        concurrency: 4,
+        exitWhenIdle: true,
+        closeStuckMs: 300,
+        onLog: (level, message) => {
+          if (level === 'warn') warnings.push(message);
+        },
+      });
+      const end = await worker.done;
+      expect(end.reason).toBe('idle');
+      expect(mock.stats().charges).toBe(30);
+      expect(worker.snapshot().ended.charged).toBe(30);
+      expect(warnings).toContain(
+        "closing: the queue's blocking Redis connection did not end within 0.3 s with no job in flight; dropping it",
+      );
+    } finally {
+      RedisConnection.prototype.disconnect = disconnect;
+    }
   });
 });

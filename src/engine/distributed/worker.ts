@@ -59,6 +59,11 @@ export interface BillingWorkerOptions extends QueuePlace {
   readonly keepLatencies?: boolean | undefined;
   /** Names the worker in `status` (default host:pid). */
   readonly name?: string | undefined;
+  /**
+   * How long close() waits, with no job in flight, for BullMQ's blocking connection to end
+   * before dropping it (one a Redis fault parked in "reconnecting" never ends). Default 5 s.
+   */
+  readonly closeStuckMs?: number | undefined;
   readonly random?: Random | undefined;
   /** Told of what a person running the worker wants to know. */
   readonly onLog?: ((level: 'info' | 'warn' | 'error', message: string) => void) | undefined;
@@ -256,7 +261,7 @@ export class BillingWorker {
     if (this.#rateTimer) clearInterval(this.#rateTimer);
     this.#closing = (async () => {
       try {
-        await this.#worker.close();
+        await this.#closeQueueWorker();
         await this.#giveBackHeld();
         for (const runId of this.#touched) await this.#ledger.finishIfComplete(runId);
       } catch (error) {
@@ -268,6 +273,34 @@ export class BillingWorker {
         this.#resolveDone(this.#end as WorkerEnd);
       }
     })();
+  }
+
+  /**
+   * BullMQ's Worker.close(), bounded: it waits for the blocking connection to end, and one that
+   * a Redis restart or a partition left parked in "reconnecting" never does (bullmq#4656,
+   * #4585), so a worker would never exit. Once none of this worker's jobs is in flight and the
+   * close has waited `closeStuckMs`, the blocking connection is dropped at once; the jobs are
+   * in the ledger, and any lock left expires as a dead worker's would.
+   */
+  async #closeQueueWorker(): Promise<void> {
+    const closed = this.#worker.close().then(
+      () => true,
+      () => true,
+    );
+    const stuckMs = this.#options.closeStuckMs ?? CLOSE_STUCK_MS;
+    const started = performance.now();
+    for (;;) {
+      const poll = Math.min(CLOSE_POLL_MS, stuckMs);
+      const done = await Promise.race([closed, sleepUnref(poll).then(() => false)]);
+      if (done) return;
+      if (this.#inFlight === 0 && performance.now() - started >= stuckMs) break;
+    }
+    this.#log(
+      'warn',
+      `closing: the queue's blocking Redis connection did not end within ${stuckMs / 1_000} s with no job in flight; dropping it`,
+    );
+    forceCloseBlocking(this.#worker);
+    await Promise.race([closed, sleepUnref(stuckMs)]);
   }
 
   /**
@@ -609,4 +642,26 @@ export class BillingWorker {
     this.#held = [];
     for (const { job } of held) await job.promote().catch(() => {});
   }
+}
+
+/** How long a close may wait with no job in flight before its blocking connection is dropped. */
+const CLOSE_STUCK_MS = 5_000;
+const CLOSE_POLL_MS = 250;
+
+function sleepUnref(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/**
+ * Drops a BullMQ worker's blocking connection at once (RedisConnection.close(true) disconnects
+ * its ioredis client, clearing any reconnection). BullMQ has no public call for it: reached
+ * through its backend, and a no-op if a later BullMQ names these otherwise.
+ */
+function forceCloseBlocking(worker: Worker<ChargeJobData>): void {
+  const backend = (worker as unknown as { backend?: unknown }).backend as
+    | { blockingConnection?: { close?: (force: boolean) => Promise<void> } }
+    | undefined;
+  const close = backend?.blockingConnection?.close;
+  if (typeof close !== 'function') return;
+  void close.call(backend?.blockingConnection, true).catch(() => {});
 }
