@@ -383,7 +383,7 @@ describe('RedisLedger: imports', () => {
 const ledger = new RedisLedger({ redis: ${JSON.stringify(REDIS_URL)}, prefix: ${JSON.stringify(prefix)} });
 async function* batches() {
   for (let b = 0; b < 3; b++) {
-    yield Array.from({ length: 1000 }, (_, i) => ({ line: b * 1000 + i + 2, userId: 'u' + (b * 1000 + i), amount: 100, currency: 'USD', metadata: {} }));
+    yield Array.from({ length: 1000 }, (_, i) => ({ line: b * 1000 + i + 2, userId: 'U' + (b * 1000 + i), amount: 100, currency: 'USD', metadata: {} }));
   }
   process.stdout.write('imported\\n');
   setInterval(() => {}, 1000);
@@ -406,26 +406,35 @@ await ledger.createRun({ runId: 'r1', inputHash: 'h', inputPath: 'users.csv', en
       child.kill('SIGKILL');
       await exited;
 
-      // Left behind: an entry marked importing, and rows that expire on their own.
+      // Left behind: an entry marked importing, and rows (and the folds of their upper-case
+      // ids) that expire on their own.
       const rowsKey = `${prefix}:{r1}:rows`;
+      const foldsKey = `${prefix}:{r1}:folds`;
       expect(await admin.hlen(rowsKey)).toBe(3_000);
-      const ttl = await admin.pttl(rowsKey);
-      expect(ttl).toBeGreaterThan(0);
-      expect(ttl).toBeLessThanOrEqual(60_000);
+      expect(await admin.hlen(foldsKey)).toBe(3_000);
+      for (const key of [rowsKey, foldsKey]) {
+        const ttl = await admin.pttl(key);
+        expect(ttl, key).toBeGreaterThan(0);
+        expect(ttl, key).toBeLessThanOrEqual(60_000);
+      }
       const reader = open();
       expect(await reader.findRun('r1')).toBeUndefined();
       expect(await reader.listRuns()).toEqual([]);
       expect(await reader.pendingCharges('r1', 0, 10)).toEqual([]);
       expect(await reader.counts('r1')).toMatchObject({ pending: 0 });
 
-      // Its process is gone from this host: the run id is free at once, nothing of the dead import stays.
+      // Its process is gone from this host: the run id is free at once, nothing of the dead
+      // import stays: not its rows, nor its folds (u1 is no second spelling of a dead U1).
+      const duplicates: unknown[] = [];
       const run = await reader.createRun(
         { runId: 'r1', inputHash: 'h', inputPath: 'users.csv', endpoint: 'e' },
         batchesOf(rows(5)),
-        () => {},
+        (duplicate) => duplicates.push(duplicate),
         { knownRuns: [] },
       );
+      expect(duplicates).toEqual([]);
       expect(run.total).toBe(5);
+      expect(await admin.exists(foldsKey)).toBe(0);
       expect(await admin.hlen(rowsKey)).toBe(5);
       expect(await admin.llen(`${prefix}:{r1}:order`)).toBe(5);
       expect(await reader.counts('r1')).toMatchObject({ pending: 5 });
