@@ -12,6 +12,12 @@ export interface ProviderAnswer {
   readonly retryAfter: string | undefined;
   /** The body as text (possibly cut short); may be empty. */
   readonly body: string;
+  /**
+   * The body broke off before its end (a reset or the deadline mid-body, or past the size
+   * read): what it would have said is unknown. A description's rules that read the body then
+   * cannot tell a charge from a refusal.
+   */
+  readonly truncated?: boolean | undefined;
   /** Every header of the answer, names in lower case (read by a description's rules and hints). */
   readonly headers?: Readonly<Record<string, string | string[] | undefined>> | undefined;
 }

@@ -507,6 +507,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
   #headers: Record<string, string | string[] | undefined> | undefined;
   #chunks: Buffer[] = [];
   #bytes = 0;
+  #truncated = false;
 
   constructor(shared: AttemptShared, resolve: (result: AttemptResult) => void) {
     this.#shared = shared;
@@ -541,6 +542,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
     // Enough of the body to read a charge id and a reason: the status line said what happened,
     // and a provider sending megabytes is not waited for (the connection is dropped).
     if (this.#bytes >= MAX_BODY_BYTES) {
+      this.#truncated = true;
       this.#answer();
       controller.abort(new AttemptExpiredError('answer body over the size read'));
     }
@@ -552,8 +554,10 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     if (this.#settled) return;
-    // The status line already said what happened; a broken body does not change it.
+    // The status line already said what happened; a broken body does not change it (unless
+    // the description's rules read the body: see `truncated`).
     if (this.#status !== 0) {
+      this.#truncated = true;
       this.#answer();
       return;
     }
@@ -591,6 +595,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
   expire(): void {
     if (this.#settled) return;
     if (this.#status !== 0) {
+      this.#truncated = true;
       this.#answer();
     } else {
       const sent = this.#controller !== undefined;
@@ -622,6 +627,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
         // A provider that echoes the credentials in its reason must not put them in the ledger.
         body: this.#shared.mask(body),
         headers: this.#headers,
+        ...(this.#truncated ? { truncated: true } : {}),
       }),
     );
   }

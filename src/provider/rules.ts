@@ -284,6 +284,15 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
     }
   };
 
+  const unreadable = (status: number): AttemptResult => ({
+    kind: 'retry',
+    status,
+    reason: `${statusLine(status)}, its body cut off before the response rules could read it: the provider may have charged`,
+    ambiguous: true,
+    throttled: false,
+    retryAfterMs: undefined,
+  });
+
   const hinted = (answer: ProviderAnswer, result: AttemptResult): AttemptResult => {
     if (shouldRetry === undefined) return result;
     const hint = headerValue(answer.headers, shouldRetry)?.trim().toLowerCase();
@@ -317,11 +326,16 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
     const body = new AnswerBody(exchange.body);
     for (const rule of rules) {
       if (rule.statuses !== undefined && !rule.statuses(exchange.status)) continue;
+      if (!rule.headers.every((test) => test(exchange.headers))) continue;
       if (rule.body.length > 0) {
         const json = body.json;
+        if (json === undefined && exchange.truncated === true) {
+          // The body this rule reads broke off: a refusal (Adyen's 200 "Refused") cannot be
+          // told from a charge. Retried with the same key, the provider says which it was.
+          return unreadable(exchange.status);
+        }
         if (json === undefined || !rule.body.every((test) => test(json))) continue;
       }
-      if (!rule.headers.every((test) => test(exchange.headers))) continue;
       return hinted(exchange, decide(exchange, rule, body));
     }
     return hinted(exchange, byDefault(exchange, body));

@@ -64,6 +64,14 @@ try {
       process.stderr.write(
         `chaos: round ${index + 1}/${rounds} ${which} seed ${seed} (${result.profile}): ${result.users} users, ${result.launches} launches, ${Object.values(result.faults).reduce((a, b) => a + b, 0)} faults, ${(result.ms / 1_000).toFixed(1)} s: ${verdict}\n`,
       );
+      // Which faults: to pick the seeds of the short suite, and to read a failure by.
+      process.stderr.write(
+        `  faults: ${
+          Object.entries(result.faults)
+            .map(([kind, count]) => `${kind}${count > 1 ? ` ×${count}` : ''}`)
+            .join(', ') || 'none'
+        }\n`,
+      );
       if (result.violations.length > 0) {
         for (const violation of result.violations.slice(0, 20))
           process.stderr.write(`  - ${violation}\n`);

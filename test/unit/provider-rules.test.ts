@@ -62,6 +62,50 @@ describe('response rules', () => {
     });
   });
 
+  it('retries a 2xx whose body broke off before a body rule could read it, as ambiguous (Adyen)', () => {
+    const classify = rules({
+      rules: [
+        {
+          status: '2xx',
+          body: { path: '$.resultCode', in: ['Refused', 'Error'] },
+          outcome: 'declined',
+          reason: '$.refusalReason',
+        },
+      ],
+      chargeId: { success: '$.pspReference' },
+    });
+    // A reset mid-answer: the pspReference came, the resultCode did not. Refused or Authorised?
+    const cut = { ...answer(200, '{"pspReference":"P9","resultCo'), truncated: true };
+    expect(classify(cut)).toEqual({
+      kind: 'retry',
+      status: 200,
+      reason:
+        '200 OK, its body cut off before the response rules could read it: the provider may have charged',
+      ambiguous: true,
+      throttled: false,
+      retryAfterMs: undefined,
+    });
+    // Cut off past what the rule reads: it still decides.
+    const late = {
+      ...answer(200, '{"resultCode":"Refused","refusalReason":"Expired Card"}'),
+      truncated: true,
+    };
+    expect(classify(late)).toMatchObject({ kind: 'declined', reason: 'Expired Card' });
+    // Whole, and no JSON: no rule matches, and a 2xx is a charge, as before.
+    expect(classify(answer(200, 'OK'))).toMatchObject({ kind: 'charged' });
+    // A status no body rule reads is not held up by a cut body.
+    expect(classify({ ...answer(402, '{"message":"decl'), truncated: true })).toMatchObject({
+      kind: 'declined',
+    });
+  });
+
+  it('without body rules, a 2xx is a charge however its body ends (the status says so)', () => {
+    const classify = rules({ chargeId: { success: '$.pspReference' } });
+    expect(classify({ ...answer(200, '{"pspReference":"P9","resultCo'), truncated: true })).toEqual(
+      { kind: 'charged', status: 200, chargeId: 'P9' },
+    );
+  });
+
   it('tells soft declines from hard ones by a prefix (Checkout.com response codes)', () => {
     const classify = rules({
       rules: [
