@@ -1,0 +1,319 @@
+import type { Clock } from '../domain/clock.js';
+import { describeValue } from '../domain/errors.js';
+
+/**
+ * `--concurrency auto`: finds how many requests the provider takes at once from what it answers,
+ * and follows it as it changes. Pure and clock-injected: the engines tell it when a request
+ * starts and how it ended; it never sends, sleeps or reads a clock of its own.
+ *
+ * Built for slow charges (1.6 s) and few completions, where the known limiters stall (Netflix's
+ * needs 10 completions a window before it moves; Envoy's pins concurrency to re-measure its
+ * minimum latency). Here:
+ *
+ * - A **window** is one round trip: it closes at the first answer 0.8 smoothed latencies after
+ *   the limit last changed (with at least half the limit's worth of answers, at most 8),
+ *   counting only requests sent since then: those sent under an older limit say nothing of
+ *   this one. So the limit moves about once per round trip, whatever the rate: at 5 in flight
+ *   and 1.6 s, every 1.6 s on about 5 answers.
+ * - The **baseline** is the no-load latency, measured passively: the 10th percentile of the
+ *   last 64 window medians (never by pinning concurrency down).
+ * - A **refusal** (429, 503, a timeout) of a request sent since the last change cuts at once:
+ *   the others in flight when it was sent were taken, so the capacity is about that many, and
+ *   the limit goes to 95% of it (10% down at least). Refusals of requests sent before a cut
+ *   are not counted, and however many come, a round trip halves the limit at most: a burst of
+ *   refusals cannot collapse it.
+ * - **Queueing**: a window median over `tolerance` × the baseline twice in a row (or over 1.5×
+ *   once) means requests wait at the provider: in flight ÷ (median ÷ baseline) is what it
+ *   processes at once, and the limit goes there (by half at most).
+ * - **Growth**, in windows where the limit was used (in flight reached 80% of it) and latency is
+ *   not rising: double while no capacity is known (a cold start: 1 → 1,000 in 10 round trips);
+ *   below 90% of the estimate, straight back to 95% of it; near it, +1% a window; at it, held
+ *   three windows and until 200 answers came since the last refusal (so the refusal a probe may
+ *   cost is at most 0.5% of them), then probes past it of +0.5%, +1%, +2%… a window, so a
+ *   provider that doubled its capacity is found in about twenty round trips.
+ */
+export interface LimitControllerOptions {
+  readonly clock: Clock;
+  /** Fewest requests in flight it goes down to. Default 1. */
+  readonly min?: number | undefined;
+  /** Most requests in flight it goes up to. Default 1,000. */
+  readonly max?: number | undefined;
+  /** Where a cold start begins. Default `min`. */
+  readonly initial?: number | undefined;
+  /** A window median over baseline × this (twice in a row) is queueing. Default 1.15. */
+  readonly tolerance?: number | undefined;
+}
+
+/** How one request ended, as the controller reads it. */
+export type LimitOutcome =
+  /** Answered (charged, declined, any answer that is not a refusal). */
+  | 'answered'
+  /** Refused for load or not answered in time: 429, 503, a timeout. */
+  | 'refused'
+  /** Says nothing of the provider's load (a connection refused before sending, say). */
+  | 'ignored';
+
+/** What the controller knows now: for progress, `status` and the summary. */
+export interface LimitSnapshot {
+  readonly limit: number;
+  /** The no-load latency it measured, in ms; undefined before the first window. */
+  readonly baselineMs: number | undefined;
+  /** The latest window's median latency, in ms. */
+  readonly latencyMs: number | undefined;
+  /** The provider's capacity as last estimated from a refusal or queueing; undefined before. */
+  readonly capacity: number | undefined;
+  readonly inFlight: number;
+  /** Windows closed so far (round trips observed). */
+  readonly windows: number;
+  /** Why the limit last changed. */
+  readonly reason: 'start' | 'growth' | 'refusals' | 'queueing';
+}
+
+/** Windows whose medians the baseline is the lowest of. */
+export const BASELINE_WINDOWS = 64;
+const CUT_MARGIN = 0.95;
+const MAX_CUT = 0.5;
+const MIN_CUT = 0.9;
+const UTILIZED = 0.8;
+const NEAR = 0.9;
+/**
+ * A window closes this share of a smoothed latency after it began: the answers to what was sent
+ * as it began have come (their latencies vary), so a window is one round trip, not two.
+ */
+const WINDOW = 0.8;
+/** Growth a window between 90% and 100% of the capacity estimate. */
+const NEAR_STEP = 0.01;
+/** Clean windows at the estimate before probing past it. */
+const PROBE_DELAY = 3;
+/** Answers since the last refusal before a probe: a probe's refusal is at most 1% of them. */
+const PROBE_BUDGET = 200;
+/** The first probe past the estimate; each clean window after it doubles the step. */
+const PROBE_STEP = 0.005;
+
+function medianOf(values: number[]): number {
+  values.sort((a, b) => a - b);
+  const middle = values.length >> 1;
+  return values.length % 2 === 1
+    ? (values[middle] as number)
+    : ((values[middle - 1] as number) + (values[middle] as number)) / 2;
+}
+
+export class LimitController {
+  readonly min: number;
+  readonly max: number;
+  readonly tolerance: number;
+  readonly #clock: Clock;
+  #limit: number;
+  /** The limit before rounding: small steps add up (+1% of 5 a window is a 6 in time). */
+  #value: number;
+  #inFlight = 0;
+  /** When the limit last changed: a window counts only requests sent since. */
+  #epoch: number;
+  #srttMs: number | undefined;
+  #latencies: number[] = [];
+  #inFlightSum = 0;
+  #inFlightMax = 0;
+  #medians: number[] = [];
+  #capacity: number | undefined;
+  /** Clean windows in a row at or past the capacity estimate: how hard to probe past it. */
+  #probeRun = 0;
+  /** Probes made past the estimate since the last cut: each one twice the step of the last. */
+  #probes = 0;
+  /** Answers since the last refusal: a probe past the estimate is paid for by 1% of them. */
+  #answeredSinceRefusal = 0;
+  #windows = 0;
+  /** The first refusal cut of the latest round trip, and the limit before it: one halving a round trip at most. */
+  #episodeAt = Number.NEGATIVE_INFINITY;
+  #episodeValue = 0;
+  /** Whether the last window's median was over the tolerance too. */
+  #wasQueueing = false;
+  #latencyMs: number | undefined;
+  #reason: LimitSnapshot['reason'] = 'start';
+
+  constructor(options: LimitControllerOptions) {
+    this.#clock = options.clock;
+    this.min = options.min ?? 1;
+    this.max = options.max ?? 1_000;
+    this.tolerance = options.tolerance ?? 1.15;
+    for (const [name, value] of [
+      ['min', this.min],
+      ['max', this.max],
+    ] as const) {
+      if (!(Number.isSafeInteger(value) && value >= 1)) {
+        throw new RangeError(
+          `Expected \`${name}\` to be a whole number >= 1, got ${describeValue(value)}`,
+        );
+      }
+    }
+    if (this.max < this.min) {
+      throw new RangeError(`Expected \`max\` (${this.max}) to be >= \`min\` (${this.min})`);
+    }
+    if (!(Number.isFinite(this.tolerance) && this.tolerance > 1)) {
+      throw new RangeError(
+        `Expected \`tolerance\` to be a number > 1, got ${describeValue(this.tolerance)}`,
+      );
+    }
+    this.#limit = this.#clamp(options.initial ?? this.min);
+    this.#value = this.#limit;
+    this.#epoch = this.#clock.now();
+  }
+
+  /** Requests it allows in flight now. */
+  get limit(): number {
+    return this.#limit;
+  }
+
+  /** A request is sent: returns what `complete` takes back. */
+  start(): LimitTicket {
+    this.#inFlight++;
+    return { startedAt: this.#clock.now(), inFlight: this.#inFlight };
+  }
+
+  /** The request of `ticket` ended as `outcome`. */
+  complete(ticket: LimitTicket, outcome: LimitOutcome): void {
+    this.#inFlight = Math.max(0, this.#inFlight - 1);
+    const now = this.#clock.now();
+    const latency = now - ticket.startedAt;
+    if (outcome === 'answered') {
+      this.#srttMs = this.#srttMs === undefined ? latency : this.#srttMs * 0.875 + latency * 0.125;
+    }
+    // Sent under an older limit, or saying nothing: not this window's evidence.
+    if (outcome === 'ignored' || ticket.startedAt < this.#epoch) return;
+    if (outcome === 'refused') {
+      // Said at once, not at the window's end: a refusal comes back fast, and each request in
+      // flight past the capacity is refused again. The others in flight when it was sent were
+      // taken. Refusals of requests sent before this cut are ignored (above), so a burst of
+      // them cuts once.
+      this.#answeredSinceRefusal = 0;
+      this.#cut(Math.max(this.min, ticket.inFlight - 1), 'refusals', now);
+      return;
+    }
+    this.#answeredSinceRefusal++;
+    this.#latencies.push(latency);
+    this.#inFlightSum += ticket.inFlight;
+    this.#inFlightMax = Math.max(this.#inFlightMax, ticket.inFlight);
+    if (
+      now - this.#epoch >= (this.#srttMs ?? 0) * WINDOW &&
+      this.#latencies.length >= this.#needed()
+    ) {
+      this.#close(now);
+    }
+  }
+
+  snapshot(): LimitSnapshot {
+    return {
+      limit: this.#limit,
+      baselineMs: this.#baseline(),
+      latencyMs: this.#latencyMs,
+      capacity: this.#capacity,
+      inFlight: this.#inFlight,
+      windows: this.#windows,
+      reason: this.#reason,
+    };
+  }
+
+  /** Samples a window needs: half the limit's worth, enough for a median, 1 at a limit of 1. */
+  #needed(): number {
+    return Math.max(1, Math.min(Math.ceil(this.#limit / 2), 8));
+  }
+
+  #close(now: number): void {
+    const answered = this.#latencies.length;
+    const meanInFlight = this.#inFlightSum / answered;
+    const utilized = this.#inFlightMax >= this.#limit * UTILIZED;
+    const median = medianOf(this.#latencies);
+    this.#medians.push(median);
+    if (this.#medians.length > BASELINE_WINDOWS) this.#medians.shift();
+    this.#latencyMs = median;
+    const baseline = this.#baseline() as number;
+    this.#windows++;
+    const ratio = median / baseline;
+    // Over the tolerance twice in a row (or by half): one window of a few noisy answers is not
+    // a queue.
+    const queueing = ratio > this.tolerance && (this.#wasQueueing || ratio > 1.5);
+    this.#wasQueueing = ratio > this.tolerance;
+    if (queueing && meanInFlight >= this.min) this.#cut(meanInFlight / ratio, 'queueing', now);
+    // Near a known capacity with latency already rising (past half the tolerance): hold, do
+    // not push it further. A cold start doubles on: its few first answers make a rough baseline.
+    else if (utilized && (this.#capacity === undefined || ratio <= 1 + (this.tolerance - 1) / 2)) {
+      this.#grow(now);
+    }
+    this.#latencies = [];
+    this.#inFlightSum = 0;
+    this.#inFlightMax = 0;
+  }
+
+  /** Down to `capacity` (what the provider took), less a margin after refusals. */
+  #cut(capacity: number, reason: 'refusals' | 'queueing', now: number): void {
+    const target = reason === 'refusals' ? capacity * CUT_MARGIN : capacity;
+    let floor = this.#value * MAX_CUT;
+    if (reason === 'refusals') {
+      if (now - this.#episodeAt > (this.#srttMs ?? 0)) {
+        this.#episodeAt = now;
+        this.#episodeValue = this.#value;
+      }
+      // However many refusals a round trip brings, it halves the limit at most.
+      floor = Math.max(floor, this.#episodeValue * MAX_CUT);
+    }
+    const ceiling = reason === 'refusals' ? this.#value * MIN_CUT : this.#value;
+    this.#capacity = Math.max(this.min, capacity);
+    this.#set(Math.min(ceiling, Math.max(floor, target)), now);
+    this.#probeRun = 0;
+    this.#probes = 0;
+    this.#wasQueueing = false;
+    this.#reason = reason;
+  }
+
+  #grow(now: number): void {
+    const capacity = this.#capacity;
+    const value = this.#value;
+    let next: number;
+    if (capacity === undefined) next = Math.max(value * 2, value + 1);
+    else if (value < capacity * NEAR) next = capacity * CUT_MARGIN;
+    else if (value < capacity) next = value * (1 + NEAR_STEP);
+    else {
+      // At the estimate: hold a few windows, then probe past it, harder each clean window.
+      this.#probeRun++;
+      // A probe may cost a refusal: made only once enough answers came since the last to pay.
+      if (this.#probeRun > PROBE_DELAY && this.#answeredSinceRefusal >= PROBE_BUDGET) {
+        next = value * (1 + PROBE_STEP * 2 ** Math.min(this.#probes, 7));
+        this.#probes++;
+      } else {
+        next = value;
+      }
+    }
+    this.#set(next, now);
+    this.#reason = 'growth';
+  }
+
+  /** A new limit starts a new window: the evidence gathered was about the old one. */
+  #set(value: number, now: number): void {
+    this.#value = Math.min(this.max, Math.max(this.min, value));
+    const limit = this.#clamp(this.#value);
+    if (limit !== this.#limit) {
+      this.#epoch = now;
+      this.#latencies = [];
+      this.#inFlightSum = 0;
+      this.#inFlightMax = 0;
+    }
+    this.#limit = limit;
+  }
+
+  /** The no-load latency: a low (10th) percentile of the recent window medians. */
+  #baseline(): number | undefined {
+    if (this.#medians.length === 0) return undefined;
+    const sorted = [...this.#medians].sort((a, b) => a - b);
+    return sorted[Math.floor((sorted.length - 1) / 10)];
+  }
+
+  #clamp(value: number): number {
+    return Math.min(this.max, Math.max(this.min, Math.round(value)));
+  }
+}
+
+/** What `start` hands out and `complete` takes back. */
+export interface LimitTicket {
+  readonly startedAt: number;
+  /** Requests in flight once this one was sent. */
+  readonly inFlight: number;
+}
