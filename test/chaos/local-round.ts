@@ -224,7 +224,8 @@ export async function localRound(seed: number, workDir: string): Promise<RoundRe
       tally(faults, 'operator fixes rows');
     }
     if (random.chance(0.25)) {
-      users = [...users, ...addedUsers(random, users.length, random.int(1, 20))];
+      // Numbered after every user the file ever held: a removed user's id is never reused.
+      users = [...users, ...addedUsers(random, users.length + removed.length, random.int(1, 20))];
       tally(faults, 'operator adds users');
     }
     await write();
