@@ -4,7 +4,7 @@
  * waits in a FIFO line, which is how an overloaded server's latency grows.
  */
 export class CapacityGate {
-  readonly capacity: number;
+  #capacity: number;
   inFlight = 0;
   maxInFlight = 0;
   maxQueued = 0;
@@ -12,7 +12,24 @@ export class CapacityGate {
   #onIdle: (() => void) | undefined;
 
   constructor(capacity: number) {
-    this.capacity = capacity;
+    this.#capacity = capacity;
+  }
+
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  /**
+   * A provider whose capacity changed (POST /capacity): more slots let waiters in at once; fewer
+   * take effect as requests in flight end (none is dropped).
+   */
+  setCapacity(capacity: number): void {
+    this.#capacity = capacity;
+    while (this.inFlight < this.#capacity && this.#waiting.length > 0) {
+      const next = this.#waiting.shift() as () => void;
+      this.#take();
+      next();
+    }
   }
 
   get queued(): number {
@@ -21,7 +38,7 @@ export class CapacityGate {
 
   /** Takes a slot when one is free. */
   tryEnter(): boolean {
-    if (this.inFlight >= this.capacity) return false;
+    if (this.inFlight >= this.#capacity) return false;
     this.#take();
     return true;
   }
@@ -39,7 +56,7 @@ export class CapacityGate {
   /** Gives the slot back; the longest waiter, if any, takes it at once. */
   leave(): void {
     this.inFlight--;
-    const next = this.#waiting.shift();
+    const next = this.inFlight < this.#capacity ? this.#waiting.shift() : undefined;
     if (next) {
       this.#take();
       next();

@@ -37,6 +37,11 @@ export interface MockProvider {
    */
   outage(ms: number, mode?: OutageMode): Promise<void>;
   /**
+   * Changes how many requests it processes at once, as POST /capacity?n=…: a provider whose
+   * capacity moves during a run (a smaller one takes effect as requests in flight end).
+   */
+  setCapacity(capacity: number): void;
+  /**
    * Stops accepting connections, lets requests in flight finish for up to `graceMs`
    * (default: the `shutdownGraceMs` option), then drops whatever is left.
    */
@@ -46,6 +51,8 @@ export interface MockProvider {
 export type OutageMode = '503' | 'restart';
 
 const MAX_BODY_BYTES = 64 * 1024;
+/** Largest capacity POST /capacity takes. */
+const MAX_CAPACITY = 1_000_000;
 /** Longest outage an admin request may ask for. */
 const MAX_OUTAGE_MS = 3_600_000;
 const JSON_TYPE = 'application/json';
@@ -286,6 +293,23 @@ export async function startMockProvider(
     process(pending, res);
   }
 
+  function setCapacity(capacity: number): void {
+    if (!(Number.isSafeInteger(capacity) && capacity >= 1)) {
+      throw new RangeError(`Expected a capacity that is a whole number >= 1, got ${capacity}`);
+    }
+    gate.setCapacity(capacity);
+  }
+
+  function capacityRoute(res: ServerResponse, query: URLSearchParams): void {
+    const capacity = Number(query.get('n'));
+    if (!(Number.isSafeInteger(capacity) && capacity >= 1 && capacity <= MAX_CAPACITY)) {
+      badRequest(res, 'n', `must be a whole number from 1 to ${MAX_CAPACITY}`);
+      return;
+    }
+    setCapacity(capacity);
+    send(res, 200, JSON.stringify({ ok: true, capacity }));
+  }
+
   function outageRoute(res: ServerResponse, query: URLSearchParams): void {
     const ms = Number(query.get('ms'));
     const mode = query.get('mode') ?? '503';
@@ -365,7 +389,7 @@ export async function startMockProvider(
     const isCharges = path.startsWith('/charges/');
     const isCharge = shape.isChargePath(path);
     const allowed =
-      isCharge || path === '/reset' || path === '/outage'
+      isCharge || path === '/reset' || path === '/outage' || path === '/capacity'
         ? 'POST'
         : path === '/stats' || path === '/health' || isCharges
           ? 'GET'
@@ -379,7 +403,9 @@ export async function startMockProvider(
       reset();
       send(res, 200, ANSWER.reset);
     } else if (path === '/outage') outageRoute(res, new URLSearchParams(target.slice(query + 1)));
-    else send(res, 200, ANSWER.health);
+    else if (path === '/capacity') {
+      capacityRoute(res, new URLSearchParams(query === -1 ? '' : target.slice(query + 1)));
+    } else send(res, 200, ANSWER.health);
   }
 
   const server = createServer({ keepAliveTimeout: 10_000, noDelay: true }, route);
@@ -437,6 +463,7 @@ export async function startMockProvider(
     chargesOf: (userId) => ledger.chargesOf(userId),
     reset,
     outage,
+    setCapacity,
     close,
   };
 }

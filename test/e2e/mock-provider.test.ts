@@ -8,6 +8,7 @@ import {
 import { drawsFor } from '../../src/mock-provider/random.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 import { type Answer, getJson, postCharge, testAgent } from '../helpers/http.js';
+import { pollUntil } from '../helpers/poll.js';
 
 let agent: Agent;
 const running: MockProvider[] = [];
@@ -499,6 +500,41 @@ describe('limits', () => {
     const stats = provider.stats();
     expect(stats).toMatchObject({ max_in_flight: 2, charges: 8, rejected_503: 0, queued: 0 });
     expect(stats.max_queued).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe('a capacity that changes during a run (POST /capacity)', () => {
+  it('more slots let the queue in at once; fewer take effect as requests end; bad values refused', async () => {
+    const provider = await start({ capacity: 1, latencyMs: 150, overload: 'queue' });
+    const answers = Promise.all(users(4).map((userId) => attempt(provider, charge(userId))));
+    // Latency 150 ms, one slot: one charge in processing and three waiting, once all arrived.
+    await pollUntil('four charges arrived', async () =>
+      provider.stats().queued === 3 ? true : undefined,
+    );
+    expect(provider.stats()).toMatchObject({ in_flight: 1, queued: 3 });
+    const raised = await request(`${provider.url}/capacity?n=4`, {
+      dispatcher: agent,
+      method: 'POST',
+    });
+    expect(raised.statusCode).toBe(200);
+    expect(await raised.body.json()).toEqual({ ok: true, capacity: 4 });
+    expect(provider.stats()).toMatchObject({ in_flight: 4, queued: 0 });
+    expect((await answers).every((answer) => answer.status === 200)).toBe(true);
+
+    provider.setCapacity(1);
+    provider.reset();
+    await Promise.all(users(3, 'second').map((userId) => attempt(provider, charge(userId))));
+    expect(provider.stats()).toMatchObject({ max_in_flight: 1, charges: 3 });
+
+    for (const bad of ['', 'n=0', 'n=1.5', 'n=abc']) {
+      const refused = await request(`${provider.url}/capacity?${bad}`, {
+        dispatcher: agent,
+        method: 'POST',
+      });
+      expect(refused.statusCode, bad).toBe(400);
+      await refused.body.text();
+    }
+    expect(() => provider.setCapacity(0)).toThrow(RangeError);
   });
 });
 
