@@ -40,9 +40,17 @@ export interface TransportFailure {
 
 export type ProviderExchange = ProviderAnswer | TransportFailure;
 
+/** Masks what a provider echoed of the credentials in a text (see `secretFragments`). */
+export type ReasonMask = (text: string) => string;
+
 export interface ClassifyContext {
   /** The endpoint as safe to print (no credentials, no query string), for fatal reasons. */
   readonly endpoint: string;
+  /**
+   * Applied to every reason taken from an answer before it is cut to length, so no reason the
+   * ledger keeps holds a credential the provider echoed (the answer itself is read unmasked).
+   */
+  readonly mask?: ReasonMask | undefined;
   /** Read only for a Retry-After given as an HTTP date. */
   readonly wallClock: WallClock;
   /** Longest Retry-After honoured, in ms; longer ones are cut to it. */
@@ -82,7 +90,11 @@ export function classify(exchange: ProviderExchange, context: ClassifyContext): 
     case 'charged':
       return { kind: 'charged', status, chargeId: chargeIdOf(body) };
     case 'declined':
-      return { kind: 'declined', status, reason: providerReason(body) ?? statusLine(status) };
+      return {
+        kind: 'declined',
+        status,
+        reason: providerReason(body, context.mask) ?? statusLine(status),
+      };
     case 'retry': {
       let retryAfterMs: number | undefined;
       if (status === 429 || status === 503 || status === 409) {
@@ -91,7 +103,7 @@ export function classify(exchange: ProviderExchange, context: ClassifyContext): 
           maxMs: context.maxRetryAfterMs,
         });
       }
-      const said = providerReason(body);
+      const said = providerReason(body, context.mask);
       return {
         kind: 'retry',
         status,
@@ -166,7 +178,7 @@ function chargeIdOf(body: string): string | undefined {
  * The provider's reason: `error` and `message` of a JSON body (`card_declined`,
  * `invalid_request: amount must be positive`), else the start of a text body; one line, short.
  */
-export function providerReason(body: string): string | undefined {
+export function providerReason(body: string, mask?: ReasonMask): string | undefined {
   const parsed = parseObject(body);
   let reason: string | undefined;
   if (parsed) {
@@ -180,13 +192,15 @@ export function providerReason(body: string): string | undefined {
     reason = body;
   }
   if (reason === undefined) return undefined;
-  const line = oneLine(reason);
-  return line.length === 0 ? undefined : truncate(line, REASON_MAX_LENGTH);
+  return oneLineReason(reason, mask);
 }
 
-/** A provider's reason as a report keeps it: one line, at most REASON_MAX_LENGTH characters. */
-export function oneLineReason(text: string): string | undefined {
-  const line = oneLine(text);
+/**
+ * A provider's reason as a report keeps it: one line, credentials masked (before it is cut, so
+ * no part of one is left at the cut), at most REASON_MAX_LENGTH characters.
+ */
+export function oneLineReason(text: string, mask?: ReasonMask): string | undefined {
+  const line = oneLine(mask === undefined ? text : mask(text));
   return line.length === 0 ? undefined : truncate(line, REASON_MAX_LENGTH);
 }
 

@@ -106,8 +106,6 @@ const systemWallClock: WallClock = { now: Date.now };
 // Settings every attempt shares, built once per client.
 interface AttemptShared {
   readonly classify: Classifier;
-  /** An answer's body with the sensitive header values a provider echoed masked. */
-  readonly mask: (body: string) => string;
   readonly timeoutMs: number;
 }
 
@@ -169,13 +167,14 @@ export class ProviderClient implements BillingSender {
       endpoint: this.endpoint,
       wallClock: options.wallClock ?? systemWallClock,
       maxRetryAfterMs,
+      // A provider that echoes the credentials in its reason must not put them in the ledger.
+      mask: reasonMask(this.#headers),
     };
     this.#shared = {
       classify:
         options.provider === undefined
           ? (exchange) => classify(exchange, context)
           : compileRules(description.response, context),
-      mask: bodyMask(this.#headers),
       timeoutMs,
     };
     this.#pool = new Pool(this.request.origin, {
@@ -482,9 +481,9 @@ const TIMEOUT_CODES = new Set([
   'ETIMEDOUT',
 ]);
 
-function bodyMask(headers: readonly RequestHeader[]): (body: string) => string {
+function reasonMask(headers: readonly RequestHeader[]): ((text: string) => string) | undefined {
   const fragments = secretFragments(headers);
-  return fragments.length === 0 ? (body) => body : (body) => maskSecrets(body, fragments);
+  return fragments.length === 0 ? undefined : (text) => maskSecrets(text, fragments);
 }
 
 function onDeadline(handler: AttemptHandler): void {
@@ -624,8 +623,7 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
         type: 'answer',
         status: this.#status,
         retryAfter: this.#retryAfter,
-        // A provider that echoes the credentials in its reason must not put them in the ledger.
-        body: this.#shared.mask(body),
+        body,
         headers: this.#headers,
         ...(this.#truncated ? { truncated: true } : {}),
       }),

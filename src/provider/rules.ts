@@ -192,9 +192,11 @@ export function compileRules(response: Response, context: ClassifyContext): Clas
   };
   const reasonOf = (own: readonly JsonGetter[] | undefined, body: AnswerBody) => {
     const said = firstText(own, body) ?? firstText(reasons, body);
-    if (said !== undefined) return oneLineReason(said);
+    if (said !== undefined) return oneLineReason(said, context.mask);
     // No path found one: the default shape's reading (`error`, `message`, or the text).
-    return reasons === undefined && own === undefined ? providerReason(body.text) : undefined;
+    return reasons === undefined && own === undefined
+      ? providerReason(body.text, context.mask)
+      : undefined;
   };
 
   const retryAfterOf = (answer: ProviderAnswer): number | undefined => {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { decideRetry, resolveRetryPolicy } from '../../src/control/retry-policy.js';
 import type { ProviderAnswer } from '../../src/provider/classify.js';
 import { type ProviderDescriptionInput, providerSchema } from '../../src/provider/description.js';
+import { maskSecrets, secretFragments } from '../../src/provider/header-template.js';
 import { compileRules } from '../../src/provider/rules.js';
 
 const NOW = Date.parse('2026-12-02T03:00:00Z');
@@ -96,6 +97,45 @@ describe('response rules', () => {
     // A status no body rule reads is not held up by a cut body.
     expect(classify({ ...answer(402, '{"message":"decl'), truncated: true })).toMatchObject({
       kind: 'declined',
+    });
+  });
+
+  it('masks echoed credentials in reasons before they are cut, and reads the answer unmasked', () => {
+    const secret = 'sk_live_canary_0123456789abcdef';
+    const fragments = secretFragments([
+      { name: 'Authorization', value: `Bearer ${secret}`, sensitive: true },
+      // A short sensitive value: masked in reasons, never in what the rules read.
+      { name: 'X-Shard', value: '1', sensitive: true },
+    ]);
+    const classify = compileRules(
+      providerSchema.parse({
+        response: {
+          rules: [
+            {
+              status: '2xx',
+              body: { path: '$.resultCode', in: ['Refused'] },
+              outcome: 'declined',
+              reason: '$.refusalReason',
+            },
+          ],
+          chargeId: { success: '$.pspReference' },
+        },
+      }).response,
+      { ...context, mask: (text) => maskSecrets(text, fragments) },
+    );
+    // The secret straddles the 200-character cut: no part of it is left.
+    const said = `${'x'.repeat(180)} key ${secret} refused`;
+    const result = classify(
+      answer(200, { pspReference: 'P1', resultCode: 'Refused', refusalReason: said, amount: 100 }),
+    );
+    expect(result.kind).toBe('declined');
+    const reason = result.kind === 'declined' ? result.reason : '';
+    expect(reason).toContain('[redacted]');
+    expect(reason).not.toContain(secret.slice(0, 8));
+    expect(classify(answer(200, { pspReference: 'P21', resultCode: 'Authorised' }))).toEqual({
+      kind: 'charged',
+      status: 200,
+      chargeId: 'P21',
     });
   });
 
