@@ -7,8 +7,8 @@ import { localRound } from '../chaos/local-round.js';
 import type { RoundResult } from '../chaos/round.js';
 
 // The short chaos suite: a few rounds of `npm run chaos` (test/chaos/main.ts) with fixed seeds,
-// from the 50-round run in docs/guarantees.md, chosen for the many kinds of fault they inject
-// (kills of the run, of enqueue, of workers, of Redis; outages; operator reruns). A failing round
+// from the 50-round runs in docs/guarantees.md (seed 6000 found the Adyen cut-off refusal), chosen for
+// the many kinds of fault they inject (kills of the run, of enqueue, of workers, of Redis; outages; operator reruns). A failing round
 // names its seed: `npm run chaos -- --rounds 1 --engine <engine> --seed <seed>` replays it.
 
 let workDir: string;
@@ -28,7 +28,7 @@ function explain(result: RoundResult): string {
   ].join('\n');
 }
 
-const LOCAL_SEEDS = [5016, 5026, 6000];
+const LOCAL_SEEDS = [5016, 6000];
 const DISTRIBUTED_SEEDS = [5025];
 
 describe('chaos, short', () => {
