@@ -4,6 +4,7 @@ import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
 import { SHAPE_NAMES } from '../mock-provider/shapes/shape.js';
 import { ExitStatus, exitStatusFor } from './exit-codes.js';
 import { durationFlag, integerFlag, numberFlag } from './parse.js';
+import { exitOnLateStopSignals } from './signals.js';
 
 // The package's own version: ../../package.json from src/cli (tsx) and from dist/cli (the build).
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
@@ -438,6 +439,8 @@ async function main(): Promise<void> {
       process.stderr.write(`${error.stack}\n`);
     }
     process.exitCode = exitStatusFor(error);
+  } finally {
+    exitOnLateStopSignals();
   }
 }
 

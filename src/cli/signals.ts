@@ -22,3 +22,14 @@ export function onStopSignals(onFirst: () => void, onSecond: () => void): () => 
     process.off('SIGTERM', handler);
   };
 }
+
+/**
+ * Once a command's work is over and said, a SIGINT or SIGTERM that comes before the process has
+ * wound down (closing the ledger, the HTTP pools, Redis) ends it at once with the command's own
+ * exit status, not the signal's 130/143: the run already ended, and its status says how.
+ */
+export function exitOnLateStopSignals(): void {
+  const handler = () => process.exit();
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
