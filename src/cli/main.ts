@@ -374,6 +374,50 @@ program
   });
 
 program
+  .command('plan')
+  .description(
+    'Validate an input as `run` does and plan its cycle: users, totals per currency, and the concurrency a --deadline needs (charges nobody, opens no ledger, sends nothing).',
+  )
+  .argument('<input>', 'CSV (header user_id,amount,currency) or NDJSON file')
+  .requiredOption(
+    '--latency <duration>',
+    'expected latency of one request, e.g. 1.6s',
+    durationFlag('--latency'),
+  )
+  .option(
+    '--deadline <when>',
+    'when the cycle must be done: a duration from now (45m, 2h) or a time with its date and offset (2026-12-02T09:00:00+01:00)',
+  )
+  .option(
+    '--max-concurrency <n>',
+    'most requests in flight the deadline may ask for',
+    integerFlag('--max-concurrency'),
+    1_000,
+  )
+  .option('--rate <n>', 'most requests per second (default: unlimited)', numberFlag('--rate'))
+  .option(
+    '--concurrency <n>',
+    'requests in flight, without --deadline',
+    integerFlag('--concurrency'),
+    64,
+  )
+  .option('--skip-invalid', 'count invalid rows and plan the rest')
+  .addOption(configOption())
+  .option('--json', 'print the plan as one JSON object on stdout')
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill plan users.csv --latency 1.6s --deadline 1h`,
+      `$ bulkbill plan users.csv --latency 1.6s --deadline 2026-12-02T09:00:00+01:00 --rate 300`,
+      `$ bulkbill plan users.csv --latency 250ms --concurrency 500 --json`,
+    ),
+  )
+  .action(async (input: string, flags, command: Command) => {
+    const { planCommand } = await import('./plan.js');
+    process.exitCode = await planCommand(input, await configured(command, flags));
+  });
+
+program
   .command('init')
   .description(
     'Write a commented starting config file (bulkbill.config.json) for a provider: its request template, idempotency and response rules.',
