@@ -8,6 +8,8 @@ export const ExitStatus = {
   Failed: 1,
   /** Usage, input or configuration error: nothing was done. */
   Usage: 2,
+  /** Every charge ended well, but after `--deadline`. */
+  DeadlineMissed: 3,
   /** Interrupted by SIGINT/SIGTERM. */
   Interrupted: 130,
 } as const;

@@ -3,7 +3,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
 import { SHAPE_NAMES } from '../mock-provider/shapes/shape.js';
 import { ExitStatus, exitStatusFor } from './exit-codes.js';
-import { durationFlag, integerFlag, numberFlag } from './parse.js';
+import { concurrencyFlag, durationFlag, integerFlag, numberFlag } from './parse.js';
 import { exitOnLateStopSignals } from './signals.js';
 
 // The package's own version: ../../package.json from src/cli (tsx) and from dist/cli (the build).
@@ -153,7 +153,30 @@ program
   )
   .addOption(configOption())
   .option('--run-id <id>', 'names the billing cycle (default: resume, or a fresh id)')
-  .option('--concurrency <n>', 'most requests in flight (default 64)', integerFlag('--concurrency'))
+  .option(
+    '--concurrency <n|auto>',
+    "most requests in flight (default 64), or auto: found from the provider's latency and refusals",
+    concurrencyFlag('--concurrency'),
+  )
+  .option(
+    '--min-concurrency <n>',
+    'fewest requests in flight auto and --deadline go down to (default 1)',
+    integerFlag('--min-concurrency'),
+  )
+  .option(
+    '--max-concurrency <n>',
+    'most requests in flight auto and --deadline go up to (default 1000)',
+    integerFlag('--max-concurrency'),
+  )
+  .option(
+    '--deadline <when>',
+    'finish by then, at the fewest requests in flight that do: a duration (45m, 2h) or a time with date and offset (2026-12-02T09:00:00+01:00)',
+  )
+  .option(
+    '--outage-wait <duration>',
+    'how long the circuit breaker waits for a provider that is down before the run stops, charges left pending (default 30m; 0 turns it off)',
+    durationFlag('--outage-wait'),
+  )
   .option('--rate <n>', 'most requests per second (default: unlimited)', numberFlag('--rate'))
   .option(
     '--timeout <duration>',

@@ -38,9 +38,25 @@ const FLAG_OF_BILL_OPTION: Record<string, string> = {
   ledgerInstance: '--ledger',
   reportPath: '--report',
   lockDurationMs: '--lock-duration',
+  outageWaitMs: '--outage-wait',
 };
 
 /** The flag of an engine option, for errors: `timeoutMs` → `--timeout`, `runId` → `--run-id`. */
 export function billLabel(name: string): string {
   return FLAG_OF_BILL_OPTION[name] ?? flagName(name);
+}
+
+/** `--concurrency`: a whole number, or `auto`. */
+export function concurrencyFlag(flag: string): (value: string) => number | 'auto' {
+  const integer = integerFlag(flag);
+  return (value) => {
+    if (value.trim().toLowerCase() === 'auto') return 'auto';
+    try {
+      return integer(value);
+    } catch {
+      throw new UsageError(
+        `${flag}: expected a whole number or auto, got ${JSON.stringify(value)}`,
+      );
+    }
+  };
 }

@@ -19,7 +19,11 @@ export interface RunFlags {
   /** A code adapter module's path (`--adapter`, or the config file's `adapter`). */
   adapter?: string;
   runId?: string;
-  concurrency?: number;
+  concurrency?: number | 'auto';
+  minConcurrency?: number;
+  maxConcurrency?: number;
+  deadline?: string;
+  outageWait?: number;
   rate?: number;
   timeout?: number;
   ca?: string;
@@ -59,6 +63,10 @@ export function toSummary(result: BillResult, reportPath: string | undefined): R
     importMs: result.importMs,
     // maxRSS is in kibibytes.
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
+    ...(result.dispatch === undefined ? {} : { dispatch: result.dispatch }),
+    ...(result.dispatch?.deadline === undefined
+      ? {}
+      : { deadlineMet: Date.now() <= result.dispatch.deadline.at }),
   };
 }
 
@@ -68,7 +76,11 @@ export function exitStatusOf(result: BillResult): number {
   if (result.outcome === 'stopped') return ExitStatus.Usage;
   if (result.outcome === 'planned') return ExitStatus.Ok;
   const { failed, unknown, pending } = result.counts;
-  return failed + unknown + pending > 0 ? ExitStatus.Failed : ExitStatus.Ok;
+  if (failed + unknown + pending > 0) return ExitStatus.Failed;
+  const deadline = result.dispatch?.deadline;
+  // Every charge ended well, but later than it had to.
+  if (deadline !== undefined && Date.now() > deadline.at) return ExitStatus.DeadlineMissed;
+  return ExitStatus.Ok;
 }
 
 /** The dry run's requests, as they will be sent: secret header values read [redacted]. */
@@ -148,6 +160,10 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       headers: flags.header,
       ...(flags.runId === undefined ? {} : { runId: flags.runId }),
       ...(flags.concurrency === undefined ? {} : { concurrency: flags.concurrency }),
+      ...(flags.minConcurrency === undefined ? {} : { minConcurrency: flags.minConcurrency }),
+      ...(flags.maxConcurrency === undefined ? {} : { maxConcurrency: flags.maxConcurrency }),
+      ...(flags.deadline === undefined ? {} : { deadline: flags.deadline }),
+      ...(flags.outageWait === undefined ? {} : { outageWaitMs: flags.outageWait }),
       ...(flags.rate === undefined ? {} : { rate: flags.rate }),
       ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout }),
       ...(flags.ca === undefined ? {} : { caFile: flags.ca }),

@@ -184,6 +184,8 @@ export function decideRetry(
   before: ChargeAttempts,
   result: AttemptResult,
   random: Random,
+  /** The circuit breaker excused it: the provider was down, the attempt counts for nothing. */
+  excused = false,
 ): RetryDecision {
   switch (result.kind) {
     case 'charged':
@@ -203,8 +205,8 @@ export function decideRetry(
       const conflict = result.conflict === true;
       // Throttles and 409s say "not now", not "this failed": they use up waits, not attempts.
       const waiting = conflict || (result.throttled && !policy.throttlesConsumeAttempts);
-      const attempts = waiting ? before.attempts : before.attempts + 1;
-      const waits = waiting ? (before.waits ?? 0) + 1 : 0;
+      const attempts = waiting || excused ? before.attempts : before.attempts + 1;
+      const waits = excused ? (before.waits ?? 0) : waiting ? (before.waits ?? 0) + 1 : 0;
       if (attempts >= policy.maxAttempts) {
         return finish(attempts, ambiguous, ambiguous ? 'unknown' : 'failed');
       }

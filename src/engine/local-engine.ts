@@ -2,8 +2,10 @@ import { access, constants, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import type { Random } from '../control/backoff.js';
+import { BREAKER_DEFAULTS } from '../control/circuit-breaker.js';
 import { resolveRetryPolicy } from '../control/retry-policy.js';
 import { type Clock, systemClock } from '../domain/clock.js';
+import type { DispatchReport } from '../domain/dispatch.js';
 import { BulkbillError, describeValue, ErrorCode, UsageError } from '../domain/errors.js';
 import { idempotencyKey, runIdProblem } from '../domain/idempotency-key.js';
 import { hashInput, type InputFormat } from '../input/index.js';
@@ -37,6 +39,12 @@ export type {
 } from '../provider/index.js';
 export type { RunChoice } from './run-choice.js';
 
+import {
+  checkDispatchSettings,
+  deadlineOf,
+  dispatchControls,
+  mostInFlight,
+} from './dispatch-controls.js';
 import { type ChargeSender, Scheduler, systemTimers, type Timers } from './scheduler.js';
 
 const positiveInteger = z.number().int().min(1);
@@ -63,8 +71,28 @@ export const billOptionsSchema = z
     adapter: z.string().min(1).optional(),
     /** Names the billing cycle (`2026-11`). Default: resume the input's unfinished run, else a fresh id. */
     runId: z.string().optional(),
-    /** Most requests in flight. Default 64. */
-    concurrency: positiveInteger.max(100_000).default(64),
+    /**
+     * Most requests in flight, or `auto`: found from what the provider answers (latency rising,
+     * 429/503/timeouts), between minConcurrency and maxConcurrency. Default 64; with a deadline,
+     * the fewest that finish in time.
+     */
+    concurrency: z.union([positiveInteger.max(100_000), z.literal('auto')]).optional(),
+    /** Fewest requests in flight `auto` and a deadline go down to. Default 1. */
+    minConcurrency: positiveInteger.max(100_000).default(1),
+    /** Most requests in flight `auto` and a deadline go up to. Default 1,000. */
+    maxConcurrency: positiveInteger.max(100_000).default(1_000),
+    /**
+     * When the cycle must be done: epoch ms, a duration from now (`45m`) or a time with date and
+     * offset (`2026-12-02T09:00:00+01:00`). Runs at the fewest requests in flight that finish in
+     * time. Default: none.
+     */
+    deadline: z.union([z.number().finite(), z.string().min(1)]).optional(),
+    /**
+     * How long the circuit breaker waits for a provider that is down (5xx, resets, timeouts on
+     * most recent attempts) before the run stops with its charges pending, in ms; 0 turns the
+     * breaker off. Default 30 min.
+     */
+    outageWaitMs: z.number().finite().nonnegative().default(BREAKER_DEFAULTS.giveUpMs),
     /** Most requests per second (smooth token bucket). Default: unlimited. */
     rate: z.number().finite().positive().optional(),
     /** Deadline of one request, in ms. Default 30 s. */
@@ -194,6 +222,8 @@ export interface BillResult {
   readonly reportPath: string | undefined;
   /** Time spent validating and importing the input (0 when an existing run was resumed). */
   readonly importMs: number;
+  /** How requests were paced: the limit, the deadline's standing, the breaker. */
+  readonly dispatch?: DispatchReport | undefined;
 }
 
 function checkOptions(options: BillOptions, label: (name: string) => string): ResolvedBillOptions {
@@ -269,8 +299,12 @@ export async function bill(
   label: (name: string) => string = (name) => `\`${name}\``,
 ): Promise<BillResult> {
   const config = checkOptions(options, label);
+  checkDispatchSettings(config, label);
   const clock = options.clock ?? systemClock;
+  const wallClock = options.wallClock ?? Date.now;
   const started = clock.now();
+  // Read once, at the start: a duration counts from the command, not from each re-plan.
+  const deadlineAt = deadlineOf(config.deadline, wallClock(), label('deadline'));
   const adapter = chosenAdapter({ ...config, adapterModule: options.adapterModule }, label);
   // Headers first: a missing ${TOKEN} must stop the run before the input is even read.
   const headers = providerHeaders(
@@ -295,7 +329,7 @@ export async function bill(
         endpoint: config.endpoint,
         provider: config.provider,
         headers,
-        connections: config.concurrency,
+        connections: mostInFlight(config),
         timeoutMs: config.timeoutMs,
         endpointLabel: label('endpoint'),
         ...(config.caFile === undefined ? {} : { ca: readCaFile(config.caFile, label('caFile')) }),
@@ -368,17 +402,22 @@ export async function bill(
     });
     if (unbilled) return unbilled;
 
+    const random = options.random ?? Math.random;
+    const controls = dispatchControls(config, deadlineAt, { clock, wallClock, random });
     const scheduler = new Scheduler({
       runId: run.runId,
       ledger,
       sender: options.sender ?? client,
       policy,
-      concurrency: config.concurrency,
+      concurrency: controls.limit.limit(),
+      limit: controls.limit,
+      breaker: controls.breaker,
+      pendingAtStart: before.pending,
       rate: config.rate,
       clock,
       timers: options.timers ?? systemTimers,
-      wallClock: options.wallClock ?? Date.now,
-      random: options.random ?? Math.random,
+      wallClock,
+      random,
       signal: options.signal,
     });
     const progress = startProgress(options, config, run, before, scheduler, clock);
@@ -409,6 +448,7 @@ export async function bill(
       plan: undefined,
       reportPath,
       importMs,
+      dispatch: scheduler.dispatchReport(),
     };
   } finally {
     await client?.close();
@@ -428,7 +468,10 @@ export async function unbilledResult(args: {
   readonly counts: StateCounts;
   readonly dryRun: boolean;
   readonly importMs: number;
-  readonly planning: Pick<ResolvedBillOptions, 'concurrency' | 'rate' | 'assumedLatencyMs'>;
+  readonly planning: Pick<
+    ResolvedBillOptions,
+    'concurrency' | 'rate' | 'assumedLatencyMs' | 'maxConcurrency' | 'deadline'
+  >;
   readonly reportPath: ((runId: string) => string) | undefined;
   readonly elapsedMs: () => number;
   /** Renders a charge's request for the dry run (ProviderClient.preview). */
@@ -511,7 +554,10 @@ async function planRun(
   ledger: Ledger,
   run: RunRecord,
   counts: StateCounts,
-  config: Pick<ResolvedBillOptions, 'concurrency' | 'rate' | 'assumedLatencyMs'>,
+  config: Pick<
+    ResolvedBillOptions,
+    'concurrency' | 'rate' | 'assumedLatencyMs' | 'maxConcurrency' | 'deadline'
+  >,
   preview: ((charge: ChargeRequest) => Omit<RequestPreview, 'userId'>) | undefined,
 ): Promise<BillPlan> {
   const requests: RequestPreview[] = [];
@@ -532,8 +578,11 @@ async function planRun(
   const charges = counts.pending;
   const latency = config.assumedLatencyMs;
   // Little's law: throughput is concurrency / latency, unless the rate limit is lower.
+  // `auto` and a deadline are planned at the most they may use: the fastest the run can go.
+  const concurrency =
+    typeof config.concurrency === 'number' ? config.concurrency : mostInFlight(config);
   const perSecond = Math.min(
-    (config.concurrency * 1_000) / latency,
+    (concurrency * 1_000) / latency,
     config.rate ?? Number.POSITIVE_INFINITY,
   );
   const waves = charges === 0 ? 0 : (charges / perSecond) * 1_000;
@@ -541,7 +590,7 @@ async function planRun(
     charges,
     invalid: counts.invalid,
     amounts: await ledger.totals(run.runId, 'pending'),
-    concurrency: config.concurrency,
+    concurrency,
     rate: config.rate,
     assumedLatencyMs: latency,
     expectedMs: charges === 0 ? 0 : Math.max(latency, waves),
@@ -585,6 +634,7 @@ function startProgress(
       etaMs: etaMsOf(run.total - done, perSecond),
       elapsedMs: now - started,
       pausedMs: snapshot.pausedMs,
+      dispatch: scheduler.dispatchReport(),
     });
   };
   const timer = setInterval(emit, config.progressIntervalMs);

@@ -1,9 +1,21 @@
 import type { Random } from '../control/backoff.js';
+import {
+  type BreakerSnapshot,
+  breakerOutcome,
+  type CircuitBreaker,
+} from '../control/circuit-breaker.js';
+import {
+  type DeadlineStatus,
+  type DispatchLimit,
+  type LimitSnapshot,
+  limitOutcome,
+} from '../control/dispatch-limit.js';
 import { MisconfigurationWatch } from '../control/misconfiguration-watch.js';
 import { decideRetry, gateAttempt, type RetryPolicy } from '../control/retry-policy.js';
 import { ThrottleGovernor } from '../control/throttle.js';
 import { TokenBucket } from '../control/token-bucket.js';
 import type { Clock } from '../domain/clock.js';
+import type { DispatchReport } from '../domain/dispatch.js';
 import { idempotencyKey } from '../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../domain/outcome.js';
 import type { AttemptStart, Ledger, PendingCharge } from '../ledger/ledger.js';
@@ -37,8 +49,12 @@ export interface SchedulerOptions {
   readonly ledger: Ledger;
   readonly sender: ChargeSender;
   readonly policy: RetryPolicy;
-  /** Most attempts in flight at once. */
+  /** Most attempts in flight at once, when no `limit` is given. */
   readonly concurrency: number;
+  /** The requests in flight allowed now: `--concurrency auto` and `--deadline`. Default: `concurrency`. */
+  readonly limit?: DispatchLimit | undefined;
+  /** Holds dispatch while the provider is down. Default: none. */
+  readonly breaker?: CircuitBreaker | undefined;
   /** Attempts per second at most (smooth token bucket); unlimited when absent. */
   readonly rate?: number | undefined;
   readonly clock: Clock;
@@ -48,6 +64,8 @@ export interface SchedulerOptions {
   readonly random: Random;
   /** Stops dispatching when aborted; attempts in flight still finish and are recorded. */
   readonly signal?: AbortSignal | undefined;
+  /** Charges pending when it starts: what a deadline plans for. */
+  readonly pendingAtStart?: number | undefined;
   /** Pending charges read from the ledger at a time. Default 2000. */
   readonly pageSize?: number;
 }
@@ -63,6 +81,20 @@ export interface SchedulerSnapshot {
   readonly attempts: number;
   /** Milliseconds of dispatch pause left from a provider's Retry-After. */
   readonly pausedMs: number;
+  /** Requests allowed in flight now. */
+  readonly limit: number;
+  /** Most requests in flight at once so far. */
+  readonly maxInFlight: number;
+  /** The limit controller's figures, with `--concurrency auto`. */
+  readonly controller: LimitSnapshot | undefined;
+  /** The deadline's standing, with `--deadline`. */
+  readonly deadline: DeadlineStatus | undefined;
+  /** The circuit breaker's state, when there is one. */
+  readonly breaker: BreakerSnapshot | undefined;
+  /** Attempts throttled (429, or 503 with Retry-After) in this process. */
+  readonly throttled: number;
+  /** Attempts the breaker excused (their failure came while the provider was down). */
+  readonly excused: number;
 }
 
 /** How the scheduler finished. */
@@ -92,6 +124,8 @@ interface Charge {
   waits: number;
   firstAttemptAt: number | undefined;
   dueAt: number;
+  /** The breaker excused its latest attempt: it counts against nothing. */
+  excused: boolean;
 }
 
 interface HeldDecline {
@@ -126,6 +160,9 @@ export class Scheduler {
   #fatal: string | undefined;
   #interrupted = false;
   #attempts = 0;
+  #throttled = 0;
+  #excused = 0;
+  #maxInFlight = 0;
   /** Charges holding a slot whose start is about to be recorded, then sent. */
   #starting: Charge[] = [];
   readonly #latencies = new LatencyLog();
@@ -170,7 +207,55 @@ export class Scheduler {
       retrying: this.#retries.size,
       attempts: this.#attempts,
       pausedMs: Math.max(0, this.#governor.pausedUntil() - this.#options.clock.now()),
+      limit: this.#limitNow(),
+      maxInFlight: this.#maxInFlight,
+      controller: this.#options.limit?.controllerSnapshot(),
+      deadline: this.#options.limit?.deadline(),
+      breaker: this.#options.breaker?.snapshot(),
+      throttled: this.#throttled,
+      excused: this.#excused,
     };
+  }
+
+  /** How this scheduler paces its requests, for progress and the summary. */
+  dispatchReport(): DispatchReport {
+    const snapshot = this.snapshot();
+    const { controller, deadline, breaker } = snapshot;
+    return {
+      mode: controller === undefined ? 'fixed' : 'auto',
+      limit: snapshot.limit,
+      maxInFlight: snapshot.maxInFlight,
+      ...(controller === undefined
+        ? {}
+        : { capacity: controller.capacity, baselineMs: controller.baselineMs }),
+      throttled: snapshot.throttled,
+      ...(deadline === undefined
+        ? {}
+        : {
+            deadline: {
+              at: deadline.at,
+              feasible: deadline.feasible,
+              need: deadline.need,
+              expectedEndAt: deadline.expectedEndAt,
+              bound: deadline.bound,
+            },
+          }),
+      ...(breaker === undefined
+        ? {}
+        : {
+            breaker: {
+              state: breaker.state,
+              opened: breaker.opened,
+              probes: breaker.probes,
+              excused: snapshot.excused,
+            },
+          }),
+    };
+  }
+
+  /** Requests allowed in flight now. */
+  #limitNow(): number {
+    return this.#options.limit?.limit() ?? this.#options.concurrency;
   }
 
   #interrupt(): void {
@@ -182,9 +267,18 @@ export class Scheduler {
 
   #pump(): void {
     if (this.#settled) return;
-    const { clock, concurrency } = this.#options;
-    while (!this.#stopping && this.#inFlight < concurrency) {
+    const { clock, breaker } = this.#options;
+    this.#replan();
+    while (!this.#stopping && this.#inFlight < this.#limitNow()) {
       const now = clock.now();
+      // The provider is down: nothing goes but the breaker's probes.
+      if (breaker !== undefined) {
+        const openUntil = breaker.readyAt();
+        if (now < openUntil) {
+          if (Number.isFinite(openUntil)) this.#wake(openUntil);
+          break;
+        }
+      }
       // A throttle's pause, and after any pause the learned rate: dispatch resumes spread out.
       const readyAt = this.#governor.readyAt();
       if (now < readyAt) {
@@ -209,6 +303,7 @@ export class Scheduler {
         continue;
       }
       this.#governor.tryDispatch();
+      breaker?.tryDispatch();
       this.#begin(charge);
     }
     if (!this.#exhausted && this.#fresh.length - this.#freshIndex < this.#pageSize() / 2) {
@@ -238,6 +333,7 @@ export class Scheduler {
       waits: pending.waits ?? 0,
       firstAttemptAt: pending.firstAttemptAt,
       dueAt: 0,
+      excused: false,
     };
   }
 
@@ -309,7 +405,10 @@ export class Scheduler {
         charges.forEach((charge, index) => {
           if (recorded[index]) this.#send(charge);
           // Not pending in the ledger any more: settled by someone else; nothing to send.
-          else this.#inFlight--;
+          else {
+            this.#inFlight--;
+            this.#options.breaker?.release();
+          }
         });
         this.#pump();
       },
@@ -319,21 +418,73 @@ export class Scheduler {
   }
 
   #send(charge: Charge): void {
-    const { clock, sender } = this.#options;
+    const { clock, sender, limit } = this.#options;
     this.#attempts++;
+    const ticket = limit?.start();
+    this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight);
     const started = clock.now();
     sender
       .attempt(charge.request)
-      .then((result) => this.#settle(charge, result, started, clock.now() - started))
+      .then((result) => {
+        const latencyMs = clock.now() - started;
+        const excused = this.#breakerSays(result);
+        limit?.complete(ticket, limitOutcome(result, excused), latencyMs);
+        this.#settle(charge, result, started, latencyMs, excused);
+      })
       // A client that rejects, or a ledger that cannot record, ends the run with that error.
       .catch((error: unknown) => this.#fail(error));
   }
 
-  #settle(charge: Charge, result: AttemptResult, sentAt: number, latencyMs: number): void {
+  /** Tells the breaker how an attempt ended; whether it excused it (the provider was down). */
+  #breakerSays(result: AttemptResult): boolean {
+    const { breaker } = this.#options;
+    if (breaker === undefined) return false;
+    const excused = breaker.record(
+      breakerOutcome(result),
+      result.kind === 'retry' ? result.retryAfterMs : undefined,
+    );
+    if (excused) {
+      this.#excused++;
+      // Down for too long: stop, the charges stay pending for a later resume.
+      const stop = breaker.stopReason();
+      if (stop !== undefined) this.#stop(stop);
+    }
+    return excused;
+  }
+
+  /** Plans the deadline again from the work left (at most once a second). */
+  #replan(): void {
+    const { limit } = this.#options;
+    const total = this.#options.pendingAtStart;
+    if (limit === undefined || total === undefined) return;
+    const ended = Object.values(this.#ended).reduce((sum, count) => sum + count, 0);
+    const remaining = Math.max(0, total - ended);
+    // Attempts whose answers came, per charge ended: those in flight have not told anything yet.
+    const answered = this.#attempts - this.#inFlight;
+    const attemptsPerCharge = ended === 0 ? 1 : Math.max(1, answered / ended);
+    limit.replan({ remaining, attemptsPerCharge });
+  }
+
+  #settle(
+    charge: Charge,
+    result: AttemptResult,
+    sentAt: number,
+    latencyMs: number,
+    excused = false,
+  ): void {
     this.#inFlight--;
+    charge.excused = excused;
     this.#latencies.add(latencyMs);
-    this.#governor.observe(result, sentAt);
-    if (result.kind === 'retry' && result.throttled) {
+    const throttled = result.kind === 'retry' && result.throttled;
+    // With `auto`, a refusal is the limit controller's to answer (it cut the limit; the charge
+    // waits out its Retry-After): the run-wide pause and rate are for refusals that go on at the
+    // lowest limit. A pause a second for every capacity probe would cost half the throughput.
+    const controller = this.#options.limit?.controller;
+    if (!(throttled && controller !== undefined && controller.limit > controller.min)) {
+      this.#governor.observe(result, sentAt);
+    }
+    if (throttled) {
+      this.#throttled++;
       // A provider that has let nothing through for long: stop, the charges stay pending.
       const stop = this.#governor.stopReason();
       if (stop !== undefined) this.#stop(stop);
@@ -374,7 +525,7 @@ export class Scheduler {
 
   #decide(charge: Charge, result: AttemptResult, latencyMs: number): void {
     const { policy, random, clock } = this.#options;
-    const decision = decideRetry(policy, charge, result, random);
+    const decision = decideRetry(policy, charge, result, random, charge.excused);
     charge.attempts = decision.attempts;
     charge.ambiguous = decision.ambiguous;
     charge.waits = decision.waits ?? 0;

@@ -1,3 +1,4 @@
+import type { DispatchReport } from '../domain/dispatch.js';
 import { formatDuration } from '../domain/duration.js';
 
 /** A run's progress, emitted by the engines and drawn by the CLI. */
@@ -21,6 +22,8 @@ export interface ProgressEvent {
   readonly elapsedMs: number;
   /** Dispatch pause left from a provider's Retry-After, in ms. */
   readonly pausedMs: number;
+  /** How requests are paced: the limit, the deadline's standing, the breaker. */
+  readonly dispatch?: DispatchReport | undefined;
 }
 
 /**
@@ -67,14 +70,39 @@ export function describeProgress(event: ProgressEvent): string {
     `${number.format(event.done)}/${number.format(event.total)} ${percent}%`,
     `${number.format(Math.round(event.perSecond))}/s`,
     `ETA ${event.etaMs === undefined ? '?' : formatDuration(event.etaMs)}`,
-    `in flight ${number.format(event.inFlight)}`,
+    `in flight ${number.format(event.inFlight)}${paced(event) ? `/${number.format(event.dispatch?.limit ?? 0)}${event.dispatch?.mode === 'auto' ? ' (auto)' : ''}` : ''}`,
     `charged ${number.format(event.charged)}`,
     `declined ${number.format(event.declined)}`,
     `retrying ${number.format(event.retrying)}`,
     `failed ${number.format(event.failed + event.unknown)}`,
   ];
   if (event.pausedMs > 0) parts.push(`paused ${formatDuration(event.pausedMs)} (Retry-After)`);
+  const dispatch = event.dispatch;
+  if (dispatch !== undefined && paced(event) && dispatch.throttled > 0) {
+    parts.push(`throttled ${number.format(dispatch.throttled)}`);
+  }
+  const deadline = dispatch?.deadline;
+  if (deadline !== undefined) {
+    parts.push(
+      deadline.feasible
+        ? `deadline on track (needs ${number.format(deadline.need)})`
+        : `DEADLINE AT RISK: ${deadline.bound ?? 'too slow'}, ends about ${new Date(deadline.expectedEndAt).toISOString().slice(11, 19)}Z`,
+    );
+  }
+  const breaker = dispatch?.breaker;
+  if (breaker !== undefined && breaker.state !== 'closed') {
+    parts.push(
+      breaker.state === 'open'
+        ? 'PROVIDER DOWN: breaker open, nothing sent'
+        : 'PROVIDER DOWN: probing',
+    );
+  }
   return parts.join(' · ');
+}
+
+/** Whether the run is paced by auto or a deadline: then the limit is worth showing. */
+function paced(event: ProgressEvent): boolean {
+  return event.dispatch?.mode === 'auto' || event.dispatch?.deadline !== undefined;
 }
 
 function bar(event: ProgressEvent): string {

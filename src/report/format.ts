@@ -43,7 +43,41 @@ export function formatSummary(summary: RunSummary, heading: string): string {
       ? `  imported ${number.format(summary.total)} rows in ${formatDuration(summary.importMs)} · ${memory}`
       : `  ${memory}`,
   );
+  lines.push(...dispatchLines(summary));
   if (summary.stoppedBecause) lines.push(`  stopped: ${summary.stoppedBecause}`);
   if (summary.reportPath) lines.push(`  report: ${summary.reportPath}`);
   return `${lines.join('\n')}\n`;
+}
+
+/** The pacing lines of the summary: the limit, the deadline, the breaker. */
+function dispatchLines(summary: RunSummary): string[] {
+  const { dispatch } = summary;
+  if (dispatch === undefined || summary.attempts === 0) return [];
+  const lines: string[] = [];
+  const parts = [
+    dispatch.mode === 'auto'
+      ? `concurrency auto: limit ${number.format(dispatch.limit)}${dispatch.capacity === undefined ? '' : ` (provider capacity about ${number.format(Math.round(dispatch.capacity))})`}${dispatch.baselineMs === undefined ? '' : ` · no-load latency ${formatDuration(dispatch.baselineMs)}`}`
+      : `concurrency ${number.format(dispatch.limit)}`,
+    `most in flight ${number.format(dispatch.maxInFlight)}`,
+    `${number.format(dispatch.throttled)} throttled`,
+  ];
+  lines.push(`  ${parts.join(' · ')}`);
+  const { deadline } = dispatch;
+  if (deadline !== undefined) {
+    const at = new Date(deadline.at).toISOString();
+    lines.push(
+      summary.deadlineMet === false
+        ? `  deadline ${at}: MISSED${deadline.bound ? ` (bound by ${deadline.bound})` : ''}`
+        : summary.deadlineMet === true
+          ? `  deadline ${at}: met, at ${number.format(deadline.need)} in flight at the end`
+          : `  deadline ${at}: ${deadline.feasible ? 'on track' : `cannot be met (bound by ${deadline.bound ?? '?'})`}`,
+    );
+  }
+  const { breaker } = dispatch;
+  if (breaker !== undefined && breaker.opened > 0) {
+    lines.push(
+      `  circuit breaker: opened ${number.format(breaker.opened)} times (the provider was down) · ${number.format(breaker.probes)} probes · ${number.format(breaker.excused)} failed attempts excused (they used up no charge's attempts) · now ${breaker.state}`,
+    );
+  }
+  return lines;
 }

@@ -1,3 +1,4 @@
+import type { DispatchReport } from '../domain/dispatch.js';
 import type { StateCounts } from '../ledger/ledger.js';
 
 /** The figures printed at the end of a run, and emitted by `--json`. */
@@ -24,6 +25,10 @@ export interface RunSummary {
   readonly importMs: number;
   /** Peak resident memory of the process, in bytes. */
   readonly peakRssBytes: number;
+  /** How requests were paced (limit, deadline, breaker); absent when nothing was sent. */
+  readonly dispatch?: DispatchReport | undefined;
+  /** With a deadline: whether the run ended by it. */
+  readonly deadlineMet?: boolean | undefined;
 }
 
 /** Nearest-rank percentile of `sorted` (ascending, as latencyPercentiles sorts it); 0 when empty. */

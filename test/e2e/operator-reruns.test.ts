@@ -393,7 +393,9 @@ describe('operator mistakes between two runs of bulkbill run (local engine)', ()
     // Every charge answered 503 before anything is charged (no Retry-After): retryable, attempts count.
     const mock = await ws.provider({ latencyMs: 1, failRate: 1 });
     const proxy = await countingProxy(mock);
-    const args = runArgs(input, mock, '--max-attempts', '3');
+    // The breaker off: a provider failing every request would otherwise keep the charges
+    // pending (probing) for --outage-wait rather than use up their attempts, which this tests.
+    const args = runArgs(input, mock, '--max-attempts', '3', '--outage-wait', '0');
     args[args.indexOf('--endpoint') + 1] = `${proxy.url}/charge`;
 
     // Up to 5 kills, each 200-400 ms into a process; a resume sends at once, so the attempts

@@ -331,6 +331,8 @@ describe('an operator who changes the key length limit between two runs of a cyc
       ledger: join(dir, 'key-limit.db'),
       runId: '2026-12-key-limit',
       maxAttempts: 1,
+      // The breaker off: every request fails, and the charges must end failed, not wait it out.
+      outageWaitMs: 0,
     };
     // Every attempt answered 503: the run ends with every charge failed, to be retried later.
     const first = await bill({ ...common, provider: { idempotency: { maxLength: 22 } } });

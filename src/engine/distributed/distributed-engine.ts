@@ -2,11 +2,13 @@ import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { resolveRetryPolicy } from '../../control/retry-policy.js';
+import { UsageError } from '../../domain/errors.js';
 import type { InputFormat } from '../../input/index.js';
 import { endedOf, type RunRecord } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { PaceMeter, type ProgressEvent } from '../../observe/progress.js';
 import { ProviderClient, senderFromOptions } from '../../provider/index.js';
+import { mostInFlight } from '../dispatch-controls.js';
 import {
   type BillHooks,
   type BillResult,
@@ -72,6 +74,14 @@ export async function billDistributed(
     ...plain
   } = options;
   const config = parseOptions(distributedBillOptionsSchema, plain, label);
+  // Said before anything is enqueued, not ignored: the workers of a queue pace at a fixed
+  // concurrency (and the queue's global one) until the decider lease is built.
+  if (config.concurrency === 'auto' || config.deadline !== undefined) {
+    const flag = config.concurrency === 'auto' ? label('concurrency') : label('deadline');
+    throw new UsageError(
+      `${flag}${config.concurrency === 'auto' ? ' auto' : ''} is not available on the distributed engine yet (--redis): give a number of requests in flight (and ${label('globalConcurrency')} for the queue), or bill on the local engine`,
+    );
+  }
   const started = performance.now();
   const policy = resolveRetryPolicy({
     maxAttempts: config.maxAttempts,
@@ -85,7 +95,7 @@ export async function billDistributed(
     headers: config.headers,
     env: env ?? process.env,
     signal,
-    connections: config.concurrency,
+    connections: mostInFlight(config),
     timeoutMs: config.timeoutMs,
     caFile: config.caFile,
     label,
@@ -158,7 +168,7 @@ export async function billDistributed(
       sender: sender ?? client,
       credentials: (seen: string) => client.credentials(seen),
       policy,
-      concurrency: config.concurrency,
+      concurrency: mostInFlight(config),
       rate: config.rate,
       globalConcurrency: config.globalConcurrency,
       lockDurationMs: config.lockDurationMs,
