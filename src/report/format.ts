@@ -69,7 +69,7 @@ function dispatchLines(summary: RunSummary): string[] {
       summary.deadlineMet === false
         ? `  deadline ${at}: MISSED${deadline.bound ? ` (bound by ${deadline.bound})` : ''}`
         : summary.deadlineMet === true
-          ? `  deadline ${at}: met, at ${number.format(deadline.need)} in flight at the end`
+          ? `  deadline ${at}: met, with at most ${number.format(dispatch.maxInFlight)} in flight`
           : `  deadline ${at}: ${deadline.feasible ? 'on track' : `cannot be met (bound by ${deadline.bound ?? '?'})`}`,
     );
   }

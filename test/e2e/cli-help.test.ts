@@ -5,7 +5,7 @@ import { repoRoot, runCli } from '../helpers/cli.js';
 
 // What an operator types first: --version, and --help with examples that work as shown.
 
-const COMMANDS = ['run', 'status', 'report', 'enqueue', 'worker', 'demo', 'mock-provider'];
+const COMMANDS = ['run', 'status', 'report', 'enqueue', 'worker', 'demo', 'mock-provider', 'plan'];
 
 /** The flags a --help lists in its Options section. */
 function listedFlags(help: string): Set<string> {
