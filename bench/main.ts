@@ -9,6 +9,7 @@
  *   npm run bench -- --json bench/results/run.json
  *   npm run bench -- --only provider-throughput --concurrency 128
  *   npm run bench -- --only client-concurrency   how the default concurrency of 64 was chosen
+ *   npm run bench -- --only adaptive-concurrency   --concurrency auto against fixed settings
  *   npm run bench -- --server-cpu-prof .tmp/prof   servers write V8 CPU profiles there
  *   npm run bench -- --only engine-100k-throughput --engine-cpu-prof .tmp/prof
  *                                              every `bulkbill run` process writes one there
@@ -24,6 +25,7 @@ import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_BENCH_REDIS_URL } from './lib/redis-admin.js';
 import { type BenchSettings, markdownTable, type ScenarioReport } from './lib/report.js';
+import { ADAPTIVE_CONCURRENCY, runAdaptiveConcurrency } from './scenarios/adaptive-concurrency.js';
 import { CLIENT_CONCURRENCY, runClientConcurrency } from './scenarios/client-concurrency.js';
 import {
   DISTRIBUTED_10K_LATENCY,
@@ -63,6 +65,7 @@ const SCENARIOS: Readonly<Record<string, Scenario>> = {
   [ENGINE_100K_THROUGHPUT]: { run: runEngine100kThroughput, byDefault: true },
   [ENGINE_100K_PROFILES]: { run: runEngine100kProfiles, byDefault: true },
   [ENGINE_1M_IMPORT]: { run: runEngine1mImport, byDefault: true },
+  [ADAPTIVE_CONCURRENCY]: { run: runAdaptiveConcurrency, byDefault: true },
   [DISTRIBUTED_THROUGHPUT]: { run: runDistributedThroughput, byDefault: true },
   [DISTRIBUTED_10K_LATENCY]: { run: runDistributed10kLatency, byDefault: true },
   [DISTRIBUTED_ENQUEUE_1M]: { run: runDistributedEnqueue1m, byDefault: true },

@@ -2,6 +2,9 @@ import type { RunSummary } from '../../src/report/summary.js';
 import { lastJsonLine, spawnBulkbill } from './cli-process.js';
 import { exitedChildrenCpuMs } from './os-counters.js';
 
+/** `--concurrency`: a fixed number of requests in flight, or `auto` (the limit controller). */
+export type EngineConcurrency = number | 'auto';
+
 /** One `bulkbill run` in its own process, started exactly as a user would start it. */
 export interface EngineProcessOptions {
   /** The input file (CSV or NDJSON). Required. */
@@ -13,8 +16,10 @@ export interface EngineProcessOptions {
   readonly endpoint?: string;
   /** `--config`: a config file (a provider profile, for instance). Default: none given. */
   readonly config?: string;
-  /** `--concurrency`, an integer >= 1. Required. */
-  readonly concurrency: number;
+  /** `--concurrency`, an integer >= 1, or `auto`. Required. */
+  readonly concurrency: EngineConcurrency;
+  /** `--max-concurrency`, an integer >= 1 (the ceiling of `auto`). Default: none given (1,000). */
+  readonly maxConcurrency?: number;
   /** `--run-id`. Required, so that a run never resumes another. */
   readonly runId: string;
   /** `--ledger`: a file that does not exist yet. Required. */
@@ -52,11 +57,17 @@ export interface EngineProcessResult {
 export async function runEngineProcess(
   options: EngineProcessOptions,
 ): Promise<EngineProcessResult> {
-  const { input, endpoint, config, concurrency, runId, ledger, report, nodeArgs = [] } = options;
-  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
-    throw new TypeError(
-      `Expected \`concurrency\` to be an integer >= 1, got \`${String(concurrency)}\` (${typeof concurrency})`,
-    );
+  const { input, endpoint, config, concurrency, maxConcurrency, runId, ledger, report } = options;
+  const { nodeArgs = [] } = options;
+  for (const [name, value] of [
+    ['concurrency', concurrency === 'auto' ? 1 : concurrency],
+    ['maxConcurrency', maxConcurrency ?? 1],
+  ] as const) {
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new TypeError(
+        `Expected \`${name}\` to be an integer >= 1${name === 'concurrency' ? " or 'auto'" : ''}, got \`${String(value)}\` (${typeof value})`,
+      );
+    }
   }
   if (endpoint === undefined && config === undefined) {
     throw new TypeError('Expected `endpoint`, or a `config` that gives one');
@@ -68,6 +79,7 @@ export async function runEngineProcess(
     ...(config === undefined ? [] : ['--config', config]),
     '--concurrency',
     String(concurrency),
+    ...(maxConcurrency === undefined ? [] : ['--max-concurrency', String(maxConcurrency)]),
     '--run-id',
     runId,
     '--ledger',

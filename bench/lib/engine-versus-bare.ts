@@ -4,7 +4,11 @@ import { join } from 'node:path';
 import { Agent, type Dispatcher } from 'undici';
 import type { MockProviderStats } from '../../src/mock-provider/index.js';
 import { type BareLoopResult, runBareLoop } from './bare-loop.js';
-import { type EngineProcessResult, runEngineProcess } from './engine-process.js';
+import {
+  type EngineConcurrency,
+  type EngineProcessResult,
+  runEngineProcess,
+} from './engine-process.js';
 import {
   formatCount,
   formatCpuShare,
@@ -35,7 +39,8 @@ export interface ChargeSample {
   readonly side: Side;
   readonly sample: string;
   readonly users: number;
-  readonly concurrency: number;
+  /** `--concurrency` (a number, or `auto` for an engine sample). */
+  readonly concurrency: EngineConcurrency;
   readonly warmUp: boolean;
   /** engine: the `wallMs` of its summary (hashing and importing included); bare: the loop's. */
   readonly wallMs: number;
@@ -174,7 +179,10 @@ export interface SampleContext {
   /** Each engine sample's ledger and report go in a fresh folder under it, removed afterwards. */
   readonly workDir: string;
   readonly file: UsersFile;
-  readonly concurrency: number;
+  /** `--concurrency`; `auto` for the engine only. */
+  readonly concurrency: EngineConcurrency;
+  /** The engine's `--max-concurrency`. Default: none given. */
+  readonly maxConcurrency?: number;
   readonly warmUp: boolean;
   readonly engineNodeArgs: readonly string[];
   /**
@@ -257,7 +265,7 @@ export async function runChargeSample(
 }
 
 async function billWithEngine(context: SampleContext, sample: string): Promise<Billed> {
-  const { scenario, mock, workDir, file, concurrency, config } = context;
+  const { scenario, mock, workDir, file, concurrency, maxConcurrency, config } = context;
   const endpoint = context.endpoint ?? (config === undefined ? `${mock.url}/charge` : undefined);
   // A fresh ledger every sample: nothing is resumed, everything is imported and billed.
   const runDir = await mkdtemp(join(workDir, 'run-'));
@@ -267,6 +275,7 @@ async function billWithEngine(context: SampleContext, sample: string): Promise<B
       endpoint,
       config,
       concurrency,
+      ...(maxConcurrency === undefined ? {} : { maxConcurrency }),
       runId: `bench-${scenario}-${sample}`,
       ledger: join(runDir, 'ledger.db'),
       report: join(runDir, 'report.csv'),
@@ -303,10 +312,12 @@ async function billWithEngine(context: SampleContext, sample: string): Promise<B
 }
 
 async function billWithBareLoop(context: SampleContext, sample: string): Promise<Billed> {
+  const { concurrency } = context;
+  if (concurrency === 'auto') throw new TypeError('the bare loop has no `auto` concurrency');
   const loop = await runBareLoop({
     url: context.mock.url,
     requests: context.file.users,
-    concurrency: context.concurrency,
+    concurrency,
     sample: `${context.scenario}-${sample}`,
   });
   const problems: string[] = [];

@@ -9,11 +9,15 @@ export function startBareServer(nodeArgs: readonly string[] = []): Promise<Serve
 export interface MockProviderServerOptions {
   /** `--shape`: the wire format it speaks (`stripe`, `adyen`, …). Default: none given, the mock's own. */
   readonly shape?: string;
+  /** `--capacity`: most requests processed at once. Default: none given (unlimited). */
+  readonly capacity?: number;
+  /** `--overload`: past the capacity, `503` at once or `queue` (latency grows). Default: none given (503). */
+  readonly overload?: '503' | 'queue';
 }
 
 /**
  * `bulkbill mock-provider` with a fixed latency, no jitter and seed 1, in its own process
- * (with `--shape <shape>` when one is given).
+ * (with `--shape <shape>`, `--capacity <n>` and `--overload <mode>` when given).
  */
 export function startMockProviderServer(
   latency: string,
@@ -21,8 +25,15 @@ export function startMockProviderServer(
   options: MockProviderServerOptions = {},
 ): Promise<ServerProcess> {
   const shape = options.shape === undefined ? [] : ['--shape', options.shape];
+  const capacity = options.capacity === undefined ? [] : ['--capacity', String(options.capacity)];
+  const overload = options.overload === undefined ? [] : ['--overload', options.overload];
+  const traits = [
+    ...(options.shape === undefined ? [] : [options.shape]),
+    ...(options.capacity === undefined ? [] : [`capacity ${options.capacity}`]),
+    ...(options.overload === undefined ? [] : [`overload ${options.overload}`]),
+  ];
   return startServerProcess({
-    name: options.shape === undefined ? 'mock provider' : `mock provider (${options.shape})`,
+    name: traits.length === 0 ? 'mock provider' : `mock provider (${traits.join(', ')})`,
     script: 'src/cli/main.ts',
     args: [
       'mock-provider',
@@ -35,6 +46,8 @@ export function startMockProviderServer(
       '--seed',
       '1',
       ...shape,
+      ...capacity,
+      ...overload,
     ],
     nodeArgs,
   });

@@ -11,7 +11,7 @@ import {
 import { type ChargeRecord, endedOf, type Ledger, type RunRecord } from '../ledger/ledger.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
 import { PaceMeter, ProgressDisplay } from '../observe/progress.js';
-import { formatAmounts, formatCounts } from '../report/format.js';
+import { formatAmounts, formatCounts, formatDispatch } from '../report/format.js';
 import { ExitStatus } from './exit-codes.js';
 import { openLedger, openRun } from './ledger-access.js';
 import { onStopSignals } from './signals.js';
@@ -62,6 +62,17 @@ export async function statusCommand(flags: StatusFlags): Promise<number> {
           `  input ${run.inputPath} · endpoint ${run.endpoint}`,
           `  ${run.total.toLocaleString('en-US')} rows: ${formatCounts(counts)}`,
           `  charged: ${formatAmounts(charged)}`,
+          ...(run.dispatch === undefined
+            ? []
+            : [
+                `  paced (as its ${run.finishedAt ? 'last' : 'latest'} process last said):`,
+                ...formatDispatch(
+                  run.dispatch,
+                  run.finishedAt === undefined || run.dispatch.deadline === undefined
+                    ? undefined
+                    : Date.parse(run.finishedAt) <= run.dispatch.deadline.at,
+                ).map((line) => `  ${line}`),
+              ]),
         ].join('\n')}\n`,
       );
     }

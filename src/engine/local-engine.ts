@@ -421,12 +421,19 @@ export async function bill(
       signal: options.signal,
     });
     const progress = startProgress(options, config, run, before, scheduler, clock);
+    // How the run is paced, kept in the ledger for `status` once a second (and at the end).
+    const noteDispatch = () =>
+      ledger.noteDispatch?.(run.runId, scheduler.dispatchReport()).catch(() => {});
+    const dispatchTimer = setInterval(noteDispatch, 1_000);
+    dispatchTimer.unref();
     let result: Awaited<ReturnType<Scheduler['run']>>;
     try {
       result = await scheduler.run();
     } finally {
+      clearInterval(dispatchTimer);
       progress.stop();
     }
+    await noteDispatch();
     await ledger.flush();
     await ledger.finishIfComplete(run.runId);
     const counts = await ledger.counts(run.runId);

@@ -1,3 +1,4 @@
+import type { DispatchReport } from '../domain/dispatch.js';
 import type { ChargeState, TerminalChargeState } from '../domain/outcome.js';
 
 /** A billing cycle as the ledger keeps it. */
@@ -15,6 +16,8 @@ export interface RunRecord {
   readonly finishedAt: string | undefined;
   /** Input rows imported, invalid ones included. */
   readonly total: number;
+  /** How the latest process paced it (limit, deadline, breaker), as it last said; SQLite only. */
+  readonly dispatch?: DispatchReport | undefined;
 }
 
 /** One input row's charge and where it stands. */
@@ -247,6 +250,8 @@ export interface Ledger {
   releaseRun(runId: string): Promise<void>;
   /** Marks the run finished when every charge is charged, declined or invalid; says whether it did. */
   finishIfComplete(runId: string): Promise<boolean>;
+  /** Keeps how the run is paced now, for `status` (a ledger without the column ignores it). */
+  noteDispatch?(runId: string, report: DispatchReport): Promise<void>;
   /** The fingerprint of the credentials the run is bound to ('' when none yet). */
   credentials(runId: string): Promise<string>;
   /**

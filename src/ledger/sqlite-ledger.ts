@@ -2,6 +2,7 @@ import { closeSync, openSync } from 'node:fs';
 import { hostname } from 'node:os';
 import Database from 'better-sqlite3';
 import { duplicateReason, userIdFold } from '../domain/charge.js';
+import type { DispatchReport } from '../domain/dispatch.js';
 import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
 import { CLAIM_BEAT_MS, refuseLiveClaim } from './claims.js';
@@ -94,6 +95,7 @@ const ADDED_COLUMNS: ReadonlyArray<[table: string, column: string, definition: s
   ['charges', 'valid', 'INTEGER NOT NULL DEFAULT 1'],
   ['charges', 'waits', 'INTEGER NOT NULL DEFAULT 0'],
   ['charges', 'fold', 'TEXT'],
+  ['runs', 'dispatch', 'TEXT'],
 ];
 // One valid row per user and run. The index's condition is on `valid`, a column no outcome
 // changes, so writing an outcome never rewrites the index (on `state`, every outcome did: a
@@ -141,6 +143,7 @@ interface RunRow {
   created_at: string;
   finished_at: string | null;
   total: number;
+  dispatch?: string | null;
 }
 
 interface ChargeRow {
@@ -270,6 +273,7 @@ function toRun(row: RunRow): RunRecord {
     createdAt: row.created_at,
     finishedAt: row.finished_at ?? undefined,
     total: row.total,
+    ...(row.dispatch ? { dispatch: JSON.parse(row.dispatch) as DispatchReport } : {}),
   };
 }
 
@@ -606,6 +610,7 @@ export class SqliteLedger implements Ledger {
         'SELECT credentials FROM runs WHERE run_id = ?',
       ),
       setCredentials: db.prepare('UPDATE runs SET credentials = ? WHERE run_id = ?'),
+      setDispatch: db.prepare('UPDATE runs SET dispatch = ? WHERE run_id = ?'),
       attempted: db.prepare<[string, string], { one: number }>(
         `SELECT 1 AS one FROM charges WHERE run_id = ? AND (attempts > 0 OR open = 1
            OR state IN ('charged', 'declined', 'failed', 'unknown'))
@@ -617,6 +622,10 @@ export class SqliteLedger implements Ledger {
   async findRun(runId: string): Promise<RunRecord | undefined> {
     const row = this.#statements.findRun.get(runId);
     return row && toRun(row);
+  }
+
+  async noteDispatch(runId: string, report: DispatchReport): Promise<void> {
+    this.#statements.setDispatch.run(JSON.stringify(report), runId);
   }
 
   async listRuns(): Promise<RunRecord[]> {

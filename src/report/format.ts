@@ -1,3 +1,4 @@
+import type { DispatchReport } from '../domain/dispatch.js';
 import { formatDuration } from '../domain/duration.js';
 import { formatMoney } from '../domain/money.js';
 import type { StateCounts } from '../ledger/ledger.js';
@@ -53,6 +54,15 @@ export function formatSummary(summary: RunSummary, heading: string): string {
 function dispatchLines(summary: RunSummary): string[] {
   const { dispatch } = summary;
   if (dispatch === undefined || summary.attempts === 0) return [];
+  return formatDispatch(dispatch, summary.deadlineMet);
+}
+
+/** How a run is (or was) paced, for people: `status` and the summary. */
+export function formatDispatch(
+  dispatch: DispatchReport,
+  deadlineMet?: boolean | undefined,
+): string[] {
+  const summary = { deadlineMet };
   const lines: string[] = [];
   const parts = [
     dispatch.mode === 'auto'

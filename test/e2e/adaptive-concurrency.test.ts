@@ -58,6 +58,9 @@ describe('--concurrency auto', () => {
     ).toBeGreaterThanOrEqual(0.8 * 1_500);
     expect(stats.rejected_503 / stats.requests).toBeLessThan(0.02);
     expect(summary.dispatch).toMatchObject({ mode: 'auto' });
+    // `status` tells how the run was paced, from the ledger.
+    const status = await runCli(['status', '--ledger', ws.ledger, '--run-id', summary.runId]);
+    expect(status.stdout).toMatch(/concurrency auto: limit \d+ \(provider capacity about \d+\)/);
     expect(summary.dispatch.capacity).toBeGreaterThan(250);
     expect(summary.dispatch.capacity).toBeLessThan(350);
   }, 90_000);
@@ -75,6 +78,8 @@ describe('--deadline', () => {
     // Met: the run ended before the deadline it read at its start (the summary's own check).
     expect(summary.deadlineMet).toBe(true);
     expect(summary.wallMs).toBeLessThan(12_000);
+    const status = await runCli(['status', '--ledger', ws.ledger, '--run-id', summary.runId]);
+    expect(status.stdout).toMatch(/deadline .*: met, with at most \d+ in flight/);
     // Not by rushing: it took most of the time it had, at few requests in flight.
     expect(summary.wallMs).toBeGreaterThan(6_000);
     expect(mock.stats().charges).toBe(USERS);
