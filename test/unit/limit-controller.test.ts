@@ -4,6 +4,7 @@ import {
   type LimitOutcome,
   type LimitTicket,
 } from '../../src/control/limit-controller.js';
+import { RetryQueue } from '../../src/engine/retry-queue.js';
 
 // The limit controller against a simulated provider on a fake clock (no sockets, no sleeps):
 // a provider that processes `capacity` requests at once and, past it, either queues them
@@ -12,54 +13,14 @@ import {
 type Overload = 'queue' | '503';
 
 interface Event {
-  readonly at: number;
+  readonly dueAt: number;
   readonly ticket: LimitTicket;
   readonly outcome: LimitOutcome;
   /** Frees a processing slot of the 503 provider. */
   readonly holds: boolean;
 }
 
-/** A binary min-heap by `at`. */
-class Heap<T extends { at: number }> {
-  readonly #items: T[] = [];
-  get size(): number {
-    return this.#items.length;
-  }
-  push(item: T): void {
-    const items = this.#items;
-    items.push(item);
-    let index = items.length - 1;
-    while (index > 0) {
-      const parent = (index - 1) >> 1;
-      if ((items[parent] as T).at <= item.at) break;
-      items[index] = items[parent] as T;
-      index = parent;
-    }
-    items[index] = item;
-  }
-  pop(): T | undefined {
-    const items = this.#items;
-    const top = items[0];
-    const last = items.pop();
-    if (top === undefined || last === undefined || items.length === 0) return top;
-    let index = 0;
-    for (;;) {
-      const left = 2 * index + 1;
-      if (left >= items.length) break;
-      const right = left + 1;
-      const child =
-        right < items.length && (items[right] as T).at < (items[left] as T).at ? right : left;
-      if ((items[child] as T).at >= last.at) break;
-      items[index] = items[child] as T;
-      index = child;
-    }
-    items[index] = last;
-    return top;
-  }
-  peek(): T | undefined {
-    return this.#items[0];
-  }
-}
+// Events and the 503 provider's slots in the engine's own min-heap by due time.
 
 interface Simulation {
   readonly capacity: number;
@@ -92,12 +53,12 @@ function simulate(sim: Simulation): Trace {
     return seed / 2 ** 31;
   };
   const controller = new LimitController({ clock: { now: () => now }, max: sim.max });
-  const events = new Heap<Event>();
+  const events = new RetryQueue<Event>();
   let capacity = sim.capacity;
   let busy = 0;
   // The queueing provider: when each of its `capacity` slots is next free.
-  let slots = new Heap<{ at: number }>();
-  for (let index = 0; index < capacity; index++) slots.push({ at: 0 });
+  let slots = new RetryQueue<{ dueAt: number }>();
+  for (let index = 0; index < capacity; index++) slots.push({ dueAt: 0 });
   let inFlight = 0;
   const trace: Trace = { limits: [], refused: [], answered: [], latencySum: [] };
   const service = () => sim.latencyMs * (0.9 + 0.2 * random());
@@ -107,8 +68,8 @@ function simulate(sim: Simulation): Trace {
     if (next !== undefined && next[0] === rtt) {
       change++;
       capacity = next[1];
-      const resized = new Heap<{ at: number }>();
-      for (let index = 0; index < capacity; index++) resized.push({ at: now });
+      const resized = new RetryQueue<{ dueAt: number }>();
+      for (let index = 0; index < capacity; index++) resized.push({ dueAt: now });
       slots = resized;
     }
     const end = (rtt + 1) * sim.latencyMs;
@@ -122,26 +83,26 @@ function simulate(sim: Simulation): Trace {
         if (sim.overload === '503') {
           if (busy >= capacity) {
             events.push({
-              at: now + sim.latencyMs * 0.02,
+              dueAt: now + sim.latencyMs * 0.02,
               ticket,
               outcome: 'refused',
               holds: false,
             });
           } else {
             busy++;
-            events.push({ at: now + service(), ticket, outcome: 'answered', holds: true });
+            events.push({ dueAt: now + service(), ticket, outcome: 'answered', holds: true });
           }
         } else {
-          const slot = slots.pop() as { at: number };
-          const done = Math.max(now, slot.at) + service();
-          slots.push({ at: done });
-          events.push({ at: done, ticket, outcome: 'answered', holds: false });
+          const slot = slots.pop() as { dueAt: number };
+          const done = Math.max(now, slot.dueAt) + service();
+          slots.push({ dueAt: done });
+          events.push({ dueAt: done, ticket, outcome: 'answered', holds: false });
         }
       }
       const event = events.peek();
-      if (event === undefined || event.at > end) break;
+      if (event === undefined || event.dueAt > end) break;
       events.pop();
-      now = event.at;
+      now = event.dueAt;
       inFlight--;
       if (event.holds) busy--;
       controller.complete(event.ticket, event.outcome);
