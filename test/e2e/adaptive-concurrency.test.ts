@@ -127,3 +127,44 @@ describe('the circuit breaker', () => {
     expect(cli.stderr()).toMatch(/PROVIDER DOWN/);
   }, 60_000);
 });
+
+describe('operator mistakes with the new flags', () => {
+  it('refuses auto and --deadline on the distributed engine before anything is enqueued, and bounds that cross', async () => {
+    const input = await writeCsvInput(join(ws.dir, 'users.csv'), plainUsers(3));
+    const mock = await ws.provider({ latencyMs: 1 });
+    const redis = ['--redis', 'redis://127.0.0.1:1', '--prefix', 'bulkbill-test-never'];
+    const auto = await runCli([...runArgs(input, mock.url, '--concurrency', 'auto'), ...redis]);
+    expect(auto.code).toBe(2);
+    expect(auto.stderr).toMatch(
+      /--concurrency auto is not available on the distributed engine yet/,
+    );
+    const deadline = await runCli([...runArgs(input, mock.url, '--deadline', '1h'), ...redis]);
+    expect(deadline.code).toBe(2);
+    expect(deadline.stderr).toMatch(/--deadline is not available on the distributed engine yet/);
+    const crossed = await runCli(
+      runArgs(
+        input,
+        mock.url,
+        '--concurrency',
+        'auto',
+        '--min-concurrency',
+        '10',
+        '--max-concurrency',
+        '5',
+      ),
+    );
+    expect(crossed.code).toBe(2);
+    expect(crossed.stderr).toMatch(
+      /--min-concurrency \(10\) must not be above --max-concurrency \(5\)/,
+    );
+    const noOffset = await runCli(runArgs(input, mock.url, '--deadline', '2026-12-02T09:00'));
+    expect(noOffset.code).toBe(2);
+    expect(noOffset.stderr).toMatch(
+      /--deadline: expected a duration .* or a time with its date and offset/,
+    );
+    const word = await runCli(runArgs(input, mock.url, '--concurrency', 'lots'));
+    expect(word.code).toBe(2);
+    expect(word.stderr).toMatch(/--concurrency: expected a whole number or auto, got "lots"/);
+    expect(mock.stats().requests).toBe(0);
+  }, 60_000);
+});
