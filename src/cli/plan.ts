@@ -287,6 +287,9 @@ function whyNot(report: PlanReport): string {
   const { deadline } = report;
   if (deadline === null) return 'no deadline';
   const charges = `${number.format(report.users)} charges at ${formatDuration(report.latencyMs)} each`;
+  if (deadline.bound === 'too-soon') {
+    return `${deadline.at} is ${formatDuration(Math.max(0, deadline.timeLeftMs))} away, sooner than one request takes (${formatDuration(report.latencyMs)}, with the ${Math.round((deadline.margin - 1) * 100)}% margin)`;
+  }
   if (deadline.bound === 'deadline-passed' || deadline.neededPerSecond === null) {
     return `${deadline.at} passed ${formatDuration(Math.max(0, -deadline.timeLeftMs))} ago; ${charges} take at least ${formatDuration(deadline.fastestMs)} within ${limitsOf(report, deadline.maxConcurrency)}`;
   }

@@ -37,7 +37,7 @@ export interface Plan {
   /** How long it takes at the most the limits allow, in ms: the best the run can do. */
   readonly fastestMs: number;
   /** What binds when the deadline cannot be met: the concurrency ceiling or the rate. */
-  readonly bound?: 'max-concurrency' | 'rate' | 'deadline-passed';
+  readonly bound?: 'max-concurrency' | 'rate' | 'deadline-passed' | 'too-soon';
 }
 
 export const DEFAULT_MARGIN = 1.1;
@@ -71,6 +71,18 @@ export function planConcurrency(input: PlanInput): Plan {
       expectedMs: fastestMs,
       fastestMs,
       bound: 'deadline-passed',
+    };
+  }
+  // No concurrency ends a charge sooner than one request takes: a deadline that close cannot be
+  // met, however few the charges.
+  if (latencyMs * margin > timeLeftMs) {
+    return {
+      concurrency: maxConcurrency,
+      feasible: false,
+      neededPerSecond: Number.POSITIVE_INFINITY,
+      expectedMs: fastestMs,
+      fastestMs,
+      bound: 'too-soon',
     };
   }
   const neededPerSecond = (attempts * margin * 1_000) / timeLeftMs;

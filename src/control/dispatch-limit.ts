@@ -152,6 +152,12 @@ export class DispatchLimit {
     this.#plan = plan;
     let { feasible } = plan;
     let bound: DeadlineStatus['bound'] = plan.bound;
+    // Past the plan's own target (the margin used up) but still in time for the deadline itself
+    // at the most allowed: on track, the last charges going as fast as allowed.
+    if (!feasible && wallNow + plan.fastestMs + latencyMs <= deadline.at) {
+      feasible = true;
+      bound = undefined;
+    }
     let expectedMs = plan.expectedMs;
     const controller = this.controller;
     const capacity = controller?.snapshot().capacity;

@@ -70,6 +70,16 @@ describe('planConcurrency', () => {
     expect(plan.fastestMs).toBe(5_000_000);
   });
 
+  it('a deadline sooner than one request takes cannot be met, however few the charges', () => {
+    expect(
+      planConcurrency({ remaining: 3, latencyMs: 1_600, timeLeftMs: 1_000, maxConcurrency: 50 }),
+    ).toMatchObject({ feasible: false, bound: 'too-soon', concurrency: 50 });
+    // One round trip with its margin fits: feasible at the few it needs.
+    expect(
+      planConcurrency({ remaining: 3, latencyMs: 1_600, timeLeftMs: 1_800, maxConcurrency: 50 }),
+    ).toMatchObject({ feasible: true, concurrency: 3 });
+  });
+
   it('a deadline already passed: infeasible, at the most allowed; nothing left: one is enough', () => {
     expect(
       planConcurrency({ remaining: 10, latencyMs: 100, timeLeftMs: 0, maxConcurrency: 50 }),
