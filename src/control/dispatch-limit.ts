@@ -67,8 +67,6 @@ export class DispatchLimit {
   #plan: Plan | undefined;
   #plannedAt = Number.NEGATIVE_INFINITY;
   #deadline: DeadlineStatus | undefined;
-  #maxInFlight = 0;
-  #inFlight = 0;
   /** When the plan means to end (epoch ms): the deadline less the run's margin. */
   #target: number | undefined;
 
@@ -102,14 +100,11 @@ export class DispatchLimit {
 
   /** A request is sent: hand what this returns to `complete`. */
   start(): unknown {
-    this.#inFlight++;
-    this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight);
     return this.controller?.start();
   }
 
   /** The request begun by `start` ended: `latencyMs` when it was answered. */
   complete(ticket: unknown, outcome: LimitOutcome, latencyMs: number | undefined): void {
-    this.#inFlight = Math.max(0, this.#inFlight - 1);
     const controller = this.controller;
     if (controller !== undefined) {
       controller.complete(ticket as Parameters<LimitController['complete']>[0], outcome);
@@ -122,18 +117,17 @@ export class DispatchLimit {
     }
   }
 
-  /** Most requests in flight at once so far. */
-  get maxInFlight(): number {
-    return this.#maxInFlight;
+  /** Whether a plan is due: with a deadline, `replanMs` after the last (or after the first answer). */
+  planDue(): boolean {
+    if (this.#options.deadline === undefined) return false;
+    return this.#options.clock.now() - this.#plannedAt >= (this.#options.replanMs ?? 1_000);
   }
 
-  /** Plans again when `replanMs` has passed since the last plan (or `force`). */
+  /** Plans again when one is due (or `force`). */
   replan(work: WorkLeft, force = false): void {
     const { deadline, clock } = this.#options;
-    if (deadline === undefined) return;
-    const now = clock.now();
-    if (!force && now - this.#plannedAt < (this.#options.replanMs ?? 1_000)) return;
-    this.#plannedAt = now;
+    if (deadline === undefined || !(force || this.planDue())) return;
+    this.#plannedAt = clock.now();
     const wallNow = deadline.wallClock();
     const latencyMs = this.#latencyMs ?? this.#options.assumedLatencyMs;
     // The margin is of the whole run, fixed at its start: the work is planned to end 10% of the

@@ -456,7 +456,8 @@ export class Scheduler {
   #replan(): void {
     const { limit } = this.#options;
     const total = this.#options.pendingAtStart;
-    if (limit === undefined || total === undefined) return;
+    // Asked on every pump: nothing is counted unless a plan is due (a deadline, once a second).
+    if (limit === undefined || total === undefined || !limit.planDue()) return;
     const ended = Object.values(this.#ended).reduce((sum, count) => sum + count, 0);
     const remaining = Math.max(0, total - ended);
     // Attempts whose answers came, per charge ended: those in flight have not told anything yet.

@@ -1,4 +1,11 @@
-import type { DuplicateUser, ImportRow, Ledger, RunRecord } from '../../src/ledger/ledger.js';
+import type {
+  ChargeRecord,
+  DuplicateUser,
+  ImportRow,
+  Ledger,
+  RunRecord,
+} from '../../src/ledger/ledger.js';
+import { SqliteLedger } from '../../src/ledger/sqlite-ledger.js';
 
 // Rows and runs for ledger tests, shared by the conformance suite and the SQLite-only tests.
 
@@ -55,4 +62,38 @@ export function heldImport(ledger: Ledger, runId: string, fail: boolean) {
   const created = ledger.createRun(runOf(runId), batches(), () => {});
   created.catch(() => {});
   return { created, yielded, release };
+}
+
+/**
+ * An in-memory SQLite ledger holding run `runId` with `count` users `u0`…, for scheduler tests;
+ * it is pushed on `opened` for the test to close.
+ */
+export async function memoryLedgerWith(
+  count: number,
+  runId: string,
+  opened: SqliteLedger[],
+): Promise<SqliteLedger> {
+  const ledger = new SqliteLedger({ path: ':memory:', flushIntervalMs: 1 });
+  opened.push(ledger);
+  const all = Array.from({ length: count }, (_, index) => ({
+    line: index + 2,
+    userId: `u${index}`,
+    amount: 100,
+    currency: 'USD',
+    metadata: {},
+  }));
+  await ledger.createRun(
+    { runId, inputHash: 'h', inputPath: 'in.csv', endpoint: 'e' },
+    batchesOf(all, all.length || 1),
+    () => {},
+  );
+  return ledger;
+}
+
+/** Every charge of run `runId`, after the ledger's pending writes. */
+export async function chargesIn(ledger: Ledger, runId: string): Promise<ChargeRecord[]> {
+  await ledger.flush();
+  const all: ChargeRecord[] = [];
+  for await (const charge of ledger.charges(runId)) all.push(charge);
+  return all;
 }

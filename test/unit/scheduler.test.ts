@@ -3,10 +3,11 @@ import { resolveRetryPolicy } from '../../src/control/retry-policy.js';
 import type { AttemptResult } from '../../src/domain/outcome.js';
 import { Scheduler, type SchedulerResult } from '../../src/engine/scheduler.js';
 import type { ChargeRecord } from '../../src/ledger/ledger.js';
-import { SqliteLedger } from '../../src/ledger/sqlite-ledger.js';
+import type { SqliteLedger } from '../../src/ledger/sqlite-ledger.js';
 import type { ChargeRequest } from '../../src/provider/index.js';
 import { answer } from '../helpers/answers.js';
 import { FakeTimers, settle } from '../helpers/fake-timers.js';
+import { chargesIn, memoryLedgerWith } from '../helpers/ledger-rows.js';
 
 const RUN = 'cycle';
 
@@ -46,32 +47,12 @@ afterEach(async () => {
   await Promise.all(ledgers.splice(0).map((ledger) => ledger.close()));
 });
 
-async function ledgerWith(count: number): Promise<SqliteLedger> {
-  const ledger = new SqliteLedger({ path: ':memory:', flushIntervalMs: 1 });
-  ledgers.push(ledger);
-  const rows = Array.from({ length: count }, (_, index) => ({
-    line: index + 2,
-    userId: `u${index}`,
-    amount: 100,
-    currency: 'USD',
-    metadata: {},
-  }));
-  async function* batches() {
-    yield rows;
-  }
-  await ledger.createRun(
-    { runId: RUN, inputHash: 'h', inputPath: 'in.csv', endpoint: 'e' },
-    batches(),
-    () => {},
-  );
-  return ledger;
+function ledgerWith(count: number): Promise<SqliteLedger> {
+  return memoryLedgerWith(count, RUN, ledgers);
 }
 
-async function chargesOf(ledger: SqliteLedger): Promise<ChargeRecord[]> {
-  await ledger.flush();
-  const all: ChargeRecord[] = [];
-  for await (const charge of ledger.charges(RUN)) all.push(charge);
-  return all;
+function chargesOf(ledger: SqliteLedger): Promise<ChargeRecord[]> {
+  return chargesIn(ledger, RUN);
 }
 
 function start(
