@@ -15,8 +15,14 @@ import type { Random } from './backoff.js';
  *   governor's; an answer of any other status says the provider is up.
  * - **Open**: nothing goes, for `openMs` (doubling on each reopening, up to `maxOpenMs`, with
  *   jitter), or for the provider's Retry-After when it asked for longer (up to `maxOpenMs` too).
- * - **Half-open**: `probes` attempts go at once; the first answer that is not a failure closes
- *   the breaker (its window starts empty); a failed probe reopens it for twice as long.
+ * - **Half-open**: `probes` attempts go at once; the first probe's answer that is not a failure
+ *   closes the breaker (its window starts empty); a failed probe reopens it for twice as long.
+ *
+ * Each dispatch takes a ticket that says when it was sent (the breaker's epoch, one per
+ * opening). Only answers to attempts sent since the latest opening move the breaker: an answer
+ * to an attempt sent before it is stale news. A stale success (a request the provider took
+ * before it went down, answered late) neither closes an open breaker nor stands for a probe;
+ * a stale failure is excused and left out of the window.
  *
  * Attempts the breaker holds back are never sent, so they use nothing; attempts whose failure
  * came while it was open or half-open, or which opened it, are `excused`: the provider was down,
@@ -55,6 +61,13 @@ export const BREAKER_DEFAULTS = {
 } as const satisfies BreakerPolicy;
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
+
+/** The right to send one attempt: when it was sent, and whether as a probe. */
+export interface BreakerTicket {
+  /** The breaker's openings before this attempt was sent. */
+  readonly epoch: number;
+  readonly probe: boolean;
+}
 
 /** What the breaker knows now: for progress, `status` and the summary. */
 export interface BreakerSnapshot {
@@ -164,43 +177,54 @@ export class CircuitBreaker {
       : Number.POSITIVE_INFINITY;
   }
 
-  /** Takes the right to send one attempt; false (nothing taken) when the breaker holds it back. */
-  tryDispatch(): boolean {
+  /**
+   * Takes the right to send one attempt: its ticket, for `record` or `release`; undefined
+   * (nothing taken) when the breaker holds it back.
+   */
+  tryDispatch(): BreakerTicket | undefined {
     const now = this.#clock.now();
-    if (now < this.readyAt()) return false;
-    if (this.#state === 'half-open') {
+    if (now < this.readyAt()) return undefined;
+    const probe = this.#state === 'half-open';
+    if (probe) {
       this.#probesOut++;
       this.#probesSent++;
     }
-    return true;
+    return { epoch: this.#opened, probe };
   }
 
   /** A dispatch taken by tryDispatch was not sent after all (another process settled it). */
-  release(): void {
-    if (this.#state === 'half-open' && this.#probesOut > 0) this.#probesOut--;
+  release(ticket: BreakerTicket): void {
+    if (this.#isOutProbe(ticket)) this.#probesOut--;
   }
 
   /**
-   * An attempt ended; `retryAfterMs` is the provider's, when it gave one. Returns whether the
-   * attempt is excused (its failure came while the provider was seen down: it uses no attempt).
+   * The attempt sent on `ticket` ended; `retryAfterMs` is the provider's, when it gave one.
+   * Returns whether the attempt is excused (its failure came while the provider was seen down,
+   * or was sent before it was: it uses no attempt).
    */
-  record(outcome: BreakerOutcome, retryAfterMs?: number): boolean {
+  record(ticket: BreakerTicket, outcome: BreakerOutcome, retryAfterMs?: number): boolean {
     this.#tick();
     const now = this.#clock.now();
     if (outcome === 'neutral') return false;
     const failed = outcome === 'failure';
-    if (this.#state === 'half-open' && this.#probesOut > 0) this.#probesOut--;
+    const probe = this.#isOutProbe(ticket);
+    if (probe) this.#probesOut--;
+    if (ticket.epoch !== this.#opened) {
+      // Sent before the latest opening: it says how the provider was, not how it is.
+      if (!failed) return false;
+      // While open, the open time may follow its Retry-After.
+      if (this.#state === 'open' && retryAfterMs !== undefined) {
+        this.#extend(now + this.#cap(retryAfterMs));
+      }
+      return true;
+    }
     if (!failed) {
       if (this.#state !== 'closed') this.#close();
       this.#push(false, now);
       return false;
     }
-    if (this.#state === 'open') {
-      // An answer to a request sent before it opened: the open time may follow its Retry-After.
-      if (retryAfterMs !== undefined) this.#extend(now + this.#cap(retryAfterMs));
-      return true;
-    }
     if (this.#state === 'half-open') {
+      // A probe failed (only probes are sent since the latest opening while it is not closed).
       this.#open(now, retryAfterMs);
       return true;
     }
@@ -250,6 +274,16 @@ export class CircuitBreaker {
     this.#openUntil = now + ms;
     this.#probesOut = 0;
     this.#downSince ??= now;
+  }
+
+  /** A probe of this half-open spell still out. */
+  #isOutProbe(ticket: BreakerTicket): boolean {
+    return (
+      ticket.probe &&
+      ticket.epoch === this.#opened &&
+      this.#state === 'half-open' &&
+      this.#probesOut > 0
+    );
   }
 
   #extend(until: number): void {

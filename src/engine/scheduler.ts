@@ -1,6 +1,7 @@
 import type { Random } from '../control/backoff.js';
 import {
   type BreakerSnapshot,
+  type BreakerTicket,
   breakerOutcome,
   type CircuitBreaker,
 } from '../control/circuit-breaker.js';
@@ -126,6 +127,8 @@ interface Charge {
   dueAt: number;
   /** The breaker excused its latest attempt: it counts against nothing. */
   excused: boolean;
+  /** The breaker's ticket for the attempt being sent, when there is a breaker. */
+  breakerTicket: BreakerTicket | undefined;
 }
 
 interface HeldDecline {
@@ -303,7 +306,8 @@ export class Scheduler {
         continue;
       }
       this.#governor.tryDispatch();
-      breaker?.tryDispatch();
+      // readyAt() said it may go: the ticket is there.
+      charge.breakerTicket = breaker?.tryDispatch();
       this.#begin(charge);
     }
     if (!this.#exhausted && this.#fresh.length - this.#freshIndex < this.#pageSize() / 2) {
@@ -334,6 +338,7 @@ export class Scheduler {
       firstAttemptAt: pending.firstAttemptAt,
       dueAt: 0,
       excused: false,
+      breakerTicket: undefined,
     };
   }
 
@@ -407,7 +412,7 @@ export class Scheduler {
           // Not pending in the ledger any more: settled by someone else; nothing to send.
           else {
             this.#inFlight--;
-            this.#options.breaker?.release();
+            if (charge.breakerTicket) this.#options.breaker?.release(charge.breakerTicket);
           }
         });
         this.#pump();
@@ -427,7 +432,7 @@ export class Scheduler {
       .attempt(charge.request)
       .then((result) => {
         const latencyMs = clock.now() - started;
-        const excused = this.#breakerSays(result);
+        const excused = this.#breakerSays(charge, result);
         limit?.complete(ticket, limitOutcome(result, excused), latencyMs);
         this.#settle(charge, result, started, latencyMs, excused);
       })
@@ -436,10 +441,12 @@ export class Scheduler {
   }
 
   /** Tells the breaker how an attempt ended; whether it excused it (the provider was down). */
-  #breakerSays(result: AttemptResult): boolean {
+  #breakerSays(charge: Charge, result: AttemptResult): boolean {
     const { breaker } = this.#options;
-    if (breaker === undefined) return false;
+    const ticket = charge.breakerTicket;
+    if (breaker === undefined || ticket === undefined) return false;
     const excused = breaker.record(
+      ticket,
       breakerOutcome(result),
       result.kind === 'retry' ? result.retryAfterMs : undefined,
     );

@@ -124,6 +124,11 @@ describe('the circuit breaker', () => {
     const summary = summaryOf(cli.stdout());
     expect(summary.counts).toMatchObject({ charged: USERS, failed: 0, unknown: 0 });
     expect(summary.dispatch.breaker.opened).toBeGreaterThanOrEqual(1);
+    // It reopened only on a failed probe: late answers to requests sent before the outage
+    // (successes among them) neither closed it nor let a new wave go.
+    expect(summary.dispatch.breaker.opened).toBeLessThanOrEqual(
+      summary.dispatch.breaker.probes + 1,
+    );
     // Before it opened: the 20 in flight and the window's 10; then probes, a few a second at most.
     expect(stats.outage_503).toBeLessThanOrEqual(20 + 10 + 3 * (OUTAGE_MS / 1_000));
     expect(cli.stderr()).toMatch(/PROVIDER DOWN/);

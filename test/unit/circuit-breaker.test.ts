@@ -17,6 +17,12 @@ function breaker(options: Partial<typeof BREAKER_DEFAULTS> = {}) {
   });
   return {
     breaker: made,
+    /** Sends one attempt now: its ticket (the breaker must let it go). */
+    send: () => {
+      const ticket = made.tryDispatch();
+      if (ticket === undefined) throw new Error('the breaker held the attempt back');
+      return ticket;
+    },
     advance: (ms: number) => {
       now += ms;
     },
@@ -35,79 +41,111 @@ describe('the circuit breaker', () => {
   });
 
   it('opens once half of at least 10 recent attempts failed, and not on a few', () => {
-    const { breaker: b } = breaker();
-    for (let index = 0; index < 9; index++) expect(b.record('failure')).toBe(false);
+    const { breaker: b, send } = breaker();
+    for (let index = 0; index < 9; index++) expect(b.record(send(), 'failure')).toBe(false);
     expect(b.state).toBe('closed');
     // The 10th failure opens it, and is excused with it.
-    expect(b.record('failure')).toBe(true);
+    expect(b.record(send(), 'failure')).toBe(true);
     expect(b.state).toBe('open');
   });
 
   it('does not open when failures are under half, and forgets attempts older than its window', () => {
-    const { breaker: b, advance } = breaker();
-    for (let index = 0; index < 40; index++) b.record(index % 3 === 0 ? 'failure' : 'success');
+    const { breaker: b, send, advance } = breaker();
+    for (let index = 0; index < 40; index++) {
+      b.record(send(), index % 3 === 0 ? 'failure' : 'success');
+    }
     expect(b.state).toBe('closed');
-    const { breaker: fresh, advance: later } = breaker();
-    for (let index = 0; index < 9; index++) fresh.record('failure');
+    const { breaker: fresh, send: sendFresh, advance: later } = breaker();
+    for (let index = 0; index < 9; index++) fresh.record(sendFresh(), 'failure');
     later(BREAKER_DEFAULTS.windowMs + 1);
     // The 9 went out of the window: one more failure is one of one, under minSamples.
-    expect(fresh.record('failure')).toBe(false);
+    expect(fresh.record(sendFresh(), 'failure')).toBe(false);
     expect(fresh.state).toBe('closed');
-    for (let index = 0; index < 9; index++) b.record('success');
+    for (let index = 0; index < 9; index++) b.record(send(), 'success');
     advance(BREAKER_DEFAULTS.windowMs + 1);
     // The 9 went out of the window: one more failure is one of one, under minSamples.
-    expect(b.record('failure')).toBe(false);
+    expect(b.record(send(), 'failure')).toBe(false);
     expect(b.state).toBe('closed');
   });
 
   it('holds dispatch while open, lets one probe go half-open, closes on its answer', () => {
-    const { breaker: b, advance, at } = breaker();
-    for (let index = 0; index < 10; index++) b.record('failure');
+    const { breaker: b, send, advance, at } = breaker();
+    for (let index = 0; index < 10; index++) b.record(send(), 'failure');
     const openUntil = b.readyAt();
     // 2 s with jitter drawn at 0.5: 1.5 s.
     expect(openUntil - at()).toBe(1_500);
-    expect(b.tryDispatch()).toBe(false);
+    expect(b.tryDispatch()).toBeUndefined();
     advance(1_500);
     expect(b.state).toBe('half-open');
     // Ready now, whatever instant the caller read a moment before.
     expect(b.readyAt()).toBe(Number.NEGATIVE_INFINITY);
-    expect(b.tryDispatch()).toBe(true);
+    const probe = send();
+    expect(probe.probe).toBe(true);
     // The probe is out: nothing else goes until it answers.
     expect(b.readyAt()).toBe(Number.POSITIVE_INFINITY);
-    expect(b.tryDispatch()).toBe(false);
-    expect(b.record('success')).toBe(false);
+    expect(b.tryDispatch()).toBeUndefined();
+    expect(b.record(probe, 'success')).toBe(false);
     expect(b.state).toBe('closed');
     expect(b.snapshot()).toMatchObject({ opened: 1, probes: 1, downSince: undefined });
   });
 
   it('reopens for twice as long when a probe fails, up to its ceiling, and follows a longer Retry-After', () => {
-    const { breaker: b, advance, at } = breaker();
-    for (let index = 0; index < 10; index++) b.record('failure');
+    const { breaker: b, send, advance, at } = breaker();
+    for (let index = 0; index < 10; index++) b.record(send(), 'failure');
     const opens: number[] = [];
     for (let round = 0; round < 8; round++) {
       opens.push(b.readyAt() - at());
       advance(b.readyAt() - at());
-      expect(b.tryDispatch()).toBe(true);
-      expect(b.record('failure')).toBe(true);
+      expect(b.record(send(), 'failure')).toBe(true);
     }
     expect(opens).toEqual([1_500, 3_000, 6_000, 12_000, 24_000, 45_000, 45_000, 45_000]);
     advance(b.readyAt() - at());
-    b.tryDispatch();
-    b.record('failure', 120_000);
+    b.record(send(), 'failure', 120_000);
     // A Retry-After past the ceiling is held to it (60 s).
     expect(b.readyAt() - at()).toBe(60_000);
   });
 
   it('gives back a probe that was not sent, and says when to stop after its give-up time', () => {
-    const { breaker: b, advance, at } = breaker({ giveUpMs: 10_000 });
-    for (let index = 0; index < 10; index++) b.record('failure');
+    const { breaker: b, send, advance, at } = breaker({ giveUpMs: 10_000 });
+    for (let index = 0; index < 10; index++) b.record(send(), 'failure');
     advance(b.readyAt() - at());
-    expect(b.tryDispatch()).toBe(true);
-    b.release();
-    expect(b.tryDispatch()).toBe(true);
+    b.release(send());
+    expect(b.tryDispatch()).toMatchObject({ probe: true });
     expect(b.stopReason()).toBeUndefined();
     advance(10_000);
     expect(b.stopReason()).toMatch(/failing .* for 11.5s: stopping, the charges left stay pending/);
+  });
+
+  it('is moved only by answers to attempts sent since it last opened: a late success of an earlier one closes nothing', () => {
+    const { breaker: b, send, advance, at } = breaker();
+    // 20 in flight when the provider goes down: the failures come back first.
+    const before = Array.from({ length: 20 }, () => send());
+    for (const ticket of before.slice(0, 10)) b.record(ticket, 'failure');
+    expect(b.state).toBe('open');
+    // Requests the provider took before it went down, answered late: stale news.
+    expect(b.record(before[10] as (typeof before)[number], 'success')).toBe(false);
+    expect(b.state).toBe('open');
+    // A late failure is excused, and a longer Retry-After it brings is followed.
+    expect(b.record(before[11] as (typeof before)[number], 'failure', 5_000)).toBe(true);
+    expect(b.readyAt() - at()).toBe(5_000);
+    advance(5_000);
+    const probe = send();
+    // Half-open: a late success neither closes it nor frees the probe's place.
+    expect(b.record(before[12] as (typeof before)[number], 'success')).toBe(false);
+    expect(b.state).toBe('half-open');
+    expect(b.tryDispatch()).toBeUndefined();
+    // The probe's own answer decides.
+    expect(b.record(probe, 'failure')).toBe(true);
+    expect(b.state).toBe('open');
+    advance(b.readyAt() - at());
+    expect(b.record(send(), 'success')).toBe(false);
+    expect(b.state).toBe('closed');
+    // Closed again: the last of the old attempts time out; excused, and out of the new window.
+    for (const ticket of before.slice(13)) expect(b.record(ticket, 'failure')).toBe(true);
+    // 8 new failures and the probe's success: 9 samples, under minSamples; with the 7 old, 16.
+    for (let index = 0; index < 8; index++) b.record(send(), 'failure');
+    expect(b.state).toBe('closed');
+    expect(b.snapshot()).toMatchObject({ opened: 2, probes: 2 });
   });
 
   it('refuses settings that make no sense, naming them', () => {
