@@ -359,6 +359,12 @@ program
   )
   .option('--timeout <duration>', 'deadline of one request', durationFlag('--timeout'), 30_000)
   .option(
+    '--outage-wait <duration>',
+    "how long the queue's circuit breaker (shared by its workers) waits for a provider that is down before this worker stops, charges left pending (0 turns it off)",
+    durationFlag('--outage-wait'),
+    1_800_000,
+  )
+  .option(
     '--ca <file>',
     "PEM file of the CA that signs the provider's TLS certificate (a private CA), trusted besides the usual ones",
   )

@@ -26,6 +26,7 @@ export interface WorkerFlags {
   rate?: number;
   globalConcurrency?: number;
   timeout: number;
+  outageWait?: number;
   ca?: string;
   maxAttempts: number;
   keyRetention: number;
@@ -61,6 +62,11 @@ function checkFlags(flags: WorkerFlags): void {
   }
   if (!(flags.timeout > 0)) {
     throw new UsageError(`--timeout: expected a duration above 0, got ${flags.timeout} ms`);
+  }
+  if (flags.outageWait !== undefined && !(flags.outageWait >= 0)) {
+    throw new UsageError(
+      `--outage-wait: expected a duration (or 0 for no breaker), got ${flags.outageWait} ms`,
+    );
   }
   if (!(flags.lockDuration >= 1_000)) {
     throw new UsageError(`--lock-duration: expected at least 1s, got ${flags.lockDuration} ms`);
@@ -137,6 +143,8 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
       rate: flags.rate,
       globalConcurrency: flags.globalConcurrency,
       lockDurationMs: flags.lockDuration,
+      outageWaitMs: flags.outageWait,
+      requestTimeoutMs: flags.timeout,
       exitWhenIdle: flags.exitWhenIdle === true,
       onLog: (level, message) => log[level](message),
     });

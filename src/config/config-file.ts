@@ -55,6 +55,11 @@ export const configSchema = z
       .optional(),
     rate: z.number().finite().positive().describe('Most requests per second.').optional(),
     timeout: duration.describe('Deadline of one request.').optional(),
+    outageWait: duration
+      .describe(
+        'How long the circuit breaker waits for a provider that is down before the run (a worker) stops, charges left pending; 0 turns it off.',
+      )
+      .optional(),
     maxAttempts: z
       .number()
       .int()
@@ -157,7 +162,7 @@ export function parseConfig(text: string, file: string): Record<string, unknown>
 function normalize(config: z.output<typeof configSchema>, file: string): Record<string, unknown> {
   const { $schema: _schema, ...values } = config;
   const out: Record<string, unknown> = { ...values };
-  for (const key of ['timeout', 'keyRetention', 'lockDuration'] as const) {
+  for (const key of ['timeout', 'keyRetention', 'lockDuration', 'outageWait'] as const) {
     const value = values[key];
     if (typeof value === 'string') {
       try {

@@ -94,6 +94,12 @@ class TwoStepApi {
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
 
+  /** Faults planned for this API that have not happened yet (each happens once). */
+  faultsLeft(): string[] {
+    const { dropAfterCreate, confirm503, dropAfterConfirm } = this.#faults;
+    return [...dropAfterCreate, ...confirm503, ...dropAfterConfirm];
+  }
+
   /** Users charged more than once. */
   duplicates(): string[] {
     return [...this.charges].filter(([, count]) => count > 1).map(([userId]) => userId);
@@ -280,10 +286,10 @@ async function expectExactlyOnce(
     }
   }
   expect(disagreements).toEqual([]);
-  // The faults happened, and their users needed a second attempt.
-  for (const userId of ['user-3', 'user-5', 'user-8', 'user-29', 'user-44']) {
-    expect(Number(byUser.get(userId)?.attempts), userId).toBeGreaterThanOrEqual(2);
-  }
+  // Every planned fault happened (and the users above ended once regardless). Not read from the
+  // report's attempts: an attempt the circuit breaker excused counts for nothing there, and the
+  // fast failures at the start (8 faults among 60 answered at once) can open it.
+  expect(api.faultsLeft()).toEqual([]);
   expect(byUser.get('user-13')?.error).toBe('card_declined: insufficient funds');
 }
 
@@ -357,6 +363,8 @@ describe('the two-step OAuth adapter', () => {
       ledger,
       maxAttempts: 1,
       concurrency: 8,
+      // No breaker: failures it excused would be retried, and this run is about one attempt.
+      outageWaitMs: 0,
       env: env(),
     });
     expect(first.counts).toMatchObject({ failed: 6, unknown: 2 });

@@ -2,6 +2,7 @@ import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { resolveRetryPolicy } from '../../control/retry-policy.js';
+import type { DispatchReport } from '../../domain/dispatch.js';
 import { UsageError } from '../../domain/errors.js';
 import type { InputFormat } from '../../input/index.js';
 import { endedOf, type RunRecord } from '../../ledger/ledger.js';
@@ -172,6 +173,8 @@ export async function billDistributed(
       rate: config.rate,
       globalConcurrency: config.globalConcurrency,
       lockDurationMs: config.lockDurationMs,
+      outageWaitMs: config.outageWaitMs,
+      requestTimeoutMs: config.timeoutMs,
       keepLatencies: true,
       random,
       onLog,
@@ -185,8 +188,10 @@ export async function billDistributed(
       worker,
       signal: signal ?? (queued.interrupted ? AbortSignal.abort() : undefined),
       intervalMs: config.progressIntervalMs,
+      concurrency: mostInFlight(config),
       onProgress,
     });
+    const dispatch = await dispatchOf(worker, mostInFlight(config));
     const end = await worker.close();
     await following.finishIfComplete(run.runId);
     const snapshot = worker.snapshot();
@@ -204,6 +209,7 @@ export async function billDistributed(
       serialMs,
       stoppedBecause: end.stoppedBecause,
       plan: undefined,
+      dispatch,
       reportPath: await writeRunReport(following, run.runId, reportPathOf),
       importMs: queued.importMs,
     };
@@ -215,6 +221,31 @@ export async function billDistributed(
     await closeRedis(redis);
     if (patient) await closeRedis(patient);
   }
+}
+
+/**
+ * How this process's worker paced its requests, and the queue's breaker (shared by every
+ * worker: its openings and probes are the queue's, the attempts excused this worker's).
+ */
+async function dispatchOf(worker: BillingWorker, concurrency: number): Promise<DispatchReport> {
+  const snapshot = worker.snapshot();
+  const breaker = await worker.breakerSnapshot();
+  return {
+    mode: 'fixed',
+    limit: concurrency,
+    maxInFlight: snapshot.maxInFlight,
+    throttled: snapshot.throttled,
+    ...(breaker === undefined
+      ? {}
+      : {
+          breaker: {
+            state: breaker.state,
+            opened: breaker.opened,
+            probes: breaker.probes,
+            excused: snapshot.excused,
+          },
+        }),
+  };
 }
 
 /**
@@ -230,6 +261,7 @@ async function waitForRun(args: {
   worker: BillingWorker;
   signal: AbortSignal | undefined;
   intervalMs: number;
+  concurrency: number;
   onProgress: ((event: ProgressEvent) => void) | undefined;
 }): Promise<'completed' | 'stopped' | 'interrupted'> {
   const { ledger, run, worker, signal, onProgress } = args;
@@ -258,6 +290,7 @@ async function waitForRun(args: {
             inFlight: worker.snapshot().inFlight,
             retrying: await queue.getDelayedCount(),
             elapsedMs: now - started,
+            dispatch: await dispatchOf(worker, args.concurrency),
           }),
         );
       }

@@ -1,4 +1,5 @@
 import { Queue } from 'bullmq';
+import type { DispatchReport } from '../../domain/dispatch.js';
 import { BulkbillError, ErrorCode } from '../../domain/errors.js';
 import { endedOf, type RunRecord, type StateCounts } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
@@ -128,6 +129,7 @@ export function progressOf(sample: {
   readonly inFlight: number;
   readonly retrying: number;
   readonly elapsedMs: number;
+  readonly dispatch?: DispatchReport | undefined;
 }): ProgressEvent {
   const { run, counts, perSecond } = sample;
   return {
@@ -145,6 +147,7 @@ export function progressOf(sample: {
     etaMs: etaMsOf(counts.pending, perSecond),
     elapsedMs: sample.elapsedMs,
     pausedMs: 0,
+    ...(sample.dispatch === undefined ? {} : { dispatch: sample.dispatch }),
   };
 }
 

@@ -2,6 +2,12 @@ import { hostname } from 'node:os';
 import { DelayedError, type Job, Queue, RateLimitError, UnrecoverableError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Random } from '../../control/backoff.js';
+import {
+  BREAKER_DEFAULTS,
+  type BreakerTicket,
+  breakerOutcome,
+  resolveBreakerPolicy,
+} from '../../control/circuit-breaker.js';
 import { MisconfigurationWatch } from '../../control/misconfiguration-watch.js';
 import { decideRetry, gateAttempt, type RetryPolicy } from '../../control/retry-policy.js';
 import { ThrottleGovernor } from '../../control/throttle.js';
@@ -23,6 +29,7 @@ import {
   ledgerPrefix,
   type QueuePlace,
 } from './jobs.js';
+import { QueueBreaker, type QueueBreakerSnapshot } from './queue-breaker.js';
 import { QueuePause } from './queue-pause.js';
 import { QueueRate } from './queue-settings.js';
 
@@ -53,6 +60,14 @@ export interface BillingWorkerOptions extends QueuePlace {
    * over by another worker between one and two of these later. Default 30 s (BullMQ's).
    */
   readonly lockDurationMs?: number | undefined;
+  /**
+   * How long the queue's circuit breaker (shared by every worker of the queue) waits for a
+   * provider that is down before this worker stops, its charges left pending; 0: no breaker.
+   * Default 30 min.
+   */
+  readonly outageWaitMs?: number | undefined;
+  /** The sender's request timeout: a probe holds its place this long and 5 s. Default 30 s. */
+  readonly requestTimeoutMs?: number | undefined;
   /** Ends the worker once the queue holds no job (waiting, delayed or active). Default false. */
   readonly exitWhenIdle?: boolean | undefined;
   /** Keep every attempt's latency for latencies() (a run's summary); a long-lived worker does not. */
@@ -85,12 +100,20 @@ export interface WorkerSnapshot {
   readonly ended: Readonly<Record<Exclude<TerminalChargeState, 'invalid'>, number>>;
   /** Jobs waiting for a retry this worker scheduled, in delayed. */
   readonly retries: number;
+  /** Most of this worker's attempts in flight at once. */
+  readonly maxInFlight: number;
+  /** This worker's attempts throttled (429, or 503 with Retry-After). */
+  readonly throttled: number;
+  /** This worker's attempts the queue's breaker excused (the provider was down). */
+  readonly excused: number;
 }
 
 // How soon a worker follows a rate another worker made stricter.
 const RATE_REFRESH_MS = 2_000;
 // A decline held back while the watch decides. A crashed worker's held jobs come back after this.
 const HOLD_MS = 60_000;
+// While another worker's probe is out, how often the others look whether it answered.
+const PROBE_POLL_MS = 250;
 // A job whose worker died this many times (a charge that crashes workers) ends `unknown` rather
 // than being retried again. BullMQ's own limit is set far above, so it never drops a job unrecorded.
 const MAX_STALLS = 10;
@@ -113,13 +136,18 @@ export class BillingWorker {
   /** This worker's pause and learned rate; the queue's pause is shared through #pause. */
   readonly #governor: ThrottleGovernor;
   readonly #pause: QueuePause;
+  /** The queue's circuit breaker, shared in Redis; undefined: none (outageWaitMs 0). */
+  readonly #breaker: QueueBreaker | undefined;
   readonly #random: Random;
   /** Runs whose endpoint was checked: run id → refusal, or undefined when it bills ours. */
   readonly #runs = new Map<string, Promise<string | undefined>>();
   readonly #touched = new Set<string>();
   #inFlight = 0;
+  #maxInFlight = 0;
   #attempts = 0;
   #retries = 0;
+  #throttled = 0;
+  #excused = 0;
   readonly #ended = { charged: 0, declined: 0, failed: 0, unknown: 0 };
   readonly #latencies: LatencyLog;
   #stoppedBecause: string | undefined;
@@ -164,6 +192,19 @@ export class BillingWorker {
       random: this.#random,
       clock: systemClock,
     });
+    const outageWaitMs = options.outageWaitMs ?? BREAKER_DEFAULTS.giveUpMs;
+    this.#breaker =
+      outageWaitMs === 0
+        ? undefined
+        : new QueueBreaker({
+            // Its own calls ride the ledger's pipelined connection: one more round trip per attempt.
+            redis: this.#ledgerRedis,
+            prefix,
+            queue: queueName,
+            policy: resolveBreakerPolicy({ giveUpMs: outageWaitMs }),
+            probeLeaseMs: (options.requestTimeoutMs ?? 30_000) + 5_000,
+            random: this.#random,
+          });
     const lockDuration = options.lockDurationMs ?? 30_000;
     this.#worker = new Worker<ChargeJobData>(queueName, (job, token) => this.#process(job, token), {
       connection: options.redis,
@@ -240,7 +281,15 @@ export class BillingWorker {
       attempts: this.#attempts,
       ended: { ...this.#ended },
       retries: this.#retries,
+      maxInFlight: this.#maxInFlight,
+      throttled: this.#throttled,
+      excused: this.#excused,
     };
+  }
+
+  /** The queue's breaker as Redis holds it now; undefined without one (or Redis away). */
+  async breakerSnapshot(): Promise<QueueBreakerSnapshot | undefined> {
+    return this.#breaker?.snapshot().catch(() => undefined);
   }
 
   /** Latency of every attempt this worker sent, in ms, and their sum. */
@@ -441,12 +490,31 @@ export class BillingWorker {
       if (this.#governor.tryDispatch()) break;
       await new Promise((resolve) => setTimeout(resolve, this.#governor.readyAt() - now));
     }
+    // The queue's breaker: while the provider is down, every worker holds its jobs back (the
+    // queue's pause) and only one probe goes.
+    let ticket: BreakerTicket | undefined;
+    if (this.#breaker !== undefined) {
+      const said = await this.#breaker.dispatch();
+      if (!said.go) {
+        // A probe out may answer any moment: look again soon rather than for its whole lease.
+        await this.#pause.extend(
+          said.probeOut ? Math.min(said.waitMs, PROBE_POLL_MS) : said.waitMs,
+        );
+        throw new RateLimitError();
+      }
+      ticket = said.ticket;
+    }
+    // A probe taken and then not sent goes back, so another worker may probe at once.
+    const unsent = async () => {
+      if (ticket !== undefined) await this.#breaker?.release(ticket).catch(() => {});
+    };
     const refused = gateAttempt(
       this.#options.policy,
       { ...before, firstAttemptAt: current.firstAttemptAt },
       Date.now(),
     );
     if (refused) {
+      await unsent();
       await this.#settle(data.r, {
         ...blank,
         state: refused.state,
@@ -472,13 +540,18 @@ export class BillingWorker {
         { credentials: this.#fingerprints.get(data.r) ?? '' },
       );
     } catch (error) {
+      await unsent();
       if (!(error instanceof BulkbillError) || error.code !== 'BULKBILL_USAGE') throw error;
       // Another worker bound the run to its credentials first: this one must not bill it.
       await this.#stop(data.r, error.message, { noteOnRun: false });
       return this.#giveBack(job, token);
     }
-    if (!recorded) return 'settled by another worker';
+    if (!recorded) {
+      await unsent();
+      return 'settled by another worker';
+    }
     this.#inFlight++;
+    this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight);
     this.#attempts++;
     const started = systemClock.now();
     let result: AttemptResult;
@@ -498,7 +571,9 @@ export class BillingWorker {
     this.#latencies.add(latencyMs);
     this.#governor.observe(result, started);
     const throttled = result.kind === 'retry' && result.throttled;
+    if (throttled) this.#throttled++;
     if (!throttled && result.status !== undefined) void this.#pause.answered(started);
+    const breaker = await this.#breakerSays(ticket, result);
     const stop = throttled ? this.#governor.stopReason() : undefined;
     const putBack = async (attempts: number, ambiguous: boolean) => {
       // The attempt is over and the charge stays pending: the ledger says whether it counted.
@@ -529,7 +604,14 @@ export class BillingWorker {
       { ...before, waits: data.w ?? 0 },
       result,
       this.#random,
+      breaker.excused,
     );
+    if (breaker.stop !== undefined && decision.action === 'retry') {
+      // Down for --outage-wait: this charge and the others stay pending for a later resume.
+      await putBack(decision.attempts, decision.ambiguous);
+      await this.#stop(data.r, breaker.stop);
+      return this.#giveBack(job, token);
+    }
     const outcome: ChargeOutcome = {
       userId: data.u,
       state: decision.action === 'finish' ? decision.state : 'pending',
@@ -587,6 +669,28 @@ export class BillingWorker {
         if (decision.state === 'charged') return 'charged';
         // Declined, failed and unknown end the job at once: BullMQ must not retry them.
         throw new UnrecoverableError(`${decision.state}: ${outcome.error ?? ''}`);
+    }
+  }
+
+  /** Tells the queue's breaker how an attempt ended: whether it excused it, and why to stop. */
+  async #breakerSays(
+    ticket: BreakerTicket | undefined,
+    result: AttemptResult,
+  ): Promise<{ excused: boolean; stop: string | undefined }> {
+    if (ticket === undefined || this.#breaker === undefined) {
+      return { excused: false, stop: undefined };
+    }
+    try {
+      const said = await this.#breaker.record(
+        ticket,
+        breakerOutcome(result),
+        result.kind === 'retry' ? result.retryAfterMs : undefined,
+      );
+      if (said.excused) this.#excused++;
+      return said;
+    } catch {
+      // Redis is away: the attempt counts as any other would (the ledger's calls say the rest).
+      return { excused: false, stop: undefined };
     }
   }
 
