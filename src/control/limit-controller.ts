@@ -86,7 +86,15 @@ const NEAR_STEP = 0.01;
 /** Clean windows at the estimate before probing past it. */
 const PROBE_DELAY = 3;
 /** Answers since the last refusal before a probe: a probe's refusal is at most 1% of them. */
-const PROBE_BUDGET = 200;
+const PROBE_BUDGET = 300;
+/** Refusals past what was answered that say load at a window's end: one may be noise. */
+const PAST_MIN = 2;
+/** A limit this small or smaller needs one refusal fewer for a burst. */
+const SMALL_LIMIT = 10;
+/** Refusals in a burst, at least: fewer are a provider's noise, whatever the share. */
+const BURST_MIN = 3;
+/** Refusals past this share of what was sent since the limit changed (of the limit at least) are a burst: load. */
+const BURST_SHARE = 0.05;
 /** The first probe past the estimate; each clean window after it doubles the step. */
 const PROBE_STEP = 0.005;
 
@@ -129,6 +137,12 @@ export class LimitController {
   #wasQueueing = false;
   #latencyMs: number | undefined;
   #reason: LimitSnapshot['reason'] = 'start';
+  /** Requests sent since the limit last changed. */
+  #sent = 0;
+  /** In flight when each refused request of this window was sent (sent since the change). */
+  #refusedLevels: number[] = [];
+  /** Most in flight any answered request sent since the change was sent at. */
+  #answeredLevel = 0;
 
   constructor(options: LimitControllerOptions) {
     this.#clock = options.clock;
@@ -166,6 +180,7 @@ export class LimitController {
   /** A request is sent: returns what `complete` takes back. */
   start(): LimitTicket {
     this.#inFlight++;
+    this.#sent++;
     return { startedAt: this.#clock.now(), inFlight: this.#inFlight };
   }
 
@@ -180,18 +195,22 @@ export class LimitController {
     // Sent under an older limit, or saying nothing: not this window's evidence.
     if (outcome === 'ignored' || ticket.startedAt < this.#epoch) return;
     if (outcome === 'refused') {
-      // Said at once, not at the window's end: a refusal comes back fast, and each request in
-      // flight past the capacity is refused again. The others in flight when it was sent were
-      // taken. Refusals of requests sent before this cut are ignored (above), so a burst of
-      // them cuts once.
-      this.#answeredSinceRefusal = 0;
-      this.#cut(Math.max(this.min, ticket.inFlight - 1), 'refusals', now);
+      // A provider errs now and then whatever its load (a 503, a lost answer): one refusal is
+      // not a capacity. Load shows as a burst (a request in flight past the capacity is refused,
+      // sent again and refused again: more than 5% of what was sent since the limit
+      // changed, or of the limit while fewer were sent, and three at least), cut at once; or at the
+      // window's end as a refusal of a request sent at more in flight than any answered.
+      this.#refusedLevels.push(ticket.inFlight);
+      if (this.#isBurst(this.#refusedLevels.length)) {
+        this.#loadCut(ticket.inFlight, now);
+      }
       return;
     }
     this.#answeredSinceRefusal++;
     this.#latencies.push(latency);
     this.#inFlightSum += ticket.inFlight;
     this.#inFlightMax = Math.max(this.#inFlightMax, ticket.inFlight);
+    this.#answeredLevel = Math.max(this.#answeredLevel, ticket.inFlight);
     if (
       now - this.#epoch >= (this.#srttMs ?? 0) * WINDOW &&
       this.#latencies.length >= this.#needed()
@@ -217,7 +236,38 @@ export class LimitController {
     return Math.max(1, Math.min(Math.ceil(this.#limit / 2), 8));
   }
 
+  /**
+   * Whether so many refusals since the limit changed are load, not noise: more than 5% of what
+   * was sent (of the limit while fewer were sent), and three at least (two at a limit of 10 or
+   * less, where a probe past the capacity is one request and three refusals would cost 1% of
+   * the answers between probes).
+   */
+  #isBurst(refusals: number): boolean {
+    const least = this.#limit <= SMALL_LIMIT ? BURST_MIN - 1 : BURST_MIN;
+    return refusals >= least && refusals > BURST_SHARE * Math.max(this.#sent, this.#limit);
+  }
+
+  /**
+   * Refusals that say the provider is full: the others in flight when it was sent were taken,
+   * so the capacity is about that many. Refusals of requests sent before this cut are ignored
+   * (a new limit starts a new epoch), so a burst of them cuts once.
+   */
+  #loadCut(level: number, now: number): void {
+    this.#answeredSinceRefusal = 0;
+    this.#cut(Math.max(this.min, level - 1), 'refusals', now);
+    this.#newEvidence(now);
+  }
+
   #close(now: number): void {
+    // Refused at more in flight than anything answered since the limit changed, more than noise
+    // would (as a burst): the step up went past the capacity. Refused at no more than was
+    // answered, or a few: the provider's noise.
+    const past = this.#refusedLevels.filter((level) => level > this.#answeredLevel);
+    this.#refusedLevels = [];
+    if (past.length >= PAST_MIN && this.#isBurst(past.length)) {
+      this.#loadCut(Math.min(...past), now);
+      return;
+    }
     const answered = this.#latencies.length;
     const meanInFlight = this.#inFlightSum / answered;
     const utilized = this.#inFlightMax >= this.#limit * UTILIZED;
@@ -290,13 +340,20 @@ export class LimitController {
   #set(value: number, now: number): void {
     this.#value = Math.min(this.max, Math.max(this.min, value));
     const limit = this.#clamp(this.#value);
-    if (limit !== this.#limit) {
-      this.#epoch = now;
-      this.#latencies = [];
-      this.#inFlightSum = 0;
-      this.#inFlightMax = 0;
-    }
+    const changed = limit !== this.#limit;
     this.#limit = limit;
+    if (changed) this.#newEvidence(now);
+  }
+
+  /** From now on only requests sent from now count (a new limit, or a cut at the lowest). */
+  #newEvidence(now: number): void {
+    this.#epoch = now;
+    this.#latencies = [];
+    this.#inFlightSum = 0;
+    this.#inFlightMax = 0;
+    this.#refusedLevels = [];
+    this.#answeredLevel = 0;
+    this.#sent = 0;
   }
 
   /** The no-load latency: a low (10th) percentile of the recent window medians. */

@@ -170,4 +170,58 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
     });
     expect((await providerStats(ws.agent, mock.url)).replays).toBeGreaterThanOrEqual(unheardOf);
   }, 60_000);
+
+  // The paced modes: the limit controller and the deadline's plan start again in the resumed
+  // process (nothing of them is kept), and must not change what a resume promises.
+  it.each([
+    {
+      mode: '--concurrency auto against a capacity of 40 that refuses the excess',
+      flags: () => ['--concurrency', 'auto'],
+    },
+    {
+      // A time, not a duration: the resumed run keeps the deadline of the first.
+      mode: '--deadline at a time, 12 s after the start',
+      flags: () => ['--deadline', new Date(Date.now() + 12_000).toISOString()],
+    },
+  ])(
+    'kill -9 with $mode, then the same command finishes it exactly once',
+    async ({ flags }) => {
+      const rows = crashInput();
+      const input = await writeCsvInput(join(ws.dir, 'cycle.csv'), rows);
+      const mock = await provider({
+        latencyMs: 50,
+        failRate: 0.02,
+        lostRate: 0.01,
+        capacity: 40,
+        overload: '503',
+        seed: 59,
+      });
+      const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ws.ledger];
+      args.push('--report', ws.report, '--max-attempts', '10', '--json', ...flags());
+
+      const first = spawnCli(args);
+      const runId = await waitForNewRun(first);
+      await sleep(800);
+      first.child.kill('SIGKILL');
+      expect(await first.exited, first.stderr()).toBe(137);
+      const left = await statusJson(ws.ledger, runId);
+      expect(runStateSum(left)).toBe(USERS);
+      expect(left.counts.pending).toBeGreaterThan(0);
+
+      const second = await runCli(args);
+      expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
+      const byUser = await expectReportAgreesWithProvider({
+        agent: ws.agent,
+        providerUrl: mock.url,
+        reportPath: ws.report,
+        userIds: rows.map((row) => row.userId),
+      });
+      expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
+      // 0: everyone charged, and a deadline met (3 would say it ended late).
+      expect(second.code, second.stderr.slice(-2_000)).toBe(0);
+      const summary = JSON.parse(second.stdout.trim().split('\n').at(-1) ?? '{}');
+      expect(summary.counts.charged).toBe(USERS);
+    },
+    60_000,
+  );
 });

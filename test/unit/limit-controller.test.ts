@@ -33,6 +33,8 @@ interface Simulation {
   readonly max?: number;
   /** Seed of the latencies' jitter. */
   readonly seed?: number;
+  /** Share of requests refused at random, fast, whatever the load (a provider's background errors). */
+  readonly failRate?: number;
 }
 
 interface Trace {
@@ -80,7 +82,14 @@ function simulate(sim: Simulation): Trace {
       while (inFlight < controller.limit) {
         const ticket = controller.start();
         inFlight++;
-        if (sim.overload === '503') {
+        if (sim.failRate !== undefined && random() < sim.failRate) {
+          events.push({
+            dueAt: now + sim.latencyMs * 0.02,
+            ticket,
+            outcome: 'refused',
+            holds: false,
+          });
+        } else if (sim.overload === '503') {
           if (busy >= capacity) {
             events.push({
               dueAt: now + sim.latencyMs * 0.02,
@@ -164,6 +173,20 @@ describe('the limit controller against a simulated provider', () => {
           const refused = trace.refused.slice(30).reduce((a, b) => a + b, 0);
           const answered = trace.answered.slice(30).reduce((a, b) => a + b, 0);
           expect(refused / (refused + answered), label).toBeLessThanOrEqual(0.01);
+        }
+      }
+    });
+
+    it(`tells a provider's background errors (1% refused at random, whatever the load) from its capacity, overload ${overload}`, () => {
+      // Before: every refusal was read as load, and 1% of random errors held a capacity of 300
+      // at 8 in flight on average (of 20: at 3).
+      for (const capacity of [20, 300]) {
+        for (const latencyMs of [20, 1_600]) {
+          const trace = simulate({ capacity, latencyMs, overload, rtts: 150, failRate: 0.01 });
+          const steady = trace.limits.slice(30);
+          const label = `capacity ${capacity}, ${latencyMs} ms: ${steady.join(',')}`;
+          expect(mean(steady), label).toBeGreaterThanOrEqual(capacity * 0.8);
+          expect(mean(steady), label).toBeLessThanOrEqual(capacity * 1.1);
         }
       }
     });
