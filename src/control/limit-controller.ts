@@ -17,19 +17,24 @@ import { describeValue } from '../domain/errors.js';
  *   and 1.6 s, every 1.6 s on about 5 answers.
  * - The **baseline** is the no-load latency, measured passively: the 10th percentile of the
  *   last 64 window medians (never by pinning concurrency down).
- * - A **refusal** (429, 503, a timeout) of a request sent since the last change cuts at once:
- *   the others in flight when it was sent were taken, so the capacity is about that many, and
- *   the limit goes to 95% of it (10% down at least). Refusals of requests sent before a cut
- *   are not counted, and however many come, a round trip halves the limit at most: a burst of
- *   refusals cannot collapse it.
+ * - **Refusals** (429, 503, a timeout) of requests sent since the last change cut when they
+ *   are load, not the provider's background errors: a burst (more than 5% of what was sent
+ *   since the change, or of the limit while fewer were sent, three at least; two at a limit of
+ *   10 or less) cuts at once; refusals at more in flight than anything answered since the
+ *   change (two at least, as many as a burst) cut at the window's end. The others in flight
+ *   when it was sent were taken, so the capacity is about that many, and the limit goes to 95%
+ *   of it (10% down at least). Refusals of requests sent before a cut are not counted, and
+ *   however many come, a round trip halves the limit at most: a burst cannot collapse it. A
+ *   lone refusal is noise: with every one read as load, 1% of random 503s held a capacity of
+ *   300 at 8 in flight.
  * - **Queueing**: a window median over `tolerance` × the baseline twice in a row (or over 1.5×
  *   once) means requests wait at the provider: in flight ÷ (median ÷ baseline) is what it
  *   processes at once, and the limit goes there (by half at most).
  * - **Growth**, in windows where the limit was used (in flight reached 80% of it) and latency is
  *   not rising: double while no capacity is known (a cold start: 1 → 1,000 in 10 round trips);
  *   below 90% of the estimate, straight back to 95% of it; near it, +1% a window; at it, held
- *   three windows and until 200 answers came since the last refusal (so the refusal a probe may
- *   cost is at most 0.5% of them), then probes past it of +0.5%, +1%, +2%… a window, so a
+ *   three windows and until 300 answers came since the last cut for refusals (so the burst a
+ *   probe may cost is at most 1% of them), then probes past it of +0.5%, +1%, +2%… a window, so a
  *   provider that doubled its capacity is found in about twenty round trips.
  */
 export interface LimitControllerOptions {
@@ -85,7 +90,7 @@ const WINDOW = 0.8;
 const NEAR_STEP = 0.01;
 /** Clean windows at the estimate before probing past it. */
 const PROBE_DELAY = 3;
-/** Answers since the last refusal before a probe: a probe's refusal is at most 1% of them. */
+/** Answers since the last cut for refusals before a probe: a probe's refusals (a burst, 3) are at most 1% of them. */
 const PROBE_BUDGET = 300;
 /** Refusals past what was answered that say load at a window's end: one may be noise. */
 const PAST_MIN = 2;
