@@ -221,6 +221,20 @@ function printStatus(status: DistributedStatus, json: boolean | undefined): void
       ? '  workers: none live'
       : `  workers (${status.workers.length}): ${status.workers.map((worker) => worker.name).join(', ')}`,
   );
+  const { breaker } = status;
+  if (breaker.state === 'open') {
+    lines.push(
+      `  PROVIDER DOWN: the queue's circuit breaker is open, nothing is sent; one probe in ${formatDuration(breaker.openMs)} (opened ${number.format(breaker.opened)} times)`,
+    );
+  } else if (breaker.state === 'half-open') {
+    lines.push(
+      `  PROVIDER DOWN: the queue's circuit breaker is half-open, a probe decides (opened ${number.format(breaker.opened)} times)`,
+    );
+  } else if (breaker.opened > 0) {
+    lines.push(
+      `  circuit breaker: closed (opened ${number.format(breaker.opened)} times, ${number.format(breaker.probes)} probes)`,
+    );
+  }
   if (status.stoppedBecause) lines.push(`  stopped: ${status.stoppedBecause}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 }

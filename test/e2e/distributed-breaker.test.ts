@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { MockProvider } from '../../src/mock-provider/index.js';
 import { plainUsers, useCliWorkspace, writeCsvInput } from '../helpers/billing-cycle.js';
-import type { CliProcess } from '../helpers/cli.js';
+import { type CliProcess, runCli } from '../helpers/cli.js';
 import { placeFlags, useRedisPlace } from '../helpers/distributed.js';
 
 // The queue's circuit breaker, end to end on the distributed engine: `run --redis` with its own
@@ -49,13 +49,24 @@ async function billThroughOutage(
   const code = await run.exited;
   for (const worker of workers) worker.child.kill('SIGTERM');
   await Promise.all(workers.map((worker) => worker.exited));
-  return { code, run, stats: mock.stats() };
+  return { code, run, workers, stats: mock.stats() };
 }
 
 describe('the circuit breaker on the distributed engine', () => {
   it('fails nobody through an outage, and the provider sees one probe at a time for the whole queue', async () => {
     const mock = await ws.provider({ latencyMs: 50, jitter: 0 });
-    const { code, run, stats } = await billThroughOutage(mock);
+    let during = '';
+    const { code, run, stats, workers } = await billThroughOutage(mock, [], async () => {
+      // An operator asks what is going on, 2 s into the outage.
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      const status = await runCli(['status', ...placeFlags(place), '--run-id', 'outage']);
+      expect(status.code, status.stderr).toBe(0);
+      during = status.stdout;
+    });
+    expect(during).toMatch(/PROVIDER DOWN: the queue's circuit breaker is (open|half-open)/);
+    // The process whose answer opened it said so in its log.
+    const logs = [run, ...workers].map((cli) => cli.stderr()).join('\n');
+    expect(logs).toMatch(/the queue's circuit breaker opened; every worker holds its jobs/);
     expect(code, run.stderr().slice(-2_000)).toBe(0);
     expect(stats).toMatchObject({ charges: USERS, users_charged: USERS, duplicate_charges: 0 });
     const summary = summaryOf(run.stdout());

@@ -59,7 +59,11 @@ describe('the queue breaker (shared in Redis)', () => {
     }
     expect((await b.snapshot()).state).toBe('closed');
     // The 10th, on the other worker: half of at least 10 failed, across both.
-    expect(await b.record(await send(b), 'failure')).toEqual({ excused: true, stop: undefined });
+    expect(await b.record(await send(b), 'failure')).toEqual({
+      excused: true,
+      stop: undefined,
+      change: { to: 'open', openMs: 1_500 },
+    });
     // 2 s with jitter drawn at 0.5: 1.5 s, for both.
     for (const breaker of [a, b]) {
       expect(await breaker.dispatch()).toEqual({ go: false, waitMs: 1_500, probeOut: false });
@@ -76,7 +80,11 @@ describe('the queue breaker (shared in Redis)', () => {
     expect(probe.probe).toBe(true);
     // The other worker is held back while the probe is out, and told so.
     expect(await a.dispatch()).toMatchObject({ go: false, probeOut: true });
-    expect(await b.record(probe, 'success')).toEqual({ excused: false, stop: undefined });
+    expect(await b.record(probe, 'success')).toEqual({
+      excused: false,
+      stop: undefined,
+      change: { to: 'closed' },
+    });
     expect(await a.dispatch()).toMatchObject({ go: true, ticket: { probe: false } });
     expect(await a.snapshot()).toMatchObject({ state: 'closed', opened: 1, probes: 1 });
   });

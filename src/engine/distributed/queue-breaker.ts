@@ -63,7 +63,8 @@ return 1
 /**
  * An attempt ended. ARGV: now, its epoch, 1 if a probe, 1 if it failed, its Retry-After in ms
  * (-1: none), then the policy: window, windowMs, minSamples, failureRatio, openMs, maxOpenMs, a
- * jitter draw in [0, 1), the keys' expiry. Returns {1 if excused else 0, ms down (-1: up)}.
+ * jitter draw in [0, 1), the keys' expiry. Returns {1 if excused else 0, ms down (-1: up), 1 if
+ * it opened the breaker, 2 if it closed it, else 0, the open time in ms when it opened it}.
  * The same rules as CircuitBreaker.record, on the queue's shared state.
  */
 const RECORD = new LuaScript(`${NOW}
@@ -90,31 +91,34 @@ local function open()
     'e', current + 1, 'p', 0)
   redis.call('HSETNX', KEYS[1], 'd', now)
   redis.call('PEXPIRE', KEYS[1], keep)
+  return math.ceil(ms)
 end
 if epoch ~= current then
   -- Sent before the latest opening: news of how the provider was, not of how it is.
-  if not failed then return {0, down()} end
+  if not failed then return {0, down(), 0, 0} end
   if state == 'o' and retryAfter >= 0 then
     local untilAt = math.ceil(now + cap(retryAfter))
     if untilAt > num('u', 0) then redis.call('HSET', KEYS[1], 'u', untilAt) end
   end
-  return {1, down()}
+  return {1, down(), 0, 0}
 end
 if not failed then
+  local closed = 0
   if state ~= 'c' then
     redis.call('HSET', KEYS[1], 's', 'c', 'r', 0, 'p', 0)
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('DEL', KEYS[2])
+    closed = 2
   end
   redis.call('LPUSH', KEYS[2], now .. ':0')
   redis.call('LTRIM', KEYS[2], 0, window - 1)
   redis.call('PEXPIRE', KEYS[2], keep)
-  return {0, -1}
+  return {0, -1, closed, 0}
 end
 if state ~= 'c' then
   -- A probe failed: open again, for longer.
-  if ARGV[3] == '1' and state == 'h' then open() end
-  return {1, down()}
+  if ARGV[3] == '1' and state == 'h' then return {1, down(), 1, open()} end
+  return {1, down(), 0, 0}
 end
 redis.call('LPUSH', KEYS[2], now .. ':1')
 redis.call('LTRIM', KEYS[2], 0, window - 1)
@@ -127,10 +131,10 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[2], 0, window - 1)) do
   if bad == '1' then failures = failures + 1 end
 end
 if samples >= minSamples and failures >= samples * ratio then
-  open()
-  return {1, down()}
+  local ms = open()
+  return {1, down(), 1, ms}
 end
-return {0, -1}
+return {0, -1, 0, 0}
 `);
 
 /** The breaker's state and figures. ARGV: now. Returns {state, epoch, probes, ms left open}. */
@@ -166,6 +170,19 @@ export type QueueDispatch =
       /** Held back by another worker's probe (which may answer any moment), not an open time. */
       readonly probeOut: boolean;
     };
+
+/** What an attempt's end did to the queue's breaker. */
+export interface BreakerVerdict {
+  /** Its failure uses up no attempt. */
+  readonly excused: boolean;
+  /** Why to stop: the provider has been down for the give-up time. */
+  readonly stop: string | undefined;
+  /** This answer opened the breaker (for openMs) or closed it; undefined: neither. */
+  readonly change:
+    | { readonly to: 'open'; readonly openMs: number }
+    | { readonly to: 'closed' }
+    | undefined;
+}
 
 export interface QueueBreakerSnapshot {
   readonly state: BreakerState;
@@ -234,8 +251,8 @@ export class QueueBreaker {
     ticket: BreakerTicket,
     outcome: BreakerOutcome,
     retryAfterMs?: number,
-  ): Promise<{ excused: boolean; stop: string | undefined }> {
-    if (outcome === 'neutral') return { excused: false, stop: undefined };
+  ): Promise<BreakerVerdict> {
+    if (outcome === 'neutral') return { excused: false, stop: undefined, change: undefined };
     const { policy } = this;
     const reply = (await this.#eval(RECORD, [
       ticket.epoch,
@@ -251,12 +268,19 @@ export class QueueBreaker {
       this.#random(),
       this.#keepMs,
     ])) as number[];
-    const [excused, downMs] = reply.map(Number) as [number, number];
+    const [excused, downMs, transition, openMs] = reply.map(Number) as [
+      number,
+      number,
+      number,
+      number,
+    ];
     const stop =
       downMs >= policy.giveUpMs
         ? `the provider has been failing (5xx, resets, timeouts) for ${formatDuration(downMs)}: stopping, the charges left stay pending`
         : undefined;
-    return { excused: excused === 1, stop };
+    const change: BreakerVerdict['change'] =
+      transition === 1 ? { to: 'open', openMs } : transition === 2 ? { to: 'closed' } : undefined;
+    return { excused: excused === 1, stop, change };
   }
 
   async snapshot(): Promise<QueueBreakerSnapshot> {

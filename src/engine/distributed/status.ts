@@ -5,6 +5,7 @@ import { endedOf, type RunRecord, type StateCounts } from '../../ledger/ledger.j
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { etaMsOf, type ProgressEvent } from '../../observe/progress.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix, type QueuePlace } from './jobs.js';
+import { QueueBreaker, type QueueBreakerSnapshot } from './queue-breaker.js';
 
 /** A live worker of the queue, as Redis sees its connection. */
 export interface LiveWorker {
@@ -30,6 +31,8 @@ export interface DistributedStatus {
   readonly workers: readonly LiveWorker[];
   /** Why a worker stopped billing the run, when one did. */
   readonly stoppedBecause: string | undefined;
+  /** The queue's circuit breaker, as its workers share it (every run of the queue). */
+  readonly breaker: QueueBreakerSnapshot;
 }
 
 /**
@@ -39,9 +42,17 @@ export interface DistributedStatus {
 export class DistributedStatusReader {
   readonly ledger: RedisLedger;
   readonly #queue: Queue;
+  readonly #breaker: QueueBreaker;
 
   constructor(source: QueuePlace) {
     const prefix = source.prefix ?? DEFAULT_PREFIX;
+    // Read only: its lease and policy are the workers' business.
+    this.#breaker = new QueueBreaker({
+      redis: source.redis,
+      prefix,
+      queue: source.queue,
+      probeLeaseMs: 1,
+    });
     this.ledger = new RedisLedger({ redis: source.redis, prefix: ledgerPrefix(prefix) });
     this.#queue = new Queue(source.queue ?? DEFAULT_QUEUE, { connection: source.redis, prefix });
     this.#queue.on('error', () => {});
@@ -73,11 +84,12 @@ export class DistributedStatusReader {
         perSecond = ((endedOf(counts) - first) * 1_000) / (performance.now() - started);
       }
     }
-    const [jobCounts, workers, stoppedBecause, chargedAmounts] = await Promise.all([
+    const [jobCounts, workers, stoppedBecause, chargedAmounts, breaker] = await Promise.all([
       this.#queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
       this.workers(),
       this.ledger.stopNote(runId),
       this.ledger.totals(runId, 'charged'),
+      this.#breaker.snapshot(),
     ]);
     return {
       run,
@@ -92,6 +104,7 @@ export class DistributedStatusReader {
       },
       workers,
       stoppedBecause,
+      breaker,
     };
   }
 

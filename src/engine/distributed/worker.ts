@@ -12,6 +12,7 @@ import { MisconfigurationWatch } from '../../control/misconfiguration-watch.js';
 import { decideRetry, gateAttempt, type RetryPolicy } from '../../control/retry-policy.js';
 import { ThrottleGovernor } from '../../control/throttle.js';
 import { systemClock } from '../../domain/clock.js';
+import { formatDuration } from '../../domain/duration.js';
 import { BulkbillError } from '../../domain/errors.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
@@ -29,7 +30,7 @@ import {
   ledgerPrefix,
   type QueuePlace,
 } from './jobs.js';
-import { QueueBreaker, type QueueBreakerSnapshot } from './queue-breaker.js';
+import { type BreakerVerdict, QueueBreaker, type QueueBreakerSnapshot } from './queue-breaker.js';
 import { QueuePause } from './queue-pause.js';
 import { QueueRate } from './queue-settings.js';
 
@@ -676,7 +677,7 @@ export class BillingWorker {
   async #breakerSays(
     ticket: BreakerTicket | undefined,
     result: AttemptResult,
-  ): Promise<{ excused: boolean; stop: string | undefined }> {
+  ): Promise<Pick<BreakerVerdict, 'excused' | 'stop'>> {
     if (ticket === undefined || this.#breaker === undefined) {
       return { excused: false, stop: undefined };
     }
@@ -687,6 +688,15 @@ export class BillingWorker {
         result.kind === 'retry' ? result.retryAfterMs : undefined,
       );
       if (said.excused) this.#excused++;
+      // Said by the worker whose answer moved it: once per opening, in that worker's log.
+      if (said.change?.to === 'open') {
+        this.#log(
+          'warn',
+          `the provider is failing (${result.kind === 'retry' ? result.reason : 'an answer'}): the queue's circuit breaker opened; every worker holds its jobs for ${formatDuration(said.change.openMs)}, then one probe`,
+        );
+      } else if (said.change?.to === 'closed') {
+        this.#log('info', "the provider answers again: the queue's circuit breaker closed");
+      }
       return said;
     } catch {
       // Redis is away: the attempt counts as any other would (the ledger's calls say the rest).
