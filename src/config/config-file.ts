@@ -47,11 +47,29 @@ export const configSchema = z
       .describe('Extra request headers, `Name: value`; `${NAME}` is read from the environment.')
       .optional(),
     concurrency: z
+      .union([z.number().int().min(1).max(100_000), z.literal('auto')])
+      .describe(
+        'Most requests in flight (a worker: jobs it runs at once), or "auto" (`run` on the local engine): found from what the provider answers.',
+      )
+      .optional(),
+    minConcurrency: z
       .number()
       .int()
       .min(1)
-      .max(100_000)
-      .describe('Most requests in flight (a worker: jobs it runs at once).')
+      .describe('The lowest limit of "auto" and of `deadline`.')
+      .optional(),
+    maxConcurrency: z
+      .number()
+      .int()
+      .min(1)
+      .describe('The highest limit of "auto" and of `deadline`.')
+      .optional(),
+    deadline: z
+      .string()
+      .min(1)
+      .describe(
+        "Finish by then, at the fewest requests in flight that do: a time with date and offset (a duration counts from each command's start).",
+      )
       .optional(),
     rate: z.number().finite().positive().describe('Most requests per second.').optional(),
     timeout: duration.describe('Deadline of one request.').optional(),

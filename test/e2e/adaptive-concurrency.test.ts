@@ -1,3 +1,4 @@
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { plainUsers, useCliWorkspace, writeCsvInput } from '../helpers/billing-cycle.js';
@@ -132,6 +133,22 @@ describe('the circuit breaker', () => {
     // Before it opened: the 20 in flight and the window's 10; then probes, a few a second at most.
     expect(stats.outage_503).toBeLessThanOrEqual(20 + 10 + 3 * (OUTAGE_MS / 1_000));
     expect(cli.stderr()).toMatch(/PROVIDER DOWN/);
+  }, 60_000);
+});
+
+describe('from the config file', () => {
+  it('takes concurrency "auto" and its bounds as the flags do', async () => {
+    const USERS = 200;
+    const mock = await ws.provider({ latencyMs: 20, jitter: 0 });
+    const input = await writeCsvInput(join(ws.dir, 'users.csv'), plainUsers(USERS));
+    const config = join(ws.dir, 'bulkbill.config.json');
+    await writeFile(config, JSON.stringify({ concurrency: 'auto', maxConcurrency: 4 }));
+    const result = await runCli(runArgs(input, mock.url, '--config', config));
+    expect(result.code, result.stderr.slice(-2_000)).toBe(0);
+    const summary = summaryOf(result.stdout);
+    expect(summary.dispatch).toMatchObject({ mode: 'auto' });
+    expect(summary.counts.charged).toBe(USERS);
+    expect(mock.stats().max_in_flight).toBeLessThanOrEqual(4);
   }, 60_000);
 });
 

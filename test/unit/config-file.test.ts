@@ -44,6 +44,21 @@ describe('config file', () => {
     });
   });
 
+  it('takes "auto", its bounds and a deadline, as the flags do', () => {
+    const values = parseConfig(
+      '{ "concurrency": "auto", "minConcurrency": 2, "maxConcurrency": 400, "deadline": "2026-12-04T09:00:00+01:00", "outageWait": "10m" }',
+      FILE,
+    );
+    expect(values).toEqual({
+      concurrency: 'auto',
+      minConcurrency: 2,
+      maxConcurrency: 400,
+      deadline: '2026-12-04T09:00:00+01:00',
+      outageWait: 600_000,
+    });
+    expect(() => parseConfig('{ "concurrency": "lots" }', FILE)).toThrow(/: concurrency: /);
+  });
+
   it.each([
     ['{ "concurrency": 8 "rate": 1 }', /bulkbill\.config\.json: line 1, column 20: comma expected/],
     ['{\n  "concurency": 8\n}', /: \(the file\): Unrecognized key: "concurency"/],
