@@ -10,7 +10,8 @@ import type { Random } from './backoff.js';
  * every attempt's end.
  *
  * - **Closed**: every attempt goes. It opens when, of the last `window` attempts that ended
- *   within `windowMs`, at least `minSamples` did and at least `failureRatio` of them failed:
+ *   within `windowMs`, at least `minSamples` did and at least `failureRatio` of them failed
+ *   (`minSamples` grows to a tenth of the attempts in flight, the window to twice that):
  *   a 5xx that is not a throttle, a reset, a timeout, no answer. 429s are the throttle
  *   governor's; an answer of any other status says the provider is up.
  * - **Open**: nothing goes, for `openMs` (doubling on each reopening, up to `maxOpenMs`, with
@@ -59,6 +60,9 @@ export const BREAKER_DEFAULTS = {
   /** After 30 min with the provider down the run stops; its charges stay pending. */
   giveUpMs: 30 * 60_000,
 } as const satisfies BreakerPolicy;
+
+/** The least samples to open on grow to this share of the attempts in flight. */
+const WAVE_SHARE = 0.1;
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
 
@@ -151,6 +155,8 @@ export class CircuitBreaker {
   #opened = 0;
   #probesSent = 0;
   #downSince: number | undefined;
+  /** Attempts dispatched and not yet recorded or released: what is in flight. */
+  #outstanding = 0;
 
   constructor(options: CircuitBreakerOptions) {
     this.policy = options.policy ?? resolveBreakerPolicy();
@@ -189,11 +195,13 @@ export class CircuitBreaker {
       this.#probesOut++;
       this.#probesSent++;
     }
+    this.#outstanding++;
     return { epoch: this.#opened, probe };
   }
 
   /** A dispatch taken by tryDispatch was not sent after all (another process settled it). */
   release(ticket: BreakerTicket): void {
+    this.#outstanding = Math.max(0, this.#outstanding - 1);
     if (this.#isOutProbe(ticket)) this.#probesOut--;
   }
 
@@ -205,6 +213,7 @@ export class CircuitBreaker {
   record(ticket: BreakerTicket, outcome: BreakerOutcome, retryAfterMs?: number): boolean {
     this.#tick();
     const now = this.#clock.now();
+    this.#outstanding = Math.max(0, this.#outstanding - 1);
     if (outcome === 'neutral') return false;
     const failed = outcome === 'failure';
     const probe = this.#isOutProbe(ticket);
@@ -303,23 +312,38 @@ export class CircuitBreaker {
     this.#at.length = 0;
   }
 
+  /**
+   * The window and its least samples at the in flight now: the policy's, or a tenth of what is
+   * in flight (and twice that), whichever is more. A wave of requests sent together answers its
+   * fast failures first: at 1,000 in flight, 2% of transient 503s are the first 20 answers, all
+   * failed, and a window of 20 opened on a provider that was up (the demo did, at every start
+   * and after every close).
+   */
+  #sized(): { window: number; minSamples: number } {
+    const minSamples = Math.max(this.policy.minSamples, Math.ceil(WAVE_SHARE * this.#outstanding));
+    return { window: Math.max(this.policy.window, 2 * minSamples), minSamples };
+  }
+
   #push(failed: boolean, now: number): void {
     this.#failed.push(failed);
     this.#at.push(now);
-    if (this.#failed.length > this.policy.window) {
-      this.#failed.shift();
-      this.#at.shift();
+    const keep = this.#sized().window;
+    if (this.#failed.length > keep) {
+      this.#failed.splice(0, this.#failed.length - keep);
+      this.#at.splice(0, this.#at.length - keep);
     }
   }
 
   #trips(now: number): boolean {
+    const { window, minSamples } = this.#sized();
     let samples = 0;
     let failures = 0;
-    for (let index = this.#failed.length - 1; index >= 0; index--) {
+    const from = Math.max(0, this.#failed.length - window);
+    for (let index = this.#failed.length - 1; index >= from; index--) {
       if (now - (this.#at[index] as number) > this.policy.windowMs) break;
       samples++;
       if (this.#failed[index]) failures++;
     }
-    return samples >= this.policy.minSamples && failures >= samples * this.policy.failureRatio;
+    return samples >= minSamples && failures >= samples * this.policy.failureRatio;
   }
 }

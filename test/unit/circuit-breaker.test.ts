@@ -148,6 +148,28 @@ describe('the circuit breaker', () => {
     expect(b.snapshot()).toMatchObject({ opened: 2, probes: 2 });
   });
 
+  it('at 1,000 in flight, is not opened by the fast failures of a wave sent together, and is by an outage', () => {
+    const { breaker: b, send } = breaker();
+    // A cold start: 1,000 sent at once; 2% fail fast (503s) and answer before the others.
+    const wave = Array.from({ length: 1_000 }, () => send());
+    for (const ticket of wave.slice(0, 20)) expect(b.record(ticket, 'failure')).toBe(false);
+    expect(b.state).toBe('closed');
+    for (const ticket of wave.slice(20)) b.record(ticket, 'success');
+    expect(b.state).toBe('closed');
+    // The provider goes down with 1,000 in flight: each failure's place is sent again and fails.
+    const inFlight = Array.from({ length: 1_000 }, () => send());
+    let failures = 0;
+    for (;;) {
+      b.record(inFlight.shift() as (typeof inFlight)[number], 'failure');
+      failures++;
+      if (b.state !== 'closed') break;
+      inFlight.push(send());
+    }
+    // A tenth of what is in flight answered, most of them failed: 80 here (the window held 20
+    // successes), not the 10 of a window sized for 20 in flight.
+    expect(failures).toBe(80);
+  });
+
   it('refuses settings that make no sense, naming them', () => {
     expect(() => resolveBreakerPolicy({ minSamples: 30 })).toThrow(/minSamples/);
     expect(() => resolveBreakerPolicy({ failureRatio: 0 })).toThrow(/failureRatio/);
