@@ -159,6 +159,23 @@ describe('the queue breaker (shared in Redis)', () => {
     expect(said.stop).toMatch(/failing .* for 10s: stopping, the charges left stay pending/);
   });
 
+  it("sizes its least samples by the queue's jobs in flight: a wave's fast failures do not open it", async () => {
+    const a = worker();
+    // 1,000 jobs active across the workers (BullMQ's active list), sent together.
+    const active = QueueBreaker.keysOf(prefix, 'q').active;
+    await redisAdmin().rpush(active, ...Array.from({ length: 1_000 }, (_, index) => `${index}`));
+    // 2% of them fail fast and answer first: 20 failures, under a tenth of 1,000 answers.
+    for (let index = 0; index < 20; index++) await a.record(await send(a), 'failure');
+    expect((await a.snapshot()).state).toBe('closed');
+    // An outage: failure after failure, it opens once half of at least 100 failed.
+    let failures = 20;
+    while ((await a.snapshot()).state === 'closed') {
+      await a.record(await send(a), 'failure');
+      failures++;
+    }
+    expect(failures).toBe(100);
+  });
+
   it('keeps its keys under the queue, with an expiry', async () => {
     const a = worker();
     for (let index = 0; index < 10; index++) await a.record(await send(a), 'failure');

@@ -72,6 +72,10 @@ local epoch = tonumber(ARGV[2])
 local failed = ARGV[4] == '1'
 local retryAfter = tonumber(ARGV[5])
 local window, windowMs, minSamples = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+-- A wave of requests sent together answers its fast failures first: the least samples grow to a
+-- tenth of the queue's jobs in flight (BullMQ's active list), the window to twice that.
+minSamples = math.max(minSamples, math.ceil(0.1 * redis.call('LLEN', KEYS[3])))
+window = math.max(window, 2 * minSamples)
 local ratio, openMs, maxOpenMs = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local keep = ARGV[13]
 local state = redis.call('HGET', KEYS[1], 's') or 'c'
@@ -194,7 +198,7 @@ export interface QueueBreakerSnapshot {
 
 /**
  * The circuit breaker of a queue (CircuitBreaker's rules, shared in Redis by every worker of the
- * queue): one window of outcomes for all, one probe at a time for all (a lease, so a worker that
+ * queue, its least samples grown with the queue's active jobs): one window of outcomes for all, one probe at a time for all (a lease, so a worker that
  * died probing is replaced), and while it is open every worker holds its jobs back through the
  * queue's pause. Held attempts are never sent; failures of attempts sent before it opened, while
  * it is open, or which opened it, are excused.
@@ -207,12 +211,15 @@ export class QueueBreaker {
   readonly #random: Random;
   readonly #clock: Clock | undefined;
   readonly #leaseMs: number;
+  /** The breaker's hash, its window, and BullMQ's active list (read only). */
+  readonly #keys: [string, string, string];
   /** Keys outlive a quiet spell of the give-up time and the longest open time. */
   readonly #keepMs: number;
 
   constructor(options: QueueBreakerOptions) {
     this.policy = options.policy ?? resolveBreakerPolicy();
-    const { breaker, window } = QueueBreaker.keysOf(options.prefix, options.queue);
+    const { breaker, window, active } = QueueBreaker.keysOf(options.prefix, options.queue);
+    this.#keys = [breaker, window, active];
     this.key = breaker;
     this.windowKey = window;
     this.#redis = options.redis;
@@ -225,9 +232,10 @@ export class QueueBreaker {
   static keysOf(
     prefix: string = DEFAULT_PREFIX,
     queue: string = DEFAULT_QUEUE,
-  ): { breaker: string; window: string } {
+  ): { breaker: string; window: string; active: string } {
     const breaker = `${prefix}:${queue}:breaker`;
-    return { breaker, window: `${breaker}:window` };
+    // BullMQ's list of the queue's active jobs: what every worker has in flight.
+    return { breaker, window: `${breaker}:window`, active: `${prefix}:${queue}:active` };
   }
 
   /** May an attempt go now? Its ticket when it may, how long to hold back when not. */
@@ -302,10 +310,10 @@ export class QueueBreaker {
     const now = this.#clock === undefined ? '' : Math.round(this.#clock.now());
     const all = [now, ...args];
     try {
-      return await this.#redis.evalsha(script.sha, 2, this.key, this.windowKey, ...all);
+      return await this.#redis.evalsha(script.sha, 3, ...this.#keys, ...all);
     } catch (error) {
       if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
-      return await this.#redis.eval(script.source, 2, this.key, this.windowKey, ...all);
+      return await this.#redis.eval(script.source, 3, ...this.#keys, ...all);
     }
   }
 }
