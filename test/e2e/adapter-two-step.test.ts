@@ -407,7 +407,10 @@ describe('the two-step OAuth adapter', () => {
     const ledger = join(dir, 'cli.db');
     const report = join(dir, 'cli.report.csv');
     const run = await runCli(
-      ['run', input, '--adapter', ADAPTER, '--run-id', 'cycle-cli', '--ledger', ledger],
+      [
+        ...['run', input, '--adapter', ADAPTER, '--run-id', 'cycle-cli', '--ledger', ledger],
+        ...['--report', join(dir, 'cycle-cli.run.report.csv')],
+      ],
       { env: env() },
     );
     expect(run.stderr).not.toContain(CLIENT_SECRET);

@@ -143,9 +143,12 @@ describe('a secret given to bulkbill', () => {
     expect(dry.stdout).toContain('Authorization: [redacted]');
 
     // Interrupted mid-run (SIGINT, as Ctrl-C), then resumed to the end.
-    const first = children.spawn(['run', ...common, '--run-id', 'c-1', '--concurrency', '2'], {
-      env,
-    });
+    // Its report in the workspace, with the others, where the canary is looked for.
+    const interrupted = join(ws.dir, 'c-1.interrupted.report.csv');
+    const first = children.spawn(
+      ['run', ...common, '--run-id', 'c-1', '--concurrency', '2', '--report', interrupted],
+      { env },
+    );
     await waitForStderr(first, /run c-1/);
     await new Promise((resolve) => setTimeout(resolve, 700));
     first.child.kill('SIGINT');
@@ -218,7 +221,10 @@ describe('a secret given to bulkbill', () => {
       // A 401 that quotes the header stops the run; its message never quotes the body.
       const stopped = join(ws.dir, 'stop.csv');
       await writeCsvInput(stopped, [{ userId: 'g-401', amount: 100, currency: 'EUR' }]);
-      const fatal = await bulkbill('run (401)', ['run', stopped, ...common, '--run-id', 'echo-2']);
+      const fatal = await bulkbill('run (401)', [
+        ...['run', stopped, ...common, '--run-id', 'echo-2'],
+        ...['--report', join(ws.dir, 'echo-2.report.csv')],
+      ]);
       expect(fatal.code).not.toBe(0);
       expect(fatal.stderr).toContain('401 Unauthorized');
     } finally {
