@@ -41,3 +41,11 @@ export interface BreakerReport {
   /** Attempts whose failure came while the provider was down: they used up no attempt. */
   readonly excused: number;
 }
+
+/** A breaker's report from its state (the engine's breaker, or the queue's) and the attempts it excused. */
+export function breakerReport(
+  breaker: Pick<BreakerReport, 'state' | 'opened' | 'probes'>,
+  excused: number,
+): BreakerReport {
+  return { state: breaker.state, opened: breaker.opened, probes: breaker.probes, excused };
+}

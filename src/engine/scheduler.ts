@@ -16,7 +16,7 @@ import { decideRetry, gateAttempt, type RetryPolicy } from '../control/retry-pol
 import { ThrottleGovernor } from '../control/throttle.js';
 import { TokenBucket } from '../control/token-bucket.js';
 import type { Clock } from '../domain/clock.js';
-import type { DispatchReport } from '../domain/dispatch.js';
+import { breakerReport, type DispatchReport } from '../domain/dispatch.js';
 import { idempotencyKey } from '../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../domain/outcome.js';
 import type { AttemptStart, Ledger, PendingCharge } from '../ledger/ledger.js';
@@ -243,16 +243,7 @@ export class Scheduler {
               bound: deadline.bound,
             },
           }),
-      ...(breaker === undefined
-        ? {}
-        : {
-            breaker: {
-              state: breaker.state,
-              opened: breaker.opened,
-              probes: breaker.probes,
-              excused: snapshot.excused,
-            },
-          }),
+      ...(breaker === undefined ? {} : { breaker: breakerReport(breaker, snapshot.excused) }),
     };
   }
 

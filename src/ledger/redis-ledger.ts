@@ -1118,14 +1118,7 @@ export class RedisLedger implements Ledger {
   }
 
   async #eval(script: LuaScript, keys: readonly string[], args: ReadonlyArray<string | number>) {
-    return this.#call(async () => {
-      try {
-        return await this.#redis.evalsha(script.sha, keys.length, ...keys, ...args);
-      } catch (error) {
-        if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
-        return await this.#redis.eval(script.source, keys.length, ...keys, ...args);
-      }
-    });
+    return this.#call(() => script.run(this.#redis, keys, args));
   }
 
   /** Runs a Redis command; a failure becomes a BulkbillError naming Redis (never its password). */

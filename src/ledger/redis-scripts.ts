@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
 
 /**
  * The Lua scripts of the Redis ledger. Each one touches the keys of ONE hash slot only (the runs
@@ -16,6 +17,20 @@ export class LuaScript {
   readonly sha: string;
   constructor(readonly source: string) {
     this.sha = createHash('sha1').update(source).digest('hex');
+  }
+
+  /** Runs it by its SHA, or by its source when this Redis has not loaded it yet (NOSCRIPT). */
+  async run(
+    redis: Redis,
+    keys: readonly string[],
+    args: ReadonlyArray<string | number>,
+  ): Promise<unknown> {
+    try {
+      return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
+      return await redis.eval(this.source, keys.length, ...keys, ...args);
+    }
   }
 }
 

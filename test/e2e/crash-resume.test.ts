@@ -46,6 +46,56 @@ const KILLS = [11, 23, 37, 41].map((seed, index) => ({
   delayMs: Math.round(200 + index * 450 + mulberry32(seed)() * 450),
 }));
 
+/**
+ * Starts `args`, kills it (kill -9) `delayMs` after the run is announced, while charging, and
+ * checks what the kill left; returns the run's id.
+ */
+async function killMidRun(args: string[], providerUrl: string, delayMs: number): Promise<string> {
+  const first = spawnCli(args);
+  const runId = await waitForNewRun(first);
+  await sleep(delayMs);
+  const atKill = await providerStats(ws.agent, providerUrl);
+  first.child.kill('SIGKILL');
+  // 137 = killed: the run had not ended on its own before the kill.
+  expect(await first.exited, first.stderr()).toBe(137);
+  expect(atKill.requests).toBeGreaterThan(0);
+  expect(atKill.charges).toBeLessThan(USERS);
+
+  // The ledger a kill -9 left behind opens, adds up, and claims no charge the provider lacks.
+  const left = await statusJson(ws.ledger, runId);
+  expect(runStateSum(left)).toBe(USERS);
+  expect(left.finishedAt).toBeUndefined();
+  expect(left.counts.pending).toBeGreaterThan(0);
+  expect(left.counts.charged).toBeLessThanOrEqual(
+    (await providerStats(ws.agent, providerUrl)).charges,
+  );
+  return runId;
+}
+
+/**
+ * The same command again: it resumes the run, and with ten attempts against 2% failures and 1%
+ * lost answers, and the attempts the kill cut off settled by replays, everyone ends charged
+ * once, the report agreeing with the provider, exit 0.
+ */
+async function resumeToAllCharged(
+  args: string[],
+  providerUrl: string,
+  rows: readonly InputRow[],
+  runId: string,
+) {
+  const second = await runCli(args);
+  expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
+  const byUser = await expectReportAgreesWithProvider({
+    agent: ws.agent,
+    providerUrl,
+    reportPath: ws.report,
+    userIds: rows.map((row) => row.userId),
+  });
+  expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
+  expect(second.code, second.stderr.slice(-2_000)).toBe(0);
+  return { second, byUser };
+}
+
 describe('bulkbill run survives kill -9 and Ctrl-C', () => {
   it.each(KILLS)(
     'kill -9 $delayMs ms into a run (seed $seed), then the same command finishes it exactly once',
@@ -56,37 +106,8 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
       const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ws.ledger];
       args.push('--report', ws.report, '--concurrency', '40', '--max-attempts', '10');
 
-      const first = spawnCli(args);
-      const runId = await waitForNewRun(first);
-      await sleep(delayMs);
-      const atKill = await providerStats(ws.agent, mock.url);
-      first.child.kill('SIGKILL');
-      // 137 = killed: the run had not ended on its own before the kill.
-      expect(await first.exited, first.stderr()).toBe(137);
-      expect(atKill.requests).toBeGreaterThan(0);
-      expect(atKill.charges).toBeLessThan(USERS);
-
-      // The ledger a kill -9 left behind opens, adds up, and claims no charge the provider lacks.
-      const left = await statusJson(ws.ledger, runId);
-      expect(runStateSum(left)).toBe(USERS);
-      expect(left.finishedAt).toBeUndefined();
-      expect(left.counts.pending).toBeGreaterThan(0);
-      expect(left.counts.charged).toBeLessThanOrEqual(
-        (await providerStats(ws.agent, mock.url)).charges,
-      );
-
-      const second = await runCli(args);
-      expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
-      const byUser = await expectReportAgreesWithProvider({
-        agent: ws.agent,
-        providerUrl: mock.url,
-        reportPath: ws.report,
-        userIds: rows.map((row) => row.userId),
-      });
-      // Ten attempts against 2% failures and 1% lost answers, and the attempts the kill cut off
-      // settled by replays: everyone ends charged, so exactly 0, not whatever the report says.
-      expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
-      expect(second.code, second.stderr).toBe(0);
+      const runId = await killMidRun(args, mock.url, delayMs);
+      const { byUser } = await resumeToAllCharged(args, mock.url, rows, runId);
       expect(expectedExitStatus(byUser.values())).toBe(0);
     },
     60_000,
@@ -199,26 +220,9 @@ describe('bulkbill run survives kill -9 and Ctrl-C', () => {
       const args = ['run', input, '--endpoint', `${mock.url}/charge`, '--ledger', ws.ledger];
       args.push('--report', ws.report, '--max-attempts', '10', '--json', ...flags());
 
-      const first = spawnCli(args);
-      const runId = await waitForNewRun(first);
-      await sleep(800);
-      first.child.kill('SIGKILL');
-      expect(await first.exited, first.stderr()).toBe(137);
-      const left = await statusJson(ws.ledger, runId);
-      expect(runStateSum(left)).toBe(USERS);
-      expect(left.counts.pending).toBeGreaterThan(0);
-
-      const second = await runCli(args);
-      expect(second.stderr).toContain(`resuming unfinished run ${runId}`);
-      const byUser = await expectReportAgreesWithProvider({
-        agent: ws.agent,
-        providerUrl: mock.url,
-        reportPath: ws.report,
-        userIds: rows.map((row) => row.userId),
-      });
-      expect([...byUser.values()].every((row) => row.status === 'charged')).toBe(true);
-      // 0: everyone charged, and a deadline met (3 would say it ended late).
-      expect(second.code, second.stderr.slice(-2_000)).toBe(0);
+      const runId = await killMidRun(args, mock.url, 800);
+      // Exit 0: everyone charged, and a deadline met (3 would say it ended late).
+      const { second } = await resumeToAllCharged(args, mock.url, rows, runId);
       const summary = JSON.parse(second.stdout.trim().split('\n').at(-1) ?? '{}');
       expect(summary.counts.charged).toBe(USERS);
     },

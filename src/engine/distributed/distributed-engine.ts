@@ -2,7 +2,7 @@ import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { resolveRetryPolicy } from '../../control/retry-policy.js';
-import type { DispatchReport } from '../../domain/dispatch.js';
+import { breakerReport, type DispatchReport } from '../../domain/dispatch.js';
 import { UsageError } from '../../domain/errors.js';
 import type { InputFormat } from '../../input/index.js';
 import { endedOf, type RunRecord } from '../../ledger/ledger.js';
@@ -235,16 +235,7 @@ async function dispatchOf(worker: BillingWorker, concurrency: number): Promise<D
     limit: concurrency,
     maxInFlight: snapshot.maxInFlight,
     throttled: snapshot.throttled,
-    ...(breaker === undefined
-      ? {}
-      : {
-          breaker: {
-            state: breaker.state,
-            opened: breaker.opened,
-            probes: breaker.probes,
-            excused: snapshot.excused,
-          },
-        }),
+    ...(breaker === undefined ? {} : { breaker: breakerReport(breaker, snapshot.excused) }),
   };
 }
 

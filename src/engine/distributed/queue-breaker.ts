@@ -306,14 +306,8 @@ export class QueueBreaker {
     };
   }
 
-  async #eval(script: LuaScript, args: ReadonlyArray<string | number>): Promise<unknown> {
+  #eval(script: LuaScript, args: ReadonlyArray<string | number>): Promise<unknown> {
     const now = this.#clock === undefined ? '' : Math.round(this.#clock.now());
-    const all = [now, ...args];
-    try {
-      return await this.#redis.evalsha(script.sha, 3, ...this.#keys, ...all);
-    } catch (error) {
-      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
-      return await this.#redis.eval(script.source, 3, ...this.#keys, ...all);
-    }
+    return script.run(this.#redis, this.#keys, [now, ...args]);
   }
 }

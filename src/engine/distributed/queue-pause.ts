@@ -210,12 +210,7 @@ export class QueuePause {
     }
   }
 
-  async #eval(script: LuaScript, key: string, args: ReadonlyArray<string | number>) {
-    try {
-      return await this.#redis.evalsha(script.sha, 1, key, ...args);
-    } catch (error) {
-      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
-      return await this.#redis.eval(script.source, 1, key, ...args);
-    }
+  #eval(script: LuaScript, key: string, args: ReadonlyArray<string | number>) {
+    return script.run(this.#redis, [key], args);
   }
 }
