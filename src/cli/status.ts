@@ -221,6 +221,25 @@ function printStatus(status: DistributedStatus, json: boolean | undefined): void
       ? '  workers: none live'
       : `  workers (${status.workers.length}): ${status.workers.map((worker) => worker.name).join(', ')}`,
   );
+  const { pacing } = status;
+  if (pacing !== undefined) {
+    const decided =
+      pacing.decider === undefined
+        ? ''
+        : ` · decided by ${pacing.decider}${pacing.decidedAt === undefined ? '' : ` ${formatDuration(Math.max(0, Date.now() - pacing.decidedAt))} ago`}`;
+    lines.push(
+      `  queue paced${status.runPaced ? '' : ' (for another run)'}: ${pacing.mode === 'auto' ? `concurrency auto, limit ${number.format(pacing.limit)}${pacing.capacity === undefined ? '' : ` (provider capacity about ${number.format(Math.round(pacing.capacity))})`}${pacing.baselineMs === undefined ? '' : ` · no-load latency ${formatDuration(pacing.baselineMs)}`}` : `concurrency ${number.format(pacing.limit)} (the deadline's need)`}${decided}`,
+    );
+    const { deadline } = pacing;
+    if (deadline !== undefined) {
+      const at = new Date(deadline.at).toISOString();
+      lines.push(
+        deadline.feasible
+          ? `  deadline ${at}: on track, ${number.format(deadline.need)} in flight needed, expected end ${new Date(deadline.expectedEndAt).toISOString()}`
+          : `  DEADLINE AT RISK ${at}: cannot be met (bound by ${deadline.bound ?? '?'}); expected end ${new Date(deadline.expectedEndAt).toISOString()}`,
+      );
+    }
+  }
   const { breaker } = status;
   if (breaker.state === 'open') {
     lines.push(

@@ -1,7 +1,12 @@
 import type { Clock } from '../domain/clock.js';
 import type { AttemptResult } from '../domain/outcome.js';
 import { DEFAULT_MARGIN, type Plan, planConcurrency } from './deadline-planner.js';
-import type { LimitController, LimitOutcome, LimitSnapshot } from './limit-controller.js';
+import type {
+  LimitController,
+  LimitOutcome,
+  LimitSnapshot,
+  LimitTicket,
+} from './limit-controller.js';
 
 export type { LimitSnapshot };
 
@@ -70,8 +75,24 @@ export class DispatchLimit {
   /** When the plan means to end (epoch ms): the deadline less the run's margin. */
   #target: number | undefined;
 
+  #deadlineOption: DispatchLimitOptions['deadline'];
+
   constructor(options: DispatchLimitOptions) {
     this.#options = options;
+    this.#deadlineOption = options.deadline;
+  }
+
+  /**
+   * The deadline changed (a run on the queue gained, lost or moved one): the plan is made anew,
+   * its margin taken from the time left now. The latency seen so far is kept.
+   */
+  retarget(deadline: DispatchLimitOptions['deadline']): void {
+    if (deadline?.at === this.#deadlineOption?.at) return;
+    this.#deadlineOption = deadline;
+    this.#target = undefined;
+    this.#plan = undefined;
+    this.#deadline = undefined;
+    this.#plannedAt = Number.NEGATIVE_INFINITY;
   }
 
   /** The limit controller, for `auto`. */
@@ -109,6 +130,10 @@ export class DispatchLimit {
     if (controller !== undefined) {
       controller.complete(ticket as Parameters<LimitController['complete']>[0], outcome);
     }
+    this.#latencySeen(outcome, latencyMs);
+  }
+
+  #latencySeen(outcome: LimitOutcome, latencyMs: number | undefined): void {
     if (outcome === 'answered' && latencyMs !== undefined) {
       // The first latency seen: plan again at once, not on the assumed one for another second.
       if (this.#latencyMs === undefined) this.#plannedAt = Number.NEGATIVE_INFINITY;
@@ -117,15 +142,25 @@ export class DispatchLimit {
     }
   }
 
+  /**
+   * A request another process sent and saw end (the distributed decider's replay of its
+   * workers' attempts): as `complete`, with the ticket and latency that process measured.
+   */
+  observe(ticket: LimitTicket, outcome: LimitOutcome, latencyMs: number): void {
+    this.controller?.observe(ticket, outcome, latencyMs);
+    this.#latencySeen(outcome, latencyMs);
+  }
+
   /** Whether a plan is due: with a deadline, `replanMs` after the last (or after the first answer). */
   planDue(): boolean {
-    if (this.#options.deadline === undefined) return false;
+    if (this.#deadlineOption === undefined) return false;
     return this.#options.clock.now() - this.#plannedAt >= (this.#options.replanMs ?? 1_000);
   }
 
   /** Plans again when one is due (or `force`). */
   replan(work: WorkLeft, force = false): void {
-    const { deadline, clock } = this.#options;
+    const { clock } = this.#options;
+    const deadline = this.#deadlineOption;
     if (deadline === undefined || !(force || this.planDue())) return;
     this.#plannedAt = clock.now();
     const wallNow = deadline.wallClock();

@@ -45,6 +45,11 @@ export interface LimitControllerOptions {
   readonly max?: number | undefined;
   /** Where a cold start begins. Default `min`. */
   readonly initial?: number | undefined;
+  /**
+   * The provider's capacity as a controller before this one estimated it (a decider taking over
+   * from one that died): growth goes back to it, not past it by doubling. Default: unknown.
+   */
+  readonly initialCapacity?: number | undefined;
   /** A window median over baseline × this (twice in a row) is queueing. Default 1.15. */
   readonly tolerance?: number | undefined;
 }
@@ -174,6 +179,8 @@ export class LimitController {
     }
     this.#limit = this.#clamp(options.initial ?? this.min);
     this.#value = this.#limit;
+    const known = options.initialCapacity;
+    if (known !== undefined && Number.isFinite(known) && known >= 1) this.#capacity = known;
     this.#epoch = this.#clock.now();
   }
 
@@ -193,7 +200,21 @@ export class LimitController {
   complete(ticket: LimitTicket, outcome: LimitOutcome): void {
     this.#inFlight = Math.max(0, this.#inFlight - 1);
     const now = this.#clock.now();
-    const latency = now - ticket.startedAt;
+    this.#ended(ticket, outcome, now - ticket.startedAt, now);
+  }
+
+  /**
+   * A request another process sent and saw end, told after the fact (the distributed engine's
+   * decider replays its workers' attempts): `ticket` as that process saw it (sent at, in flight
+   * then, across the queue), `latencyMs` as it measured it. Counts as sent since the limit
+   * changed when it was sent since; in flight is the caller's to tell.
+   */
+  observe(ticket: LimitTicket, outcome: LimitOutcome, latencyMs: number): void {
+    if (ticket.startedAt >= this.#epoch) this.#sent++;
+    this.#ended(ticket, outcome, latencyMs, this.#clock.now());
+  }
+
+  #ended(ticket: LimitTicket, outcome: LimitOutcome, latency: number, now: number): void {
     if (outcome === 'answered') {
       this.#srttMs = this.#srttMs === undefined ? latency : this.#srttMs * 0.875 + latency * 0.125;
     }

@@ -49,3 +49,14 @@ export function breakerReport(
 ): BreakerReport {
   return { state: breaker.state, opened: breaker.opened, probes: breaker.probes, excused };
 }
+
+/** A deadline's report from the planner's standing (its other fields are the engine's own). */
+export function deadlineReport(deadline: DeadlineReport): DeadlineReport {
+  return {
+    at: deadline.at,
+    feasible: deadline.feasible,
+    need: deadline.need,
+    expectedEndAt: deadline.expectedEndAt,
+    bound: deadline.bound,
+  };
+}

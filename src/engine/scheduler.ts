@@ -16,7 +16,7 @@ import { decideRetry, gateAttempt, type RetryPolicy } from '../control/retry-pol
 import { ThrottleGovernor } from '../control/throttle.js';
 import { TokenBucket } from '../control/token-bucket.js';
 import type { Clock } from '../domain/clock.js';
-import { breakerReport, type DispatchReport } from '../domain/dispatch.js';
+import { breakerReport, type DispatchReport, deadlineReport } from '../domain/dispatch.js';
 import { idempotencyKey } from '../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../domain/outcome.js';
 import type { AttemptStart, Ledger, PendingCharge } from '../ledger/ledger.js';
@@ -232,17 +232,7 @@ export class Scheduler {
         ? {}
         : { capacity: controller.capacity, baselineMs: controller.baselineMs }),
       throttled: snapshot.throttled,
-      ...(deadline === undefined
-        ? {}
-        : {
-            deadline: {
-              at: deadline.at,
-              feasible: deadline.feasible,
-              need: deadline.need,
-              expectedEndAt: deadline.expectedEndAt,
-              bound: deadline.bound,
-            },
-          }),
+      ...(deadline === undefined ? {} : { deadline: deadlineReport(deadline) }),
       ...(breaker === undefined ? {} : { breaker: breakerReport(breaker, snapshot.excused) }),
     };
   }

@@ -153,18 +153,34 @@ describe('from the config file', () => {
 });
 
 describe('operator mistakes with the new flags', () => {
-  it('refuses auto and --deadline on the distributed engine before anything is enqueued, and bounds that cross', async () => {
+  it('refuses auto or --deadline with a fixed --global-concurrency before anything is enqueued, and bounds that cross', async () => {
     const input = await writeCsvInput(join(ws.dir, 'users.csv'), plainUsers(3));
     const mock = await ws.provider({ latencyMs: 1 });
+    // Refused before Redis is even asked (nothing listens there).
     const redis = ['--redis', 'redis://127.0.0.1:1', '--prefix', 'bulkbill-test-never'];
-    const auto = await runCli([...runArgs(input, mock.url, '--concurrency', 'auto'), ...redis]);
+    const fixed = ['--global-concurrency', '10'];
+    const auto = await runCli([
+      ...runArgs(input, mock.url, '--concurrency', 'auto', ...fixed),
+      ...redis,
+    ]);
     expect(auto.code).toBe(2);
     expect(auto.stderr).toMatch(
-      /--concurrency auto is not available on the distributed engine yet/,
+      /--global-concurrency fixes the queue's concurrency, which --concurrency auto sets for every worker of the queue: give one of them/,
     );
-    const deadline = await runCli([...runArgs(input, mock.url, '--deadline', '1h'), ...redis]);
+    const deadline = await runCli([
+      ...runArgs(input, mock.url, '--deadline', '1h', ...fixed),
+      ...redis,
+    ]);
     expect(deadline.code).toBe(2);
-    expect(deadline.stderr).toMatch(/--deadline is not available on the distributed engine yet/);
+    expect(deadline.stderr).toMatch(
+      /--global-concurrency fixes the queue's concurrency, which --deadline sets/,
+    );
+    const crossedRedis = await runCli([
+      ...runArgs(input, mock.url, '--concurrency', 'auto', '--min-concurrency', '10'),
+      ...['--max-concurrency', '5', ...redis],
+    ]);
+    expect(crossedRedis.code).toBe(2);
+    expect(crossedRedis.stderr).toMatch(/--min-concurrency \(10\) must not be above/);
     const crossed = await runCli(
       runArgs(
         input,

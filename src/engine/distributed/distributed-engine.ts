@@ -1,6 +1,7 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
+import { FIRST_ROUND_TRIP } from '../../control/dispatch-limit.js';
 import { resolveRetryPolicy } from '../../control/retry-policy.js';
 import { breakerReport, type DispatchReport } from '../../domain/dispatch.js';
 import { UsageError } from '../../domain/errors.js';
@@ -9,7 +10,7 @@ import { endedOf, type RunRecord } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { PaceMeter, type ProgressEvent } from '../../observe/progress.js';
 import { ProviderClient, senderFromOptions } from '../../provider/index.js';
-import { mostInFlight } from '../dispatch-controls.js';
+import { checkDispatchSettings, deadlineOf, mostInFlight } from '../dispatch-controls.js';
 import {
   type BillHooks,
   type BillResult,
@@ -23,6 +24,7 @@ import {
 import { checkReachable, closeRedis, connectRedis } from './connection.js';
 import { enqueue } from './enqueue.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
+import { QueuePacing, type RunPacing } from './queue-pacing.js';
 import { redisWarnings } from './redis-checks.js';
 import { PollPause, progressOf } from './status.js';
 import { BillingWorker } from './worker.js';
@@ -45,6 +47,8 @@ export const distributedBillOptionsSchema = billOptionsSchema
     lockDurationMs: z.number().int().min(1_000).default(30_000),
   })
   .strict();
+
+type DistributedBillConfig = z.output<typeof distributedBillOptionsSchema>;
 
 export type DistributedBillOptions = z.input<typeof distributedBillOptionsSchema> &
   BillHooks & {
@@ -75,12 +79,13 @@ export async function billDistributed(
     ...plain
   } = options;
   const config = parseOptions(distributedBillOptionsSchema, plain, label);
-  // Said before anything is enqueued, not ignored: the workers of a queue pace at a fixed
-  // concurrency (and the queue's global one) until the decider lease is built.
-  if (config.concurrency === 'auto' || config.deadline !== undefined) {
-    const flag = config.concurrency === 'auto' ? label('concurrency') : label('deadline');
+  checkDispatchSettings(config, label);
+  // Read once, at the start: a duration counts from the command, as on the local engine.
+  const deadlineAt = deadlineOf(config.deadline, Date.now(), label('deadline'));
+  const pacing = runPacing(config, deadlineAt);
+  if (pacing !== undefined && config.globalConcurrency !== undefined) {
     throw new UsageError(
-      `${flag}${config.concurrency === 'auto' ? ' auto' : ''} is not available on the distributed engine yet (--redis): give a number of requests in flight (and ${label('globalConcurrency')} for the queue), or bill on the local engine`,
+      `${label('globalConcurrency')} fixes the queue's concurrency, which ${config.concurrency === 'auto' ? `${label('concurrency')} auto` : label('deadline')} sets for every worker of the queue: give one of them`,
     );
   }
   const started = performance.now();
@@ -140,6 +145,13 @@ export async function billDistributed(
         // Refused here, before a job is queued, as the local engine refuses it.
         if (!config.dryRun && choice.how !== 'finished') {
           await bindCredentials(ledger, choice.run.runId, (seen) => client.credentials(seen));
+          // Set before its jobs are queued: no worker of the queue takes a wave of them first.
+          // A command without auto or a deadline clears what an earlier one set for the run.
+          await new QueuePacing({ redis, prefix: config.prefix, queue: config.queue }).setRun(
+            choice.run.runId,
+            pacing,
+            pacing === undefined ? 1 : startingLimit(pacing),
+          );
         }
         onRun?.(choice);
       },
@@ -179,6 +191,11 @@ export async function billDistributed(
       random,
       onLog,
     });
+    const queuePacing = new QueuePacing({
+      redis: patient,
+      prefix: config.prefix,
+      queue: config.queue,
+    });
     const outcome = await waitForRun({
       ledger: following,
       redis: patient,
@@ -189,11 +206,17 @@ export async function billDistributed(
       signal: signal ?? (queued.interrupted ? AbortSignal.abort() : undefined),
       intervalMs: config.progressIntervalMs,
       concurrency: mostInFlight(config),
+      pacing: queuePacing,
       onProgress,
     });
-    const dispatch = await dispatchOf(worker, mostInFlight(config));
+    const dispatch = await dispatchOf(worker, mostInFlight(config), queuePacing);
     const end = await worker.close();
     await following.finishIfComplete(run.runId);
+    // Every charge ended: the run's pacing goes, and with the last paced run's the queue's
+    // global concurrency is put back as it was (a decider left would do the same within a second).
+    if (outcome === 'completed') {
+      await queuePacing.setRun(run.runId, undefined).catch(() => {});
+    }
     const snapshot = worker.snapshot();
     const { latencies, serialMs } = worker.latencies();
     const { charged, declined, failed, unknown } = snapshot.ended;
@@ -227,16 +250,48 @@ export async function billDistributed(
  * How this process's worker paced its requests, and the queue's breaker (shared by every
  * worker: its openings and probes are the queue's, the attempts excused this worker's).
  */
-async function dispatchOf(worker: BillingWorker, concurrency: number): Promise<DispatchReport> {
+async function dispatchOf(
+  worker: BillingWorker,
+  concurrency: number,
+  pacing: QueuePacing | undefined,
+): Promise<DispatchReport> {
   const snapshot = worker.snapshot();
   const breaker = await worker.breakerSnapshot();
+  const paced = await pacing?.state().catch(() => undefined);
   return {
-    mode: 'fixed',
-    limit: concurrency,
+    mode: paced?.mode ?? 'fixed',
+    limit: paced?.limit ?? concurrency,
     maxInFlight: snapshot.maxInFlight,
+    ...(paced === undefined ? {} : { capacity: paced.capacity, baselineMs: paced.baselineMs }),
     throttled: snapshot.throttled,
+    ...(paced?.deadline === undefined ? {} : { deadline: paced.deadline }),
     ...(breaker === undefined ? {} : { breaker: breakerReport(breaker, snapshot.excused) }),
   };
+}
+
+/** How the run asks its queue to be paced: undefined for a fixed concurrency and no deadline. */
+function runPacing(
+  config: Pick<
+    DistributedBillConfig,
+    'concurrency' | 'minConcurrency' | 'maxConcurrency' | 'assumedLatencyMs'
+  >,
+  deadlineAt: number | undefined,
+): RunPacing | undefined {
+  const auto = config.concurrency === 'auto';
+  if (!auto && deadlineAt === undefined) return undefined;
+  return {
+    auto,
+    min: config.minConcurrency,
+    // With a deadline, a number as the concurrency is the most the plan may use.
+    max: typeof config.concurrency === 'number' ? config.concurrency : config.maxConcurrency,
+    ...(deadlineAt === undefined ? {} : { deadlineAt }),
+    assumedLatencyMs: config.assumedLatencyMs,
+  };
+}
+
+/** Where the queue starts before its decider's first word: `auto` at its least, a deadline at one round trip's few. */
+function startingLimit(pacing: RunPacing): number {
+  return pacing.auto ? pacing.min : Math.max(pacing.min, Math.min(FIRST_ROUND_TRIP, pacing.max));
 }
 
 /**
@@ -253,6 +308,7 @@ async function waitForRun(args: {
   signal: AbortSignal | undefined;
   intervalMs: number;
   concurrency: number;
+  pacing: QueuePacing;
   onProgress: ((event: ProgressEvent) => void) | undefined;
 }): Promise<'completed' | 'stopped' | 'interrupted'> {
   const { ledger, run, worker, signal, onProgress } = args;
@@ -281,7 +337,7 @@ async function waitForRun(args: {
             inFlight: worker.snapshot().inFlight,
             retrying: await queue.getDelayedCount(),
             elapsedMs: now - started,
-            dispatch: await dispatchOf(worker, args.concurrency),
+            dispatch: await dispatchOf(worker, args.concurrency, args.pacing),
           }),
         );
       }

@@ -6,6 +6,7 @@ import { RedisLedger } from '../../ledger/redis-ledger.js';
 import { etaMsOf, type ProgressEvent } from '../../observe/progress.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix, type QueuePlace } from './jobs.js';
 import { QueueBreaker, type QueueBreakerSnapshot } from './queue-breaker.js';
+import { type PacingState, QueuePacing } from './queue-pacing.js';
 
 /** A live worker of the queue, as Redis sees its connection. */
 export interface LiveWorker {
@@ -33,6 +34,10 @@ export interface DistributedStatus {
   readonly stoppedBecause: string | undefined;
   /** The queue's circuit breaker, as its workers share it (every run of the queue). */
   readonly breaker: QueueBreakerSnapshot;
+  /** The queue's pacing (`--concurrency auto`, a deadline) as its decider last set it; undefined: none. */
+  readonly pacing: PacingState | undefined;
+  /** Whether this run is one the queue is paced for. */
+  readonly runPaced: boolean;
 }
 
 /**
@@ -43,6 +48,7 @@ export class DistributedStatusReader {
   readonly ledger: RedisLedger;
   readonly #queue: Queue;
   readonly #breaker: QueueBreaker;
+  readonly #pacing: QueuePacing;
 
   constructor(source: QueuePlace) {
     const prefix = source.prefix ?? DEFAULT_PREFIX;
@@ -53,6 +59,7 @@ export class DistributedStatusReader {
       queue: source.queue,
       probeLeaseMs: 1,
     });
+    this.#pacing = new QueuePacing({ redis: source.redis, prefix, queue: source.queue });
     this.ledger = new RedisLedger({ redis: source.redis, prefix: ledgerPrefix(prefix) });
     this.#queue = new Queue(source.queue ?? DEFAULT_QUEUE, { connection: source.redis, prefix });
     this.#queue.on('error', () => {});
@@ -84,13 +91,16 @@ export class DistributedStatusReader {
         perSecond = ((endedOf(counts) - first) * 1_000) / (performance.now() - started);
       }
     }
-    const [jobCounts, workers, stoppedBecause, chargedAmounts, breaker] = await Promise.all([
-      this.#queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
-      this.workers(),
-      this.ledger.stopNote(runId),
-      this.ledger.totals(runId, 'charged'),
-      this.#breaker.snapshot(),
-    ]);
+    const [jobCounts, workers, stoppedBecause, chargedAmounts, breaker, pacing, pacedRuns] =
+      await Promise.all([
+        this.#queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
+        this.workers(),
+        this.ledger.stopNote(runId),
+        this.ledger.totals(runId, 'charged'),
+        this.#breaker.snapshot(),
+        this.#pacing.state(),
+        this.#pacing.runs(),
+      ]);
     return {
       run,
       counts,
@@ -105,6 +115,8 @@ export class DistributedStatusReader {
       workers,
       stoppedBecause,
       breaker,
+      pacing,
+      runPaced: pacedRuns.has(runId),
     };
   }
 

@@ -8,6 +8,7 @@ import {
   breakerOutcome,
   resolveBreakerPolicy,
 } from '../../control/circuit-breaker.js';
+import { limitOutcome } from '../../control/dispatch-limit.js';
 import { MisconfigurationWatch } from '../../control/misconfiguration-watch.js';
 import { decideRetry, gateAttempt, type RetryPolicy } from '../../control/retry-policy.js';
 import { ThrottleGovernor } from '../../control/throttle.js';
@@ -30,7 +31,9 @@ import {
   ledgerPrefix,
   type QueuePlace,
 } from './jobs.js';
+import { PacingDecider } from './pacing-decider.js';
 import { type BreakerVerdict, QueueBreaker, type QueueBreakerSnapshot } from './queue-breaker.js';
+import { type PacingState, QueuePacing } from './queue-pacing.js';
 import { QueuePause } from './queue-pause.js';
 import { QueueRate } from './queue-settings.js';
 
@@ -115,6 +118,9 @@ const RATE_REFRESH_MS = 2_000;
 const HOLD_MS = 60_000;
 // While another worker's probe is out, how often the others look whether it answered.
 const PROBE_POLL_MS = 250;
+// How often a worker looks whether its queue is paced, and the decider's round.
+const PACED_READ_MS = 1_000;
+const PACE_TICK_MS = 200;
 // A job whose worker died this many times (a charge that crashes workers) ends `unknown` rather
 // than being retried again. BullMQ's own limit is set far above, so it never drops a job unrecorded.
 const MAX_STALLS = 10;
@@ -140,6 +146,15 @@ export class BillingWorker {
   /** The queue's circuit breaker, shared in Redis; undefined: none (outageWaitMs 0). */
   readonly #breaker: QueueBreaker | undefined;
   readonly #random: Random;
+  /** The queue's pacing (`--concurrency auto`, deadlines), and its decider when this worker leads. */
+  readonly #pacing: QueuePacing;
+  readonly #decider: PacingDecider;
+  #paced = false;
+  /** The queue's pacing as its decider last said (read with #paced). */
+  #pacingState: PacingState | undefined;
+  #pacedReadAt = Number.NEGATIVE_INFINITY;
+  #pacingTimer: NodeJS.Timeout | undefined;
+  #pacingBusy = false;
   /** Runs whose endpoint was checked: run id → refusal, or undefined when it bills ours. */
   readonly #runs = new Map<string, Promise<string | undefined>>();
   readonly #touched = new Set<string>();
@@ -206,6 +221,15 @@ export class BillingWorker {
             probeLeaseMs: (options.requestTimeoutMs ?? 30_000) + 5_000,
             random: this.#random,
           });
+    this.#pacing = new QueuePacing({ redis: this.#ledgerRedis, prefix, queue: queueName });
+    this.#decider = new PacingDecider({
+      pacing: this.#pacing,
+      ledger: this.#ledger,
+      rate: () => this.#rate.rate,
+      queued: () => this.#pacing.queuedJobs(),
+      name: options.name ?? `${hostname()}:${process.pid}`,
+      onLog: (level, message) => this.#log(level, message),
+    });
     const lockDuration = options.lockDurationMs ?? 30_000;
     this.#worker = new Worker<ChargeJobData>(queueName, (job, token) => this.#process(job, token), {
       connection: options.redis,
@@ -264,6 +288,10 @@ export class BillingWorker {
     else if (globalConcurrency !== undefined) {
       await this.#queue.setGlobalConcurrency(globalConcurrency);
     }
+    // Paced or not, known before the first job: its attempt is told to the decider.
+    await this.#paceTick();
+    this.#pacingTimer = setInterval(() => void this.#paceTick(), PACE_TICK_MS);
+    this.#pacingTimer.unref();
     void this.#worker.run().catch((error: unknown) => {
       this.#log('error', `worker: ${(error as Error).message}`);
     });
@@ -309,8 +337,11 @@ export class BillingWorker {
     this.#end = { reason, stoppedBecause: this.#stoppedBecause };
     if (this.#idleTimer) clearInterval(this.#idleTimer);
     if (this.#rateTimer) clearInterval(this.#rateTimer);
+    if (this.#pacingTimer) clearInterval(this.#pacingTimer);
     this.#closing = (async () => {
       try {
+        // Another worker takes the decision over at its next round, not once the lease expires.
+        await this.#decider.close();
         await this.#closeQueueWorker();
         await this.#giveBackHeld();
         for (const runId of this.#touched) await this.#ledger.finishIfComplete(runId);
@@ -427,6 +458,25 @@ export class BillingWorker {
     return checked;
   }
 
+  /** Whether the queue is paced (read every second), and the decider's round while it is. */
+  async #paceTick(): Promise<void> {
+    if (this.#pacingBusy || this.#closing) return;
+    this.#pacingBusy = true;
+    try {
+      const now = Date.now();
+      if (now - this.#pacedReadAt >= PACED_READ_MS) {
+        this.#paced = await this.#pacing.paced();
+        this.#pacingState = this.#paced ? await this.#pacing.state() : undefined;
+        this.#pacedReadAt = now;
+      }
+      if (this.#paced || this.#decider.leading) await this.#decider.tick();
+    } catch {
+      // Redis is away: the next round tries again; the queue keeps the limit last set.
+    } finally {
+      this.#pacingBusy = false;
+    }
+  }
+
   async #process(job: Job<ChargeJobData>, token: string | undefined): Promise<string> {
     try {
       return await this.#bill(job, token);
@@ -527,6 +577,10 @@ export class BillingWorker {
     }
     const attempt = current.budgetFrom + before.attempts + 1;
     let recorded: boolean | undefined;
+    // On a paced queue, the jobs active across the queue as this one goes: the decider's
+    // reading of the load it was sent at (asked with the ledger's write, in one round trip).
+    const paced = this.#paced;
+    const queueInFlight = paced ? this.#pacing.inFlight().catch(() => undefined) : undefined;
     try {
       [recorded] = await this.#ledger.startAttempts(
         data.r,
@@ -551,6 +605,8 @@ export class BillingWorker {
       await unsent();
       return 'settled by another worker';
     }
+    const sentAt = Date.now();
+    const levelAtSend = await queueInFlight;
     this.#inFlight++;
     this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight);
     this.#attempts++;
@@ -570,11 +626,27 @@ export class BillingWorker {
     }
     const latencyMs = systemClock.now() - started;
     this.#latencies.add(latencyMs);
-    this.#governor.observe(result, started);
     const throttled = result.kind === 'retry' && result.throttled;
+    // With `auto`, a refusal is the queue's limit controller's to answer (it cuts the queue's
+    // limit; the charge waits out its Retry-After), as on the local engine: the queue's pause and
+    // the learned rate are for refusals that go on at the lowest limit.
+    const pacedAuto = this.#pacingState;
+    const controlled =
+      throttled && paced && pacedAuto?.mode === 'auto' && pacedAuto.limit > pacedAuto.min;
+    if (!controlled) this.#governor.observe(result, started);
     if (throttled) this.#throttled++;
     if (!throttled && result.status !== undefined) void this.#pause.answered(started);
     const breaker = await this.#breakerSays(ticket, result);
+    if (paced && levelAtSend !== undefined) {
+      void this.#pacing
+        .record({
+          sentAt,
+          latencyMs,
+          inFlight: levelAtSend,
+          outcome: limitOutcome(result, breaker.excused),
+        })
+        .catch(() => {});
+    }
     const stop = throttled ? this.#governor.stopReason() : undefined;
     const putBack = async (attempts: number, ambiguous: boolean) => {
       // The attempt is over and the charge stays pending: the ledger says whether it counted.
@@ -648,7 +720,7 @@ export class BillingWorker {
           await this.#stop(data.r, stop, { noteOnRun: false });
           return this.#giveBack(job, token);
         }
-        if (decision.throttled) {
+        if (decision.throttled && !controlled) {
           // The provider asked everyone to slow down: the whole queue waits (a shorter pause
           // never cuts a longer one), no attempt is used.
           const { pauseMs } = await this.#pause.throttled({
