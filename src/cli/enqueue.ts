@@ -1,6 +1,8 @@
 import { UsageError } from '../domain/errors.js';
+import { checkDispatchSettings, deadlineOf } from '../engine/dispatch-controls.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { enqueue } from '../engine/distributed/enqueue.js';
+import { QueuePacing, runPacing, startingLimit } from '../engine/distributed/queue-pacing.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
 import {
   describeRunEndpoint,
@@ -23,9 +25,16 @@ export interface EnqueueFlags {
   newCycle?: boolean;
   retryFailed?: boolean;
   json?: boolean;
+  /** `auto` paces the run's queue; a number (or none) leaves it to the workers' own. */
+  concurrency?: number | 'auto';
+  minConcurrency?: number;
+  maxConcurrency?: number;
+  deadline?: string;
 }
 
 const number = new Intl.NumberFormat('en-US');
+
+const kebab = (name: string) => name.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`);
 
 export async function enqueueCommand(input: string, flags: EnqueueFlags): Promise<number> {
   const stderr = process.stderr;
@@ -33,6 +42,16 @@ export async function enqueueCommand(input: string, flags: EnqueueFlags): Promis
     throw new UsageError('--redis: required (give it here or as `redis` in the config file)');
   }
   const redisUrl = flags.redis;
+  const settings = {
+    concurrency: flags.concurrency,
+    minConcurrency: flags.minConcurrency ?? 1,
+    maxConcurrency: flags.maxConcurrency ?? 1_000,
+    assumedLatencyMs: 1_600,
+  };
+  checkDispatchSettings(settings, (name) => `--${kebab(name)}`);
+  // Read once, here: a duration counts from this command, and the workers keep the time.
+  const deadlineAt = deadlineOf(flags.deadline, Date.now(), '--deadline');
+  const pacing = runPacing(settings, deadlineAt);
   const provider = flags.provider as ProviderDescriptionInput | undefined;
   const absolute = provider?.request?.url?.includes('://') === true;
   // Bound now when the endpoint is known: given, or the description's absolute URL.
@@ -64,8 +83,21 @@ export async function enqueueCommand(input: string, flags: EnqueueFlags): Promis
       retryFailed: flags.retryFailed === true,
       check: templateRowCheck(provider),
       signal: controller.signal,
-      onRun: (choice) => {
+      onRun: async (choice) => {
         stderr.write(announceRun(choice, `queue ${flags.queue} on ${redactedUrl(redisUrl)}`));
+        if (choice.how === 'finished') return;
+        // Before its jobs are queued, so no worker takes a wave of them first; without auto or a
+        // deadline, what an earlier command set for the run goes.
+        await new QueuePacing({ redis, prefix: flags.prefix, queue: flags.queue }).setRun(
+          choice.run.runId,
+          pacing,
+          pacing === undefined ? 1 : startingLimit(pacing),
+        );
+        if (pacing !== undefined) {
+          stderr.write(
+            `bulkbill: the queue's workers pace run ${choice.run.runId}${pacing.auto ? ' at the concurrency the provider takes (auto)' : ''}${deadlineAt === undefined ? '' : ` to end by ${new Date(deadlineAt).toISOString()}`}; one of them decides the queue's global concurrency for all\n`,
+          );
+        }
       },
       onQueued: (queued) => {
         if (queued - lastShown >= 100_000) {

@@ -313,11 +313,31 @@ program
     'create a new run even though the input shares users with an unfinished run',
   )
   .option('--retry-failed', "queue the run's failed and unknown charges again, with the same keys")
+  .option(
+    '--concurrency <auto>',
+    "auto: the queue's workers find the concurrency the provider takes, one of them deciding for all (a number leaves it to the workers' --concurrency and --global-concurrency)",
+    concurrencyFlag('--concurrency'),
+  )
+  .option(
+    '--min-concurrency <n>',
+    'fewest requests in flight across the queue auto and --deadline go down to (default 1)',
+    integerFlag('--min-concurrency'),
+  )
+  .option(
+    '--max-concurrency <n>',
+    'most requests in flight across the queue auto and --deadline go up to (default 1000)',
+    integerFlag('--max-concurrency'),
+  )
+  .option(
+    '--deadline <when>',
+    'the workers finish the run by then, at the fewest requests in flight that do: a duration from now (45m, 2h) or a time with date and offset',
+  )
   .option('--json', 'print the outcome as one JSON object on stdout')
   .addHelpText(
     'after',
     examples(
       `$ bulkbill enqueue users.csv --redis redis://127.0.0.1:6379 --run-id 2026-11`,
+      `$ bulkbill enqueue users.csv --redis redis://127.0.0.1:6379 --run-id 2026-11 --concurrency auto --deadline 2026-12-01T09:00:00+01:00`,
       `$ bulkbill enqueue users.csv --redis redis://127.0.0.1:6379 --run-id 2026-11 --retry-failed`,
     ),
   )

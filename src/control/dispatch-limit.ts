@@ -220,13 +220,20 @@ export class DispatchLimit {
 /**
  * How the limit controller reads an attempt's end: a throttle, a 503 or a timeout after sending
  * is a refusal (load); another answer is an answer; a connection that failed before sending, a
- * 500 or 502, and anything the breaker excused (an outage is not a capacity) say nothing.
+ * 500 or 502, and anything the breaker excused (an outage is not a capacity) say nothing. Nor
+ * does an answer to a request an earlier attempt may already have made (`mayReplay`: one sent
+ * unanswered, or a crash's): the provider may have replayed its stored answer in a millisecond,
+ * and one window of those made a no-load latency 300 times too low.
  */
-export function limitOutcome(result: AttemptResult, excused: boolean): LimitOutcome {
+export function limitOutcome(
+  result: AttemptResult,
+  excused: boolean,
+  mayReplay = false,
+): LimitOutcome {
   if (excused) return 'ignored';
-  if (result.kind !== 'retry') return 'answered';
+  if (result.kind !== 'retry') return mayReplay ? 'ignored' : 'answered';
   if (result.throttled || result.status === 503) return 'refused';
   if (result.status === undefined) return result.ambiguous ? 'refused' : 'ignored';
   if (result.conflict === true) return 'ignored';
-  return result.status >= 500 ? 'ignored' : 'answered';
+  return result.status >= 500 || mayReplay ? 'ignored' : 'answered';
 }

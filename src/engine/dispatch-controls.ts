@@ -39,7 +39,7 @@ export function deadlineOf(
 
 /** Checks that the settings agree; the message names the flags. */
 export function checkDispatchSettings(
-  settings: DispatchSettings,
+  settings: Pick<DispatchSettings, 'minConcurrency' | 'maxConcurrency'>,
   label: (name: string) => string,
 ): void {
   if (settings.minConcurrency > settings.maxConcurrency) {

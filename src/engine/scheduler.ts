@@ -409,12 +409,13 @@ export class Scheduler {
     const ticket = limit?.start();
     this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight);
     const started = clock.now();
+    const mayReplay = charge.ambiguous;
     sender
       .attempt(charge.request)
       .then((result) => {
         const latencyMs = clock.now() - started;
         const excused = this.#breakerSays(charge, result);
-        limit?.complete(ticket, limitOutcome(result, excused), latencyMs);
+        limit?.complete(ticket, limitOutcome(result, excused, mayReplay), latencyMs);
         this.#settle(charge, result, started, latencyMs, excused);
       })
       // A client that rejects, or a ledger that cannot record, ends the run with that error.

@@ -64,7 +64,7 @@ async function roundTrips(
     const sentAt = now;
     now += latencyMs;
     for (let level = 1; level <= limit; level++) {
-      await pacing.record({
+      await pacing.record('w', {
         sentAt,
         latencyMs,
         inFlight: level,
@@ -186,6 +186,43 @@ describe('the queue decider', () => {
     expect(need).toBeGreaterThanOrEqual(4);
     expect(need).toBeLessThanOrEqual(8);
     expect(limits.at(-1)).toBe(need);
+  });
+});
+
+describe("the queue's global concurrency", () => {
+  it("lets the limit be requests at the provider: jobs between their requests (and a killed worker's) are allowed for", async () => {
+    const redis = redisAdmin();
+    const pacing = new QueuePacing(place());
+    pending.set('r1', 100_000);
+    await pacing.setRun('r1', { ...AUTO, min: 30, max: 30 }, 30);
+    // A live worker holds 60 jobs, 30 of them in a request (the others in the ledger, say):
+    // twice the limit.
+    await pacing.heartbeat('w1', 60);
+    for (let index = 0; index < 30; index++) expect(await pacing.sent('w1')).toBe(index + 1);
+    // A worker killed with 50 jobs and 50 requests: silent since long ago, its counts go; its
+    // jobs, active until their locks end, are not allowed for (once back in waiting, they would
+    // all go at once past the limit).
+    await redis.rpush(
+      `${prefix}:q:active`,
+      ...Array.from({ length: 110 }, (_, index) => `${index}`),
+    );
+    await redis.hset(`${prefix}:q:pacing:inflight`, 'w2', 50);
+    await redis.hset(`${prefix}:q:pacing:held`, 'w2', 50);
+    await redis.hset(`${prefix}:q:pacing:alive`, 'w2', 0);
+    const leader = decider('a');
+    for (let tick = 0; tick < 100; tick++) {
+      now += 200;
+      await leader.tick();
+    }
+    expect(await pacing.load(5_000)).toEqual({ held: 60, requests: 30, active: 110 });
+    const state = await pacing.state();
+    expect(state?.limit).toBe(30);
+    expect(state?.jobs).toBeGreaterThanOrEqual(57);
+    expect(state?.jobs).toBeLessThanOrEqual(60);
+    expect(await metaConcurrency()).toBe(state?.jobs);
+    // An attempt's end takes its request off its worker's count.
+    await pacing.record('w1', { sentAt: now, latencyMs: 1, inFlight: 30, outcome: 'answered' });
+    expect((await pacing.load(5_000)).requests).toBe(29);
   });
 });
 

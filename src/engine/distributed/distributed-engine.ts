@@ -1,7 +1,6 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
-import { FIRST_ROUND_TRIP } from '../../control/dispatch-limit.js';
 import { resolveRetryPolicy } from '../../control/retry-policy.js';
 import { breakerReport, type DispatchReport } from '../../domain/dispatch.js';
 import { UsageError } from '../../domain/errors.js';
@@ -24,7 +23,7 @@ import {
 import { checkReachable, closeRedis, connectRedis } from './connection.js';
 import { enqueue } from './enqueue.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
-import { QueuePacing, type RunPacing } from './queue-pacing.js';
+import { type PacingState, QueuePacing, runPacing, startingLimit } from './queue-pacing.js';
 import { redisWarnings } from './redis-checks.js';
 import { PollPause, progressOf } from './status.js';
 import { BillingWorker } from './worker.js';
@@ -47,8 +46,6 @@ export const distributedBillOptionsSchema = billOptionsSchema
     lockDurationMs: z.number().int().min(1_000).default(30_000),
   })
   .strict();
-
-type DistributedBillConfig = z.output<typeof distributedBillOptionsSchema>;
 
 export type DistributedBillOptions = z.input<typeof distributedBillOptionsSchema> &
   BillHooks & {
@@ -191,11 +188,12 @@ export async function billDistributed(
       random,
       onLog,
     });
-    const queuePacing = new QueuePacing({
-      redis: patient,
-      prefix: config.prefix,
-      queue: config.queue,
-    });
+    const queuePacing =
+      pacing === undefined
+        ? undefined
+        : new PacingWatch(
+            new QueuePacing({ redis: patient, prefix: config.prefix, queue: config.queue }),
+          );
     const outcome = await waitForRun({
       ledger: following,
       redis: patient,
@@ -215,7 +213,7 @@ export async function billDistributed(
     // Every charge ended: the run's pacing goes, and with the last paced run's the queue's
     // global concurrency is put back as it was (a decider left would do the same within a second).
     if (outcome === 'completed') {
-      await queuePacing.setRun(run.runId, undefined).catch(() => {});
+      await queuePacing?.pacing.setRun(run.runId, undefined).catch(() => {});
     }
     const snapshot = worker.snapshot();
     const { latencies, serialMs } = worker.latencies();
@@ -253,11 +251,11 @@ export async function billDistributed(
 async function dispatchOf(
   worker: BillingWorker,
   concurrency: number,
-  pacing: QueuePacing | undefined,
+  pacing: PacingWatch | undefined,
 ): Promise<DispatchReport> {
   const snapshot = worker.snapshot();
   const breaker = await worker.breakerSnapshot();
-  const paced = await pacing?.state().catch(() => undefined);
+  const paced = await pacing?.read();
   return {
     mode: paced?.mode ?? 'fixed',
     limit: paced?.limit ?? concurrency,
@@ -269,29 +267,19 @@ async function dispatchOf(
   };
 }
 
-/** How the run asks its queue to be paced: undefined for a fixed concurrency and no deadline. */
-function runPacing(
-  config: Pick<
-    DistributedBillConfig,
-    'concurrency' | 'minConcurrency' | 'maxConcurrency' | 'assumedLatencyMs'
-  >,
-  deadlineAt: number | undefined,
-): RunPacing | undefined {
-  const auto = config.concurrency === 'auto';
-  if (!auto && deadlineAt === undefined) return undefined;
-  return {
-    auto,
-    min: config.minConcurrency,
-    // With a deadline, a number as the concurrency is the most the plan may use.
-    max: typeof config.concurrency === 'number' ? config.concurrency : config.maxConcurrency,
-    ...(deadlineAt === undefined ? {} : { deadlineAt }),
-    assumedLatencyMs: config.assumedLatencyMs,
-  };
-}
+/**
+ * The queue's pacing as a paced run sees it: the decider's latest word, kept once the pacing has
+ * ended (the decider may end it, the run's last charge settled, before the run's summary reads it).
+ */
+class PacingWatch {
+  #last: PacingState | undefined;
+  constructor(readonly pacing: QueuePacing) {}
 
-/** Where the queue starts before its decider's first word: `auto` at its least, a deadline at one round trip's few. */
-function startingLimit(pacing: RunPacing): number {
-  return pacing.auto ? pacing.min : Math.max(pacing.min, Math.min(FIRST_ROUND_TRIP, pacing.max));
+  async read(): Promise<PacingState | undefined> {
+    const now = await this.pacing.state().catch(() => undefined);
+    if (now !== undefined) this.#last = now;
+    return this.#last;
+  }
 }
 
 /**
@@ -308,7 +296,7 @@ async function waitForRun(args: {
   signal: AbortSignal | undefined;
   intervalMs: number;
   concurrency: number;
-  pacing: QueuePacing;
+  pacing: PacingWatch | undefined;
   onProgress: ((event: ProgressEvent) => void) | undefined;
 }): Promise<'completed' | 'stopped' | 'interrupted'> {
   const { ledger, run, worker, signal, onProgress } = args;
@@ -327,6 +315,8 @@ async function waitForRun(args: {
   try {
     for (;;) {
       const counts = await ledger.counts(run.runId);
+      // Kept for the summary, progress shown or not: the decider ends the pacing with the run.
+      if (!onProgress) await args.pacing?.read();
       if (onProgress) {
         const now = performance.now();
         onProgress(

@@ -19,12 +19,19 @@ export interface PacingDeciderOptions {
   readonly name: string;
   /** Epoch ms: the workers' attempts carry when they were sent on their clocks. Default Date.now. */
   readonly wallClock?: (() => number) | undefined;
-  /** How long the lease lasts unrenewed: a dead decider is replaced within about this. Default 5 s. */
+  /** How long the lease lasts unrenewed: a dead decider is replaced within about this. Default 3 s. */
   readonly leaseMs?: number | undefined;
+  /** A worker silent this long has its requests in flight dropped (it was killed). Default 5 s. */
+  readonly deadAfterMs?: number | undefined;
   /** How often the paced runs and their charges left are read again. Default 1 s. */
   readonly runsEveryMs?: number | undefined;
   readonly onLog?: ((level: 'info' | 'warn', message: string) => void) | undefined;
 }
+
+/** A worker silent this long (it says it lives five times a second) is dead. */
+const DEAD_AFTER_MS = 5_000;
+/** Most jobs per request in flight the global concurrency allows for (a job spends some of its time in the ledger). */
+const MOST_JOBS_PER_REQUEST = 3;
 
 /** The one setting of the queue that the runs paced on it make together. */
 interface Combined {
@@ -78,6 +85,8 @@ export class PacingDecider {
   #published: number | undefined;
   /** The queue's rate the limit was built with. */
   #rate: number | undefined;
+  /** Jobs active per request in flight, smoothed: the global concurrency that lets `limit` requests go. */
+  #jobsPerRequest = 1;
 
   constructor(options: PacingDeciderOptions) {
     this.#options = options;
@@ -98,7 +107,7 @@ export class PacingDecider {
   /** One round: lease, runs, attempts, plan, limit. Errors (Redis away) are the caller's to ignore. */
   async tick(): Promise<void> {
     const { pacing } = this.#options;
-    if (!(await pacing.lease(this.#token, this.#options.leaseMs ?? 5_000, this.#clock.now()))) {
+    if (!(await pacing.lease(this.#token, this.#options.leaseMs ?? 3_000, this.#clock.now()))) {
       if (this.#leading)
         this.#options.onLog?.('info', "no longer deciding the queue's concurrency");
       this.#reset();
@@ -132,6 +141,18 @@ export class PacingDecider {
     const attemptsPerCharge = this.#ended === 0 ? 1 : Math.max(1, this.#observed / this.#ended);
     limit.replan({ remaining: this.#remaining, attemptsPerCharge });
     const next = limit.limit();
+    const load = await pacing.load(this.#options.deadAfterMs ?? DEAD_AFTER_MS);
+    // The live workers' jobs per request: a killed worker's jobs (active until their locks end)
+    // are not allowed for, so the queue runs below its limit for that while, and never past it
+    // once they go back to waiting.
+    if (load.requests > 0) {
+      const seen = Math.min(MOST_JOBS_PER_REQUEST, Math.max(1, load.held / load.requests));
+      // Up slowly, down fast: a wave of jobs taken at once holds them all before their requests
+      // for a moment, and read as a ratio it would open slots past the limit.
+      const weight = seen > this.#jobsPerRequest ? 0.05 : 0.5;
+      this.#jobsPerRequest = this.#jobsPerRequest * (1 - weight) + seen * weight;
+    }
+    const jobs = Math.max(1, Math.ceil(next * this.#jobsPerRequest));
     const snapshot = limit.controllerSnapshot();
     const deadline = limit.deadline();
     const state: PacingState = {
@@ -144,7 +165,7 @@ export class PacingDecider {
       decider: this.#options.name,
       decidedAt: now,
     };
-    if (await pacing.publish(this.#token, next, state)) {
+    if (await pacing.publish(this.#token, jobs, state)) {
       if (this.#published !== undefined && next !== this.#published) {
         // Told at a change of size only: a log line per limit step would be one per round trip.
         if (next >= this.#published * 2 || next <= this.#published / 2) {
@@ -171,6 +192,7 @@ export class PacingDecider {
     this.#observed = 0;
     this.#ended = 0;
     this.#published = undefined;
+    this.#jobsPerRequest = 1;
   }
 
   /** Reads the paced runs: ends those with no charge left; false when none is left. */

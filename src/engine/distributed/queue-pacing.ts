@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { FIRST_ROUND_TRIP } from '../../control/dispatch-limit.js';
 import type { LimitOutcome } from '../../control/limit-controller.js';
 import type { DeadlineReport } from '../../domain/dispatch.js';
 import { LuaScript } from '../../ledger/redis-scripts.js';
@@ -34,8 +35,13 @@ export interface PacedAttempt {
 /** What the queue's decider said last, for progress, `status` and the summary. */
 export interface PacingState {
   readonly mode: 'fixed' | 'auto';
-  /** The queue's global concurrency the decider set. */
+  /** Requests in flight the decider allows, across the queue. */
   readonly limit: number;
+  /**
+   * The queue's global concurrency it set for that (BullMQ's, of jobs active): the limit and the
+   * jobs between their requests (the ledger's reads and writes), as measured.
+   */
+  readonly jobs?: number | undefined;
   /** The least it goes down to (the paced runs' `--min-concurrency`). */
   readonly min: number;
   readonly capacity: number | undefined;
@@ -55,7 +61,28 @@ const MOST_EVENTS = 100_000;
 // KEYS of every script: 1 the runs' pacing (hash: run id → JSON), 2 the decider's state (hash),
 // 3 the decider's lease, 4 the attempts to replay (list), 5 BullMQ's meta hash (its
 // `concurrency` field is the queue's global concurrency, what Queue.setGlobalConcurrency sets),
-// 6 BullMQ's marker (a sorted set its blocked workers wait on).
+// 6 BullMQ's marker (a sorted set its blocked workers wait on), 7 requests in flight per worker
+// (hash: worker → count), 8 when each worker last said it lives (hash: worker → Redis ms), 9
+// BullMQ's active list, 10 the jobs each worker holds (hash: worker → count).
+
+/** Redis's clock, in ms: heartbeats need no agreement between the machines' clocks. */
+const REDIS_NOW = `
+local time = redis.call('TIME')
+local redisNow = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+`;
+
+/** Sums the requests in flight of every worker; a count below 0 (its run's pacing ended mid-request) is 0. */
+const SUM = `
+local function inflight()
+  local values = redis.call('HVALS', KEYS[7])
+  local sum = 0
+  for _, value in ipairs(values) do
+    local count = tonumber(value) or 0
+    if count > 0 then sum = sum + count end
+  end
+  return sum
+end
+`;
 
 /**
  * A run's pacing is set (ARGV[2] a JSON) or cleared (''): ARGV[1] the run id, ARGV[3] the limit
@@ -82,7 +109,7 @@ if left == 0 and redis.call('HEXISTS', KEYS[2], 'saved') == 1 then
   else redis.call('HSET', KEYS[5], 'concurrency', saved) end
   -- Workers blocked on a queue the paced limit held full take jobs again.
   redis.call('ZADD', KEYS[6], 0, '0')
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[8], KEYS[10])
 end
 return left
 `);
@@ -131,16 +158,72 @@ redis.call('LTRIM', KEYS[4], #taken, -1)
 return taken
 `);
 
-/** An attempt to replay. ARGV: the attempt, most kept. */
+/**
+ * A request goes: the worker's count in flight up by one. ARGV: worker. Returns the requests in
+ * flight across the queue, this one included.
+ */
+const SENT = new LuaScript(`${REDIS_NOW}${SUM}
+if tonumber(redis.call('HINCRBY', KEYS[7], ARGV[1], 1)) < 1 then
+  redis.call('HSET', KEYS[7], ARGV[1], 1)
+end
+redis.call('HSET', KEYS[8], ARGV[1], redisNow)
+return inflight()
+`);
+
+/**
+ * An attempt ended, to replay: its worker's count down by one. ARGV: the attempt, most kept,
+ * worker, the least global concurrency a refusal may take a slot down to ('' for none: not
+ * `auto`). A refused request's slot would be taken at once by the next job, refused again
+ * within milliseconds, many times before the decider's next round: under `auto` it closes with
+ * the refusal, and the decider opens it again if its limit (which reads every refusal) still
+ * says so.
+ */
 const RECORD = new LuaScript(`
+if (tonumber(redis.call('HGET', KEYS[7], ARGV[3])) or 0) > 0 then
+  redis.call('HINCRBY', KEYS[7], ARGV[3], -1)
+end
+if ARGV[4] ~= '' and string.sub(ARGV[1], -1) == 'r' then
+  local slots = tonumber(redis.call('HGET', KEYS[5], 'concurrency'))
+  if slots and slots > tonumber(ARGV[4]) then redis.call('HINCRBY', KEYS[5], 'concurrency', -1) end
+end
 local length = redis.call('RPUSH', KEYS[4], ARGV[1])
 if length > tonumber(ARGV[2]) then redis.call('LTRIM', KEYS[4], -tonumber(ARGV[2]), -1) end
 return length
 `);
 
 /**
- * The decider's limit, set only while it holds the lease and a run is paced. ARGV: token,
- * limit, then field/value pairs of its state. Returns 1 when set, 0 when not the decider.
+ * A worker says it lives (one killed stops saying so), and how many jobs it holds. ARGV: worker,
+ * jobs.
+ */
+const HEARTBEAT = new LuaScript(`${REDIS_NOW}
+redis.call('HSET', KEYS[8], ARGV[1], redisNow)
+redis.call('HSET', KEYS[10], ARGV[1], ARGV[2])
+return 1
+`);
+
+/**
+ * The queue's load now: {jobs the live workers hold, requests in flight, jobs active}. The
+ * counts of a worker silent for ARGV[1] ms (killed) go: its requests ended with it, and its jobs
+ * wait in the active list for their locks to end.
+ */
+const LOAD = new LuaScript(`${REDIS_NOW}${SUM}
+local seen = redis.call('HGETALL', KEYS[8])
+for i = 1, #seen, 2 do
+  if redisNow - tonumber(seen[i + 1]) > tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[8], seen[i])
+    redis.call('HDEL', KEYS[7], seen[i])
+    redis.call('HDEL', KEYS[10], seen[i])
+  end
+end
+local held = 0
+for _, value in ipairs(redis.call('HVALS', KEYS[10])) do held = held + (tonumber(value) or 0) end
+return {held, inflight(), redis.call('LLEN', KEYS[9])}
+`);
+
+/**
+ * The decider's limit, set only while it holds the lease and a run is paced. ARGV: token, the
+ * queue's global concurrency (jobs), then field/value pairs of its state. Returns 1 when set, 0
+ * when not the decider.
  */
 const PUBLISH = new LuaScript(`${HOLDS}
 if not holds(ARGV[1]) or redis.call('HLEN', KEYS[1]) == 0 then return 0 end
@@ -176,6 +259,10 @@ export class QueuePacing {
       `${base}:pacing:attempts`,
       `${base}:meta`,
       `${base}:marker`,
+      `${base}:pacing:inflight`,
+      `${base}:pacing:alive`,
+      `${base}:active`,
+      `${base}:pacing:held`,
     ];
     this.#active = `${base}:active`;
   }
@@ -225,15 +312,42 @@ export class QueuePacing {
     return (await this.#redis.exists(this.#keys[0] as string)) === 1;
   }
 
-  /** Jobs active on the queue now, every worker's. */
-  async inFlight(): Promise<number> {
-    return this.#redis.llen(this.#active);
+  /** `worker` sends a request: returns the requests in flight across the queue, this one included. */
+  async sent(worker: string): Promise<number> {
+    return Number(await SENT.run(this.#redis, this.#keys, [worker]));
   }
 
-  /** Tells the decider of an attempt that ended. */
-  async record(attempt: PacedAttempt): Promise<void> {
+  /**
+   * Tells the decider of an attempt of `worker`'s that ended (one `sent` announced). Under
+   * `auto` (`autoMin`, the least it goes down to), a refusal also closes a slot of the queue's.
+   */
+  async record(worker: string, attempt: PacedAttempt, autoMin?: number): Promise<void> {
     const line = `${attempt.sentAt}|${Math.round(attempt.latencyMs)}|${attempt.inFlight}|${OUTCOME_CODE[attempt.outcome]}`;
-    await RECORD.run(this.#redis, this.#keys, [line, MOST_EVENTS]);
+    await RECORD.run(this.#redis, this.#keys, [
+      line,
+      MOST_EVENTS,
+      worker,
+      autoMin === undefined ? '' : autoMin,
+    ]);
+  }
+
+  /** `worker` lives, holding `jobs`: its counts are not taken for a dead worker's. */
+  async heartbeat(worker: string, jobs: number): Promise<void> {
+    await HEARTBEAT.run(this.#redis, this.#keys, [worker, jobs]);
+  }
+
+  /**
+   * The jobs the live workers hold, their requests in flight, and the jobs active on the queue
+   * (a killed worker's among them until their locks end); the counts of a worker silent for
+   * `deadAfterMs` go.
+   */
+  async load(deadAfterMs: number): Promise<{ held: number; requests: number; active: number }> {
+    const [held, requests, active] = (await LOAD.run(this.#redis, this.#keys, [deadAfterMs])) as [
+      number,
+      number,
+      number,
+    ];
+    return { held: Number(held), requests: Number(requests), active: Number(active) };
   }
 
   /** Takes or renews the decider's lease; false when another worker holds it or nothing is paced. */
@@ -264,13 +378,18 @@ export class QueuePacing {
     return attempts;
   }
 
-  /** Sets the queue's global concurrency and the state shown, as the decider holding `token`. */
-  async publish(token: string, limit: number, state: PacingState): Promise<boolean> {
+  /**
+   * Sets the queue's global concurrency to `jobs` and the state shown, as the decider holding
+   * `token`.
+   */
+  async publish(token: string, jobs: number, state: PacingState): Promise<boolean> {
     const fields: string[] = [
       'mode',
       state.mode,
       'limit',
-      String(limit),
+      String(state.limit),
+      'jobs',
+      String(jobs),
       'min',
       String(state.min),
       'capacity',
@@ -284,7 +403,7 @@ export class QueuePacing {
       'decidedAt',
       String(state.decidedAt ?? Date.now()),
     ];
-    return Number(await PUBLISH.run(this.#redis, this.#keys, [token, limit, ...fields])) === 1;
+    return Number(await PUBLISH.run(this.#redis, this.#keys, [token, jobs, ...fields])) === 1;
   }
 
   /** What the decider said last; undefined when nothing is paced or nothing was decided yet. */
@@ -306,6 +425,7 @@ export class QueuePacing {
       mode: raw.mode === 'auto' ? 'auto' : 'fixed',
       limit,
       min: number(raw.min) ?? 1,
+      jobs: number(raw.jobs),
       capacity: number(raw.capacity),
       baselineMs: number(raw.baselineMs),
       deadline,
@@ -313,4 +433,31 @@ export class QueuePacing {
       decidedAt: number(raw.decidedAt),
     };
   }
+}
+
+/** How the run asks its queue to be paced: undefined for a fixed concurrency and no deadline. */
+export function runPacing(
+  config: {
+    readonly concurrency?: number | 'auto' | undefined;
+    readonly minConcurrency: number;
+    readonly maxConcurrency: number;
+    readonly assumedLatencyMs: number;
+  },
+  deadlineAt: number | undefined,
+): RunPacing | undefined {
+  const auto = config.concurrency === 'auto';
+  if (!auto && deadlineAt === undefined) return undefined;
+  return {
+    auto,
+    min: config.minConcurrency,
+    // With a deadline, a number as the concurrency is the most the plan may use.
+    max: typeof config.concurrency === 'number' ? config.concurrency : config.maxConcurrency,
+    ...(deadlineAt === undefined ? {} : { deadlineAt }),
+    assumedLatencyMs: config.assumedLatencyMs,
+  };
+}
+
+/** Where the queue starts before its decider's first word: `auto` at its least, a deadline at one round trip's few. */
+export function startingLimit(pacing: RunPacing): number {
+  return pacing.auto ? pacing.min : Math.max(pacing.min, Math.min(FIRST_ROUND_TRIP, pacing.max));
 }

@@ -150,6 +150,9 @@ export class BillingWorker {
   readonly #pacing: QueuePacing;
   readonly #decider: PacingDecider;
   #paced = false;
+  /** Jobs this worker holds (taken from the queue, not yet given back or finished). */
+  #holding = 0;
+  readonly #name: string;
   /** The queue's pacing as its decider last said (read with #paced). */
   #pacingState: PacingState | undefined;
   #pacedReadAt = Number.NEGATIVE_INFINITY;
@@ -222,12 +225,13 @@ export class BillingWorker {
             random: this.#random,
           });
     this.#pacing = new QueuePacing({ redis: this.#ledgerRedis, prefix, queue: queueName });
+    this.#name = options.name ?? `${hostname()}:${process.pid}`;
     this.#decider = new PacingDecider({
       pacing: this.#pacing,
       ledger: this.#ledger,
       rate: () => this.#rate.rate,
       queued: () => this.#pacing.queuedJobs(),
-      name: options.name ?? `${hostname()}:${process.pid}`,
+      name: this.#name,
       onLog: (level, message) => this.#log(level, message),
     });
     const lockDuration = options.lockDurationMs ?? 30_000;
@@ -469,6 +473,7 @@ export class BillingWorker {
         this.#pacingState = this.#paced ? await this.#pacing.state() : undefined;
         this.#pacedReadAt = now;
       }
+      if (this.#paced) await this.#pacing.heartbeat(this.#name, this.#holding);
       if (this.#paced || this.#decider.leading) await this.#decider.tick();
     } catch {
       // Redis is away: the next round tries again; the queue keeps the limit last set.
@@ -478,6 +483,7 @@ export class BillingWorker {
   }
 
   async #process(job: Job<ChargeJobData>, token: string | undefined): Promise<string> {
+    this.#holding++;
     try {
       return await this.#bill(job, token);
     } catch (error) {
@@ -488,6 +494,8 @@ export class BillingWorker {
         return this.#giveBack(job, token, 1_000);
       }
       throw error;
+    } finally {
+      this.#holding--;
     }
   }
 
@@ -577,10 +585,7 @@ export class BillingWorker {
     }
     const attempt = current.budgetFrom + before.attempts + 1;
     let recorded: boolean | undefined;
-    // On a paced queue, the jobs active across the queue as this one goes: the decider's
-    // reading of the load it was sent at (asked with the ledger's write, in one round trip).
     const paced = this.#paced;
-    const queueInFlight = paced ? this.#pacing.inFlight().catch(() => undefined) : undefined;
     try {
       [recorded] = await this.#ledger.startAttempts(
         data.r,
@@ -605,8 +610,12 @@ export class BillingWorker {
       await unsent();
       return 'settled by another worker';
     }
+    // On a paced queue, the requests in flight across the queue as this one goes: the load the
+    // decider reads it was sent at.
+    const levelAtSend = paced
+      ? await this.#pacing.sent(this.#name).catch(() => undefined)
+      : undefined;
     const sentAt = Date.now();
-    const levelAtSend = await queueInFlight;
     this.#inFlight++;
     this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight);
     this.#attempts++;
@@ -639,12 +648,16 @@ export class BillingWorker {
     const breaker = await this.#breakerSays(ticket, result);
     if (paced && levelAtSend !== undefined) {
       void this.#pacing
-        .record({
-          sentAt,
-          latencyMs,
-          inFlight: levelAtSend,
-          outcome: limitOutcome(result, breaker.excused),
-        })
+        .record(
+          this.#name,
+          {
+            sentAt,
+            latencyMs,
+            inFlight: levelAtSend,
+            outcome: limitOutcome(result, breaker.excused, before.ambiguous),
+          },
+          pacedAuto?.mode === 'auto' ? pacedAuto.min : undefined,
+        )
         .catch(() => {});
     }
     const stop = throttled ? this.#governor.stopReason() : undefined;
