@@ -37,18 +37,18 @@ function startWorker(url: string): CliProcess {
   return children.spawn([
     'worker',
     ...placeFlags(place),
-    ...['--endpoint', `${url}/charge`, '--concurrency', '500', '--lock-duration', '5s'],
+    ...['--endpoint', `${url}/charge`, '--concurrency', '500', '--lock-duration', '2s'],
   ]);
 }
 
 describe('distributed --concurrency auto', () => {
   it("finds the provider's capacity for the whole queue; a decider killed with kill -9 is replaced from its limit", async () => {
-    // 500 ms and 100 at once: 200 charges/s, a pace this machine's two cores keep with several
+    // 400 ms and 100 at once: 250 charges/s, a pace this machine's two cores keep with several
     // billing processes (at 100 ms their own CPU binds, and reads as queueing).
-    const USERS = 5_000;
+    const USERS = 3_000;
     const CAPACITY = 100;
     const mock = await ws.provider({
-      latencyMs: 500,
+      latencyMs: 400,
       jitter: 0.05,
       capacity: CAPACITY,
       overload: '503',
