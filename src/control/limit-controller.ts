@@ -91,6 +91,8 @@ const NEAR = 0.9;
  * as it began have come (their latencies vary), so a window is one round trip, not two.
  */
 const WINDOW = 0.8;
+/** Windows of a cold start whose baseline is too rough to hold growth on a small rise. */
+const ROUGH_BASELINE = 4;
 /** Growth a window between 90% and 100% of the capacity estimate. */
 const NEAR_STEP = 0.01;
 /** Clean windows at the estimate before probing past it. */
@@ -311,7 +313,11 @@ export class LimitController {
     if (queueing && meanInFlight >= this.min) this.#cut(meanInFlight / ratio, 'queueing', now);
     // Near a known capacity with latency already rising (past half the tolerance): hold, do
     // not push it further. A cold start doubles on: its few first answers make a rough baseline.
-    else if (utilized && (this.#capacity === undefined || ratio <= 1 + (this.tolerance - 1) / 2)) {
+    else if (
+      utilized &&
+      ((this.#capacity === undefined && this.#windows <= ROUGH_BASELINE) ||
+        ratio <= 1 + (this.tolerance - 1) / 2)
+    ) {
       this.#grow(now);
     }
     this.#latencies = [];

@@ -212,6 +212,21 @@ describe('the limit controller against a simulated provider', () => {
     });
   }
 
+  it('cold start against a provider that queues: one doubling past the capacity at most', () => {
+    // Before: a window after a doubling closes every 8 answers, and the first to hold one sent
+    // at the top of the limit showed latency up 12%, under the tolerance: a capacity of 300 went
+    // to 512 and then to 1,000 in flight, the requests past it waiting up to three times as long.
+    // Past the first windows (a rough baseline) a cold start grows only on a flat latency.
+    for (const capacity of [100, 300, 700]) {
+      for (const latencyMs of [20, 200, 1_600]) {
+        const trace = simulate({ capacity, latencyMs, overload: 'queue', rtts: 30 });
+        const label = `capacity ${capacity}, ${latencyMs} ms: ${trace.limits.join(',')}`;
+        // One doubling past it at most (a capacity of 100 sees 64, 128, 256), never two.
+        expect(Math.max(...trace.limits), label).toBeLessThanOrEqual(capacity * 2.6);
+      }
+    }
+  });
+
   it('cuts at most once per round trip: a burst of refusals at once halves it at most', () => {
     let now = 0;
     const controller = new LimitController({ clock: { now: () => now }, initial: 400 });
