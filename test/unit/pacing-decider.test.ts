@@ -138,8 +138,10 @@ describe('the queue decider', () => {
       expect(limit).toBeLessThanOrEqual(44);
     }
     expect((await pacing.state())?.decider).toBe('b');
-    // A decider that closes lets go at once.
+    // A decider that closes lets go at once, and takes no lease again.
     await b.close();
+    await b.tick();
+    expect(b.leading).toBe(false);
     await a.tick();
     expect(a.leading).toBe(true);
   });

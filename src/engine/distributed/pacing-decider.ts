@@ -74,6 +74,8 @@ export class PacingDecider {
   readonly #token = randomUUID();
   readonly #clock: Clock;
   #leading = false;
+  /** Closed: a round begun before the close takes no lease. */
+  #closed = false;
   #limit: DispatchLimit | undefined;
   #combined: Combined | undefined;
   #runsReadAt = Number.NEGATIVE_INFINITY;
@@ -107,6 +109,7 @@ export class PacingDecider {
   /** One round: lease, runs, attempts, plan, limit. Errors (Redis away) are the caller's to ignore. */
   async tick(): Promise<void> {
     const { pacing } = this.#options;
+    if (this.#closed) return;
     if (!(await pacing.lease(this.#token, this.#options.leaseMs ?? 3_000, this.#clock.now()))) {
       if (this.#leading)
         this.#options.onLog?.('info', "no longer deciding the queue's concurrency");
@@ -178,9 +181,10 @@ export class PacingDecider {
 
   /** Lets the lease go (the worker closes): another worker decides within a tick. */
   async close(): Promise<void> {
-    const leading = this.#leading;
+    this.#closed = true;
     this.#reset();
-    if (leading) await this.#options.pacing.releaseLease(this.#token).catch(() => {});
+    // Let go whether or not it led: a round still running may have just taken the lease.
+    await this.#options.pacing.releaseLease(this.#token).catch(() => {});
   }
 
   #reset(): void {
