@@ -2,7 +2,7 @@ import { UsageError } from '../domain/errors.js';
 import { checkDispatchSettings, deadlineOf } from '../engine/dispatch-controls.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { enqueue } from '../engine/distributed/enqueue.js';
-import { QueuePacing, runPacing, startingLimit } from '../engine/distributed/queue-pacing.js';
+import { QueuePacing, runPacing } from '../engine/distributed/queue-pacing.js';
 import { redactedUrl } from '../ledger/redis-ledger.js';
 import {
   describeRunEndpoint,
@@ -91,7 +91,6 @@ export async function enqueueCommand(input: string, flags: EnqueueFlags): Promis
         await new QueuePacing({ redis, prefix: flags.prefix, queue: flags.queue }).setRun(
           choice.run.runId,
           pacing,
-          pacing === undefined ? 1 : startingLimit(pacing),
         );
         if (pacing !== undefined) {
           stderr.write(

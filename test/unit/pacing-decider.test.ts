@@ -95,7 +95,7 @@ describe('the queue decider', () => {
   it("finds the provider's capacity from every worker's attempts and sets it as the queue's global concurrency", async () => {
     const pacing = new QueuePacing(place());
     pending.set('r1', 100_000);
-    await pacing.setRun('r1', AUTO, 1);
+    await pacing.setRun('r1', AUTO);
     expect(await metaConcurrency()).toBe(1);
     const leader = decider('a');
     const limits = await roundTrips(pacing, leader, () => 60, 40);
@@ -115,7 +115,7 @@ describe('the queue decider', () => {
   it('lets one worker decide at a time; a dead decider is replaced once its lease ends, from its limit', async () => {
     const pacing = new QueuePacing(place());
     pending.set('r1', 100_000);
-    await pacing.setRun('r1', AUTO, 1);
+    await pacing.setRun('r1', AUTO);
     const a = decider('a');
     const b = decider('b');
     await roundTrips(pacing, a, () => 40, 30);
@@ -152,8 +152,8 @@ describe('the queue decider', () => {
     const pacing = new QueuePacing(place());
     pending.set('r1', 10);
     pending.set('r2', 10);
-    await pacing.setRun('r1', AUTO, 1);
-    await pacing.setRun('r2', { ...AUTO, deadlineAt: now + 60_000 }, 1);
+    await pacing.setRun('r1', AUTO);
+    await pacing.setRun('r2', { ...AUTO, deadlineAt: now + 60_000 });
     expect(await metaConcurrency()).toBe(1);
     const leader = decider('a');
     await roundTrips(pacing, leader, () => 100, 3);
@@ -176,11 +176,13 @@ describe('the queue decider', () => {
     const pacing = new QueuePacing(place());
     pending.set('r1', 1_000);
     // 1,000 of its charges and 1,000 of another run's ahead on the queue, at 200 ms, in 100 s.
-    await pacing.setRun(
-      'r1',
-      { auto: false, min: 1, max: 500, deadlineAt: now + 100_000, assumedLatencyMs: 200 },
-      8,
-    );
+    await pacing.setRun('r1', {
+      auto: false,
+      min: 1,
+      max: 500,
+      deadlineAt: now + 100_000,
+      assumedLatencyMs: 200,
+    });
     const leader = decider('a', 2_000);
     const limits = await roundTrips(pacing, leader, () => 1_000, 10);
     const need = (await pacing.state())?.deadline?.need ?? 0;
@@ -196,7 +198,7 @@ describe("the queue's global concurrency", () => {
     const redis = redisAdmin();
     const pacing = new QueuePacing(place());
     pending.set('r1', 100_000);
-    await pacing.setRun('r1', { ...AUTO, min: 30, max: 30 }, 30);
+    await pacing.setRun('r1', { ...AUTO, min: 30, max: 30 });
     // A live worker holds 60 jobs, 30 of them in a request (the others in the ledger, say):
     // twice the limit.
     await pacing.heartbeat('w1', 60);

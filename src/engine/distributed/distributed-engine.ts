@@ -23,7 +23,7 @@ import {
 import { checkReachable, closeRedis, connectRedis } from './connection.js';
 import { enqueue } from './enqueue.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from './jobs.js';
-import { type PacingState, QueuePacing, runPacing, startingLimit } from './queue-pacing.js';
+import { type PacingState, QueuePacing, runPacing } from './queue-pacing.js';
 import { redisWarnings } from './redis-checks.js';
 import { PollPause, progressOf } from './status.js';
 import { BillingWorker } from './worker.js';
@@ -147,7 +147,6 @@ export async function billDistributed(
           await new QueuePacing({ redis, prefix: config.prefix, queue: config.queue }).setRun(
             choice.run.runId,
             pacing,
-            pacing === undefined ? 1 : startingLimit(pacing),
           );
         }
         onRun?.(choice);

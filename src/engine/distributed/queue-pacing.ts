@@ -247,7 +247,8 @@ return 1
 export class QueuePacing {
   readonly #redis: Redis;
   readonly #keys: string[];
-  readonly #active: string;
+  /** `<prefix>:<queue>`, the start of BullMQ's keys for the queue. */
+  readonly #base: string;
 
   constructor(place: QueuePlace) {
     this.#redis = place.redis;
@@ -264,29 +265,29 @@ export class QueuePacing {
       `${base}:active`,
       `${base}:pacing:held`,
     ];
-    this.#active = `${base}:active`;
+    this.#base = base;
   }
 
   /**
-   * Sets how a run is paced (undefined: not at all, its entry goes), starting the queue at
-   * `startAt` in flight while no decider has decided. Returns the runs paced now.
+   * Sets how a run is paced (undefined: not at all, its entry goes), starting the queue at its
+   * `startingLimit` while no decider has decided. Returns the runs paced now.
    */
-  async setRun(runId: string, pacing: RunPacing | undefined, startAt = 1): Promise<number> {
+  async setRun(runId: string, pacing: RunPacing | undefined): Promise<number> {
     return Number(
       await SET_RUN.run(this.#redis, this.#keys, [
         runId,
         pacing === undefined ? '' : JSON.stringify(pacing),
-        Math.max(1, Math.round(startAt)),
+        pacing === undefined ? 1 : startingLimit(pacing),
       ]),
     );
   }
 
   /** Jobs on the queue (waiting, prioritized, delayed, active), every run's. */
   async queuedJobs(): Promise<number> {
-    const base = this.#active.slice(0, -':active'.length);
+    const base = this.#base;
     const [wait, active, delayed, prioritized] = await Promise.all([
       this.#redis.llen(`${base}:wait`),
-      this.#redis.llen(this.#active),
+      this.#redis.llen(`${base}:active`),
       this.#redis.zcard(`${base}:delayed`),
       this.#redis.zcard(`${base}:prioritized`),
     ]);
@@ -458,6 +459,6 @@ export function runPacing(
 }
 
 /** Where the queue starts before its decider's first word: `auto` at its least, a deadline at one round trip's few. */
-export function startingLimit(pacing: RunPacing): number {
+function startingLimit(pacing: RunPacing): number {
   return pacing.auto ? pacing.min : Math.max(pacing.min, Math.min(FIRST_ROUND_TRIP, pacing.max));
 }
