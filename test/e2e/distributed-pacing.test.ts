@@ -76,6 +76,18 @@ describe('distributed --concurrency auto', () => {
       60_000,
     );
     const first = await pacingNow();
+    // From here to the end, the capacity estimate every 250 ms: one read may follow a transient
+    // cut (a neighbour's CPU on this shared machine reads as queueing), the run's mind may not.
+    const capacities: number[] = [];
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const capacity = Number((await pacingNow()).capacity || 0);
+        if (capacity > 0) capacities.push(capacity);
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    })();
+    const steadyFrom = { charges: mock.stats().charges, at: performance.now() };
     const status = await runCli(['status', ...placeFlags(place), '--run-id', 'auto']);
     expect(status.stdout).toMatch(
       /queue paced: concurrency auto, limit \d+ \(provider capacity about \d+\).* decided by /,
@@ -86,6 +98,9 @@ describe('distributed --concurrency auto', () => {
     const global = Number(await metaConcurrency());
     expect(global).toBeGreaterThanOrEqual(CAPACITY * 0.5);
     expect(global).toBeLessThanOrEqual(CAPACITY * 3);
+    // Billed per second at the steady pace, before the kill: capacity ÷ latency is 200.
+    const steadyRate =
+      ((mock.stats().charges - steadyFrom.charges) * 1_000) / (performance.now() - steadyFrom.at);
     victim?.child.kill('SIGKILL');
     await victim?.exited;
     const killedAt = performance.now();
@@ -102,13 +117,20 @@ describe('distributed --concurrency auto', () => {
     const second = await pacingNow();
     expect(Number(second.limit)).toBeGreaterThanOrEqual(CAPACITY * 0.5);
     const code = await wait.exited;
+    sampling = false;
+    await sampler;
     expect(code, wait.stderr().slice(-2_000)).toBe(0);
     const stats = mock.stats();
     expect(stats).toMatchObject({ charges: USERS, users_charged: USERS, duplicate_charges: 0 });
-    for (const state of [first, second]) {
-      expect(Number(state.capacity)).toBeGreaterThanOrEqual(CAPACITY * 0.8);
-      expect(Number(state.capacity)).toBeLessThanOrEqual(CAPACITY * 1.2);
-    }
+    capacities.sort((a, b) => a - b);
+    const median = capacities[capacities.length >> 1] as number;
+    expect(capacities.length).toBeGreaterThan(10);
+    expect(median, capacities.join(' ')).toBeGreaterThanOrEqual(CAPACITY * 0.8);
+    expect(median, capacities.join(' ')).toBeLessThanOrEqual(CAPACITY * 1.2);
+    // Capacity ÷ latency is 200/s; measured here 185–194/s on a quiet machine, 160/s with a
+    // neighbour spinning one of the two cores (its CPU reads as queueing and cut the limit to 77
+    // for a while). The bound leaves room for the neighbours a CI run has.
+    expect(steadyRate).toBeGreaterThanOrEqual(0.75 * (CAPACITY / 0.5));
     // The cold start's overshoot and the probes past the capacity, on the whole queue: few.
     expect(stats.rejected_503 / stats.requests).toBeLessThan(0.03);
     // Ended: the queue's global concurrency is back as it was (none), its pacing gone.
