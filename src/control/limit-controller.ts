@@ -13,8 +13,10 @@ import { describeValue } from '../domain/errors.js';
  * - A **window** is one round trip: it closes at the first answer 0.8 smoothed latencies after
  *   the limit last changed (with at least half the limit's worth of answers, at most 8),
  *   counting only requests sent since then: those sent under an older limit say nothing of
- *   this one. So the limit moves about once per round trip, whatever the rate: at 5 in flight
- *   and 1.6 s, every 1.6 s on about 5 answers.
+ *   this one; in a cold start, not before half the requests its limit let go have answered
+ *   (against a provider that queues, the first answers are those that found a free slot). So
+ *   the limit moves about once per round trip, whatever the rate: at 5 in flight and 1.6 s,
+ *   every 1.6 s on about 5 answers.
  * - The **baseline** is the no-load latency, measured passively: the 10th percentile of the
  *   last 64 window medians (never by pinning concurrency down).
  * - **Refusals** (429, 503, a timeout) of requests sent since the last change cut when they
@@ -31,11 +33,12 @@ import { describeValue } from '../domain/errors.js';
  *   once) means requests wait at the provider: in flight ÷ (median ÷ baseline) is what it
  *   processes at once, and the limit goes there (by half at most).
  * - **Growth**, in windows where the limit was used (in flight reached 80% of it) and latency is
- *   not rising: double while no capacity is known (a cold start: 1 → 1,000 in 10 round trips);
+ *   not rising: double while no capacity is known (a cold start from 10: to 1,000 in 7 round trips);
  *   below 90% of the estimate, straight back to 95% of it; near it, +1% a window; at it, held
  *   three windows and until 300 answers came since the last cut for refusals (so the burst a
- *   probe may cost is at most 1% of them), then probes past it of +0.5%, +1%, +2%… a window, so a
- *   provider that doubled its capacity is found in about twenty round trips.
+ *   probe may cost is at most 1% of them), then probes past it of +0.5%, +1%, +2%, +4% a window (no
+ *   more: a probe is judged a window late), so a provider that doubled its capacity is found in
+ *   about twenty-five round trips.
  */
 export interface LimitControllerOptions {
   readonly clock: Clock;
@@ -43,7 +46,7 @@ export interface LimitControllerOptions {
   readonly min?: number | undefined;
   /** Most requests in flight it goes up to. Default 1,000. */
   readonly max?: number | undefined;
-  /** Where a cold start begins. Default `min`. */
+  /** Where a cold start begins. Default 10 (TCP's initial window), within `min` and `max`. */
   readonly initial?: number | undefined;
   /**
    * The provider's capacity as a controller before this one estimated it (a decider taking over
@@ -109,6 +112,22 @@ const BURST_MIN = 3;
 const BURST_SHARE = 0.05;
 /** The first probe past the estimate; each clean window after it doubles the step. */
 const PROBE_STEP = 0.005;
+/**
+ * Doublings of the probe's step at most: +4% a window. A window reads the queue its limit's
+ * requests joined, which the limit before built, so a probe is judged a window late; with the
+ * step doubling on to +64%, a capacity of 300 was probed to 500–800 in flight (p95 1.9× the
+ * no-load latency against the mock provider), where +4% overshoots it by some 10%.
+ */
+const PROBE_DOUBLINGS = 3;
+/** Where a cold start begins, as TCP's initial window: 10 at once is gentle on any provider. */
+const COLD_START = 10;
+/**
+ * A cold start's window waits for answers to this share of the wave its limit let go (sent
+ * before the first answer came): against a provider that queues, the first answers are of the
+ * requests that found a free slot, and the queued ones answer late. On its first 8 answers a
+ * doubling past a capacity of 300 read clean twice, 256 → 512 → 1,024 in flight.
+ */
+const WAVE_SHARE = 0.5;
 
 function medianOf(values: number[]): number {
   values.sort((a, b) => a - b);
@@ -151,6 +170,8 @@ export class LimitController {
   #reason: LimitSnapshot['reason'] = 'start';
   /** Requests sent since the limit last changed. */
   #sent = 0;
+  /** Requests sent since the limit changed when the first of them was answered: its wave. */
+  #wave: number | undefined;
   /** In flight when each refused request of this window was sent (sent since the change). */
   #refusedLevels: number[] = [];
   /** Most in flight any answered request sent since the change was sent at. */
@@ -179,7 +200,7 @@ export class LimitController {
         `Expected \`tolerance\` to be a number > 1, got ${describeValue(this.tolerance)}`,
       );
     }
-    this.#limit = this.#clamp(options.initial ?? this.min);
+    this.#limit = this.#clamp(options.initial ?? COLD_START);
     this.#value = this.#limit;
     const known = options.initialCapacity;
     if (known !== undefined && Number.isFinite(known) && known >= 1) this.#capacity = known;
@@ -235,6 +256,7 @@ export class LimitController {
       return;
     }
     this.#answeredSinceRefusal++;
+    this.#wave ??= this.#sent;
     this.#latencies.push(latency);
     this.#inFlightSum += ticket.inFlight;
     this.#inFlightMax = Math.max(this.#inFlightMax, ticket.inFlight);
@@ -259,9 +281,14 @@ export class LimitController {
     };
   }
 
-  /** Samples a window needs: half the limit's worth, enough for a median, 1 at a limit of 1. */
+  /**
+   * Samples a window needs: half the limit's worth, enough for a median, 1 at a limit of 1; in
+   * a cold start, the answers to half its wave too.
+   */
   #needed(): number {
-    return Math.max(1, Math.min(Math.ceil(this.#limit / 2), 8));
+    const least = Math.max(1, Math.min(Math.ceil(this.#limit / 2), 8));
+    if (this.#capacity !== undefined) return least;
+    return Math.max(least, Math.ceil((this.#wave ?? 0) * WAVE_SHARE));
   }
 
   /**
@@ -358,7 +385,7 @@ export class LimitController {
       this.#probeRun++;
       // A probe may cost a refusal: made only once enough answers came since the last to pay.
       if (this.#probeRun > PROBE_DELAY && this.#answeredSinceRefusal >= PROBE_BUDGET) {
-        next = value * (1 + PROBE_STEP * 2 ** Math.min(this.#probes, 7));
+        next = value * (1 + PROBE_STEP * 2 ** Math.min(this.#probes, PROBE_DOUBLINGS));
         this.#probes++;
       } else {
         next = value;
@@ -386,6 +413,7 @@ export class LimitController {
     this.#refusedLevels = [];
     this.#answeredLevel = 0;
     this.#sent = 0;
+    this.#wave = undefined;
   }
 
   /** The no-load latency: a low (10th) percentile of the recent window medians. */

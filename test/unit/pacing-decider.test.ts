@@ -63,13 +63,12 @@ async function roundTrips(
     const limit = (await metaConcurrency()) ?? 1;
     const sentAt = now;
     now += latencyMs;
-    for (let level = 1; level <= limit; level++) {
-      await pacing.record('w', {
-        sentAt,
-        latencyMs,
-        inFlight: level,
-        outcome: level <= capacity() ? 'answered' : 'refused',
-      });
+    // A refusal (503) comes back at once, before the answers of the requests sent with it.
+    for (let level = capacity() + 1; level <= limit; level++) {
+      await pacing.record('w', { sentAt, latencyMs: 5, inFlight: level, outcome: 'refused' });
+    }
+    for (let level = 1; level <= Math.min(limit, capacity()); level++) {
+      await pacing.record('w', { sentAt, latencyMs, inFlight: level, outcome: 'answered' });
     }
     await leader.tick();
     limits.push((await metaConcurrency()) ?? 0);
