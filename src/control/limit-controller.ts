@@ -128,6 +128,12 @@ const COLD_START = 10;
  * doubling past a capacity of 300 read clean twice, 256 → 512 → 1,024 in flight.
  */
 const WAVE_SHARE = 0.5;
+/**
+ * A cold start's step when its window's slowest tenth waited (past the tolerance) though its
+ * median did not: the limit is just past the capacity, the queue a few requests long, and a
+ * doubling from there (to twice the capacity) held every request past it twice as long.
+ */
+const COLD_STEP = 1.25;
 
 function medianOf(values: number[]): number {
   values.sort((a, b) => a - b);
@@ -327,6 +333,8 @@ export class LimitController {
     const meanInFlight = this.#inFlightSum / answered;
     const utilized = this.#inFlightMax >= this.#limit * UTILIZED;
     const median = medianOf(this.#latencies);
+    // Sorted by medianOf: the slowest tenth of the window's answers.
+    const slow = this.#latencies[Math.floor((answered - 1) * 0.9)] as number;
     this.#medians.push(median);
     if (this.#medians.length > BASELINE_WINDOWS) this.#medians.shift();
     this.#latencyMs = median;
@@ -345,7 +353,7 @@ export class LimitController {
       ((this.#capacity === undefined && this.#windows <= ROUGH_BASELINE) ||
         ratio <= 1 + (this.tolerance - 1) / 2)
     ) {
-      this.#grow(now);
+      this.#grow(now, slow / baseline <= this.tolerance);
     }
     this.#latencies = [];
     this.#inFlightSum = 0;
@@ -373,11 +381,12 @@ export class LimitController {
     this.#reason = reason;
   }
 
-  #grow(now: number): void {
+  /** `flat`: the window's slowest answers did not wait either (a cold start doubles only then). */
+  #grow(now: number, flat: boolean): void {
     const capacity = this.#capacity;
     const value = this.#value;
     let next: number;
-    if (capacity === undefined) next = Math.max(value * 2, value + 1);
+    if (capacity === undefined) next = Math.max(value * (flat ? 2 : COLD_STEP), value + 1);
     else if (value < capacity * NEAR) next = capacity * CUT_MARGIN;
     else if (value < capacity) next = value * (1 + NEAR_STEP);
     else {

@@ -227,6 +227,25 @@ describe('the limit controller against a simulated provider', () => {
     }
   });
 
+  it('cold start: doubles on a flat window, and steps by a quarter when its slowest tenth waits though its median does not', () => {
+    let now = 0;
+    const controller = new LimitController({ clock: { now: () => now }, initial: 100 });
+    // One round trip of 100 at 200 ms, every answer as fast: a flat window doubles.
+    const first = Array.from({ length: 100 }, () => controller.start());
+    now += 200;
+    for (const ticket of first) controller.complete(ticket, 'answered');
+    expect(controller.limit).toBe(200);
+    // At 200, the last 15% sent wait twice as long (a few requests queue past the capacity):
+    // the window of those sent at the top of the limit has a flat median, a slow tenth.
+    const tickets = Array.from({ length: 200 }, () => controller.start());
+    now += 200;
+    for (const ticket of tickets.slice(0, 170)) controller.complete(ticket, 'answered');
+    now += 200;
+    for (const ticket of tickets.slice(170)) controller.complete(ticket, 'answered');
+    expect(controller.limit).toBe(250);
+    expect(controller.snapshot().capacity).toBeUndefined();
+  });
+
   it('cuts at most once per round trip: a burst of refusals at once halves it at most', () => {
     let now = 0;
     const controller = new LimitController({ clock: { now: () => now }, initial: 400 });
