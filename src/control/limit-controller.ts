@@ -31,12 +31,17 @@ import { describeValue } from '../domain/errors.js';
  *   300 at 8 in flight.
  * - **Queueing**: a window median over `tolerance` × the baseline twice in a row (or over 1.5×
  *   once) means requests wait at the provider: in flight ÷ (median ÷ baseline) is what it
- *   processes at once, and the limit goes there (by half at most).
+ *   processes at once, and the limit goes there (by half at most; a cold start's first cut
+ *   not under 95% of the limit it last grew from, which read flat).
  * - **Growth**, in windows where the limit was used (in flight reached 80% of it) and latency is
- *   not rising: double while no capacity is known (a cold start from 10: to 1,000 in 7 round trips);
+ *   not rising, while no capacity is known (a cold start, from 10): double for four windows, then
+ *   half again a window (a limit just past the capacity reads flat, and doubling from there
+ *   overshoots it twice), a quarter when the window's slowest tenth waits (past the tolerance of
+ *   the least seen) though its median does not: 10 → 1,000 in 9 round trips;
  *   below 90% of the estimate, straight back to 95% of it; near it, +1% a window; at it, held
  *   three windows and until 300 answers came since the last cut for refusals (so the burst a
- *   probe may cost is at most 1% of them), then probes past it of +0.5%, +1%, +2%, +4% a window (no
+ *   probe may cost is at most 1% of them), then, on windows whose median is within 5% of the
+ *   baseline (a queue forming holds it), probes past it of +0.5%, +1%, +2%, +4% a window (no
  *   more: a probe is judged a window late), so a provider that doubled its capacity is found in
  *   about twenty-five round trips.
  */
@@ -113,6 +118,12 @@ const BURST_SHARE = 0.05;
 /** The first probe past the estimate; each clean window after it doubles the step. */
 const PROBE_STEP = 0.005;
 /**
+ * A probe past the estimate only on a window whose median is within a third of the tolerance
+ * of the baseline (+5%): past the capacity a queue forms, and probing on up to +7.5% of latency
+ * held requests up to 1.4× the no-load latency in each probe's round trips.
+ */
+const PROBE_LEVEL = 1 / 3;
+/**
  * Doublings of the probe's step at most: +4% a window. A window reads the queue its limit's
  * requests joined, which the limit before built, so a probe is judged a window late; with the
  * step doubling on to +64%, a capacity of 300 was probed to 500–800 in flight (p95 1.9× the
@@ -134,6 +145,13 @@ const WAVE_SHARE = 0.5;
  * doubling from there (to twice the capacity) held every request past it twice as long.
  */
 const COLD_STEP = 1.25;
+/**
+ * A cold start's step on a flat window past its first four: half again, not double. A limit
+ * just past the capacity reads flat (a queue of 20 against a capacity of 300 is under a
+ * window's noise), and a doubling from there held 340 requests waiting in most benchmark runs;
+ * half again overshoots by half at most, for a round trip more.
+ */
+const COLD_LATE_STEP = 1.5;
 
 function medianOf(values: number[]): number {
   values.sort((a, b) => a - b);
@@ -170,6 +188,13 @@ export class LimitController {
   /** The first refusal cut of the latest round trip, and the limit before it: one halving a round trip at most. */
   #episodeAt = Number.NEGATIVE_INFINITY;
   #episodeValue = 0;
+  /**
+   * The least slowest tenth of a window so far: the no-load tail (a provider's own spread). A
+   * cold start doubles while a window's tail stays within the tolerance of it.
+   */
+  #tailBaseline: number | undefined;
+  /** The limit a cold start last grew from: a window at it read flat. */
+  #coldFrom = 0;
   /** Whether the last window's median was over the tolerance too. */
   #wasQueueing = false;
   #latencyMs: number | undefined;
@@ -353,8 +378,13 @@ export class LimitController {
       ((this.#capacity === undefined && this.#windows <= ROUGH_BASELINE) ||
         ratio <= 1 + (this.tolerance - 1) / 2)
     ) {
-      this.#grow(now, slow / baseline <= this.tolerance);
+      this.#grow(
+        now,
+        slow <= this.tolerance * Math.max(baseline, this.#tailBaseline ?? baseline),
+        ratio <= 1 + (this.tolerance - 1) * PROBE_LEVEL,
+      );
     }
+    this.#tailBaseline = Math.min(this.#tailBaseline ?? slow, slow);
     this.#latencies = [];
     this.#inFlightSum = 0;
     this.#inFlightMax = 0;
@@ -364,6 +394,11 @@ export class LimitController {
   #cut(capacity: number, reason: 'refusals' | 'queueing', now: number): void {
     const target = reason === 'refusals' ? capacity * CUT_MARGIN : capacity;
     let floor = this.#value * MAX_CUT;
+    // A cold start's first queue: the limit it grew from read flat, so the provider took about
+    // that many; in flight ÷ the latency's rise reads low while the queue forms.
+    if (reason === 'queueing' && this.#capacity === undefined) {
+      floor = Math.max(floor, this.#coldFrom * CUT_MARGIN);
+    }
     if (reason === 'refusals') {
       if (now - this.#episodeAt > (this.#srttMs ?? 0)) {
         this.#episodeAt = now;
@@ -382,18 +417,21 @@ export class LimitController {
   }
 
   /** `flat`: the window's slowest answers did not wait either (a cold start doubles only then). */
-  #grow(now: number, flat: boolean): void {
+  #grow(now: number, flat: boolean, level: boolean): void {
     const capacity = this.#capacity;
     const value = this.#value;
+    if (capacity === undefined) this.#coldFrom = value;
     let next: number;
-    if (capacity === undefined) next = Math.max(value * (flat ? 2 : COLD_STEP), value + 1);
-    else if (value < capacity * NEAR) next = capacity * CUT_MARGIN;
+    if (capacity === undefined) {
+      const step = !flat ? COLD_STEP : this.#windows <= ROUGH_BASELINE ? 2 : COLD_LATE_STEP;
+      next = Math.max(value * step, value + 1);
+    } else if (value < capacity * NEAR) next = capacity * CUT_MARGIN;
     else if (value < capacity) next = value * (1 + NEAR_STEP);
     else {
       // At the estimate: hold a few windows, then probe past it, harder each clean window.
       this.#probeRun++;
       // A probe may cost a refusal: made only once enough answers came since the last to pay.
-      if (this.#probeRun > PROBE_DELAY && this.#answeredSinceRefusal >= PROBE_BUDGET) {
+      if (level && this.#probeRun > PROBE_DELAY && this.#answeredSinceRefusal >= PROBE_BUDGET) {
         next = value * (1 + PROBE_STEP * 2 ** Math.min(this.#probes, PROBE_DOUBLINGS));
         this.#probes++;
       } else {
