@@ -34,7 +34,7 @@ import { describeValue } from '../domain/errors.js';
  *   processes at once, and the limit goes there (by half at most; a cold start's first cut
  *   not under 95% of the limit it last grew from, which read flat).
  * - **Growth**, in windows where the limit was used (in flight reached 80% of it) and latency is
- *   not rising, while no capacity is known (a cold start, from 10): double for four windows, then
+ *   not rising, while no capacity is known (a cold start, from 10): double four times, then
  *   half again a window (a limit just past the capacity reads flat, and doubling from there
  *   overshoots it twice), a quarter when the window's slowest tenth waits (past the tolerance of
  *   the least seen) though its median does not: 10 → 1,000 in 9 round trips;
@@ -152,6 +152,8 @@ const COLD_STEP = 1.25;
  * half again overshoots by half at most, for a round trip more.
  */
 const COLD_LATE_STEP = 1.5;
+/** Doublings a cold start makes before it grows by half: 10 → 160. */
+const COLD_DOUBLINGS = 4;
 
 function medianOf(values: number[]): number {
   values.sort((a, b) => a - b);
@@ -193,6 +195,14 @@ export class LimitController {
    * cold start doubles while a window's tail stays within the tolerance of it.
    */
   #tailBaseline: number | undefined;
+  /** The capacity estimate before the last queueing cut, offered back once. */
+  #recall: number | undefined;
+  /** The estimate is a recall's: a queueing cut now keeps what it finds. */
+  #recalled = false;
+  /** Why the estimate was last cut: after a queue, growth goes back to it, not to 95% of it. */
+  #lastCut: 'refusals' | 'queueing' | undefined;
+  /** Steps a cold start made: the first few double. */
+  #coldSteps = 0;
   /** The limit a cold start last grew from: a window at it read flat. */
   #coldFrom = 0;
   /** Whether the last window's median was over the tolerance too. */
@@ -408,6 +418,15 @@ export class LimitController {
       floor = Math.max(floor, this.#episodeValue * MAX_CUT);
     }
     const ceiling = reason === 'refusals' ? this.#value * MIN_CUT : this.#value;
+    // A queue may be the client's own (a pause of its event loop reads as one): the estimate
+    // before it is offered back once, on the first level window after; not after a recall.
+    const before = this.#capacity;
+    this.#recall =
+      reason === 'queueing' && !this.#recalled && before !== undefined && before > capacity
+        ? before
+        : undefined;
+    this.#recalled = false;
+    this.#lastCut = reason;
     this.#capacity = Math.max(this.min, capacity);
     this.#set(Math.min(ceiling, Math.max(floor, target)), now);
     this.#probeRun = 0;
@@ -423,10 +442,19 @@ export class LimitController {
     if (capacity === undefined) this.#coldFrom = value;
     let next: number;
     if (capacity === undefined) {
-      const step = !flat ? COLD_STEP : this.#windows <= ROUGH_BASELINE ? 2 : COLD_LATE_STEP;
+      const step = !flat ? COLD_STEP : this.#coldSteps < COLD_DOUBLINGS ? 2 : COLD_LATE_STEP;
+      this.#coldSteps++;
       next = Math.max(value * step, value + 1);
-    } else if (value < capacity * NEAR) next = capacity * CUT_MARGIN;
-    else if (value < capacity) next = value * (1 + NEAR_STEP);
+    } else if (level && this.#recall !== undefined) {
+      next = Math.max(value, this.#recall * CUT_MARGIN);
+      this.#capacity = this.#recall;
+      this.#recall = undefined;
+      this.#recalled = true;
+    } else if (value < capacity * NEAR) {
+      // Back to the estimate, less the margin a refusal asks (a queue's estimate is what the
+      // provider processed at once, no more).
+      next = this.#lastCut === 'queueing' ? capacity : capacity * CUT_MARGIN;
+    } else if (value < capacity) next = value * (1 + NEAR_STEP);
     else {
       // At the estimate: hold a few windows, then probe past it, harder each clean window.
       this.#probeRun++;
@@ -434,6 +462,7 @@ export class LimitController {
       if (level && this.#probeRun > PROBE_DELAY && this.#answeredSinceRefusal >= PROBE_BUDGET) {
         next = value * (1 + PROBE_STEP * 2 ** Math.min(this.#probes, PROBE_DOUBLINGS));
         this.#probes++;
+        this.#recalled = false;
       } else {
         next = value;
       }
