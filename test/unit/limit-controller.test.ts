@@ -246,6 +246,39 @@ describe('the limit controller against a simulated provider', () => {
     expect(controller.snapshot().capacity).toBeUndefined();
   });
 
+  it("takes back a queueing cut once when the next window is level (a pause of the client's own reads as a queue), not twice", () => {
+    let now = 0;
+    const controller = new LimitController({
+      clock: { now: () => now },
+      initial: 100,
+      initialCapacity: 100,
+    });
+    // A round trip at the limit, answered in `latencyMs`, the last sent first (so a window's
+    // first answers were sent at the top of the limit).
+    const round = (latencyMs: number) => {
+      const tickets = Array.from({ length: controller.limit }, () => controller.start());
+      now += latencyMs;
+      for (const ticket of tickets.reverse()) controller.complete(ticket, 'answered');
+      now += 1;
+    };
+    for (let trip = 0; trip < 5; trip++) round(200);
+    expect(controller.limit).toBeGreaterThanOrEqual(100);
+    expect(controller.limit).toBeLessThanOrEqual(110);
+    // Every answer 1.6× as slow for one round trip: cut to what that would mean, 62.
+    round(320);
+    expect(controller.limit).toBeLessThanOrEqual(65);
+    expect(controller.snapshot()).toMatchObject({ reason: 'queueing' });
+    // The next round trip is level again: straight back to 95% of the estimate before.
+    round(200);
+    expect(controller.limit).toBeGreaterThanOrEqual(95);
+    // A second queue right after it is believed: level windows do not take it back at once.
+    round(320);
+    const cut = controller.limit;
+    expect(cut).toBeLessThanOrEqual(65);
+    round(200);
+    expect(controller.limit).toBeLessThanOrEqual(cut * 1.1);
+  });
+
   it('cuts at most once per round trip: a burst of refusals at once halves it at most', () => {
     let now = 0;
     const controller = new LimitController({ clock: { now: () => now }, initial: 400 });
