@@ -114,4 +114,64 @@ describe('the distributed engine across a Redis restart', () => {
     const waited = await runCli(['status', ...placeFlags(place), '--run-id', runId, '--wait']);
     expect(waited.code, waited.stderr).toBe(expectedExitStatus(byUser.values()));
   }, 60_000);
+
+  it('a queue paced by --concurrency auto stays paced across a Redis stop and start; every user once', async () => {
+    // 60 at once, 100 ms each; past 60 the provider answers 503 at once.
+    const CAPACITY = 60;
+    const rows = plainUsers(2_000);
+    const input = await writeCsvInput(join(ws.dir, 'paced.csv'), rows);
+    const mock = await ws.provider({
+      latencyMs: 100,
+      jitter: 0.05,
+      seed: 11,
+      capacity: CAPACITY,
+      overload: '503',
+    });
+    const enqueued = await runCli([
+      ...['enqueue', input, ...placeFlags(place), '--run-id', 'paced'],
+      ...['--concurrency', 'auto'],
+    ]);
+    expect(enqueued.code, enqueued.stderr).toBe(0);
+    // Each worker alone would take 300 at once: only the queue's pacing holds them to 60.
+    const workers = [0, 1].map(() =>
+      children.spawn([
+        ...['worker', ...placeFlags(place), '--endpoint', `${mock.url}/charge`],
+        ...['--exit-when-idle', '--concurrency', '300', '--lock-duration', '5s'],
+      ]),
+    );
+    const pacing = () => admin?.hgetall(`${place.prefix}:${place.queue}:pacing`);
+    await pollUntil('a decided limit and 400 charges made', async () =>
+      Number((await pacing())?.capacity || 0) > 0 && mock.stats().charges >= 400 ? true : undefined,
+    );
+    const before = await pacing();
+    await redisServer.stop();
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    await redisServer.start();
+    const refusedAtStart = mock.stats().rejected_503;
+    const requestsAtStart = mock.stats().requests;
+    // A decider decides again after the restart (its round writes decidedAt).
+    await pollUntil('a decision after the restart', async () => {
+      const now = await pacing();
+      return now?.decidedAt !== undefined && now.decidedAt !== before?.decidedAt ? true : undefined;
+    });
+
+    const codes = await Promise.all(workers.map((worker) => worker.exited));
+    expect(codes, workers.map((worker) => worker.stderr()).join('\n')).toEqual([0, 0]);
+    const status = await redisStatus(place, 'paced');
+    expect(status.total).toBe(rows.length);
+    expect(status.counts.pending).toBe(0);
+    expect(status.counts.charged).toBe(rows.length);
+    const stats = mock.stats();
+    expect(stats).toMatchObject({ users_charged: rows.length, duplicate_charges: 0 });
+    // Still paced after the restart: not two workers' 600 at once against 60, refused by the
+    // thousand, but the controller's few probes past the capacity.
+    const refusedAfter = stats.rejected_503 - refusedAtStart;
+    const requestsAfter = stats.requests - requestsAtStart;
+    expect(refusedAfter / requestsAfter).toBeLessThan(0.05);
+    // The run ended: its pacing is gone and the queue's global concurrency with it.
+    await pollUntil('the pacing ended', async () =>
+      Object.keys((await pacing()) ?? {}).length === 0 ? true : undefined,
+    );
+    expect(await admin?.hget(`${place.prefix}:${place.queue}:meta`, 'concurrency')).toBeNull();
+  }, 60_000);
 });

@@ -179,6 +179,19 @@ export class PacingDecider {
     }
   }
 
+  /**
+   * Ends the pacing of every paced run with no charge pending, leading or not: a worker that
+   * exits when idle may be the last to see its run end, and a run's pacing left behind would
+   * hold the queue's next run at its limit until another worker came. Any decider would do the
+   * same at its next round. Errors (Redis away) are the caller's.
+   */
+  async endFinished(): Promise<void> {
+    const { pacing, ledger } = this.#options;
+    for (const [runId] of await pacing.runs()) {
+      if ((await ledger.counts(runId)).pending === 0) await pacing.setRun(runId, undefined);
+    }
+  }
+
   /** Lets the lease go (the worker closes): another worker decides within a tick. */
   async close(): Promise<void> {
     this.#closed = true;

@@ -349,6 +349,7 @@ export class BillingWorker {
         await this.#closeQueueWorker();
         await this.#giveBackHeld();
         for (const runId of this.#touched) await this.#ledger.finishIfComplete(runId);
+        await this.#decider.endFinished();
       } catch (error) {
         this.#log('error', `closing: ${(error as Error).message}`);
       } finally {
