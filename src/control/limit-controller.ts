@@ -130,7 +130,7 @@ const PROBE_LEVEL = 1 / 3;
  * no-load latency against the mock provider), where +4% overshoots it by some 10%.
  */
 const PROBE_DOUBLINGS = 3;
-/** Where a cold start begins, as TCP's initial window: 10 at once is gentle on any provider. */
+/** Where a cold start begins: 10 at once, as TCP's initial window (3 round trips sooner than 1). */
 const COLD_START = 10;
 /**
  * A cold start's window waits for answers to this share of the wave its limit let go (sent
@@ -435,7 +435,10 @@ export class LimitController {
     this.#reason = reason;
   }
 
-  /** `flat`: the window's slowest answers did not wait either (a cold start doubles only then). */
+  /**
+   * `flat`: the window's slowest answers did not wait either (a cold start doubles only then);
+   * `level`: its median is within 5% of the baseline (a probe, or a recall, only then).
+   */
   #grow(now: number, flat: boolean, level: boolean): void {
     const capacity = this.#capacity;
     const value = this.#value;
