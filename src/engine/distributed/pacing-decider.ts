@@ -3,7 +3,7 @@ import { DispatchLimit } from '../../control/dispatch-limit.js';
 import { LimitController } from '../../control/limit-controller.js';
 import type { Clock } from '../../domain/clock.js';
 import { deadlineReport } from '../../domain/dispatch.js';
-import { endedOf } from '../../ledger/ledger.js';
+import { endedOf, type StateCounts } from '../../ledger/ledger.js';
 import type { RedisLedger } from '../../ledger/redis-ledger.js';
 import type { PacingState, QueuePacing, RunPacing } from './queue-pacing.js';
 
@@ -186,10 +186,22 @@ export class PacingDecider {
    * same at its next round. Errors (Redis away) are the caller's.
    */
   async endFinished(): Promise<void> {
+    await this.#settleRuns();
+  }
+
+  /**
+   * The paced runs with a charge pending, with their counts; the pacing of every other one
+   * goes (the last one's end puts the queue's own global concurrency back).
+   */
+  async #settleRuns(): Promise<{ run: RunPacing; counts: StateCounts }[]> {
     const { pacing, ledger } = this.#options;
-    for (const [runId] of await pacing.runs()) {
-      if ((await ledger.counts(runId)).pending === 0) await pacing.setRun(runId, undefined);
+    const active: { run: RunPacing; counts: StateCounts }[] = [];
+    for (const [runId, run] of await pacing.runs()) {
+      const counts = await ledger.counts(runId);
+      if (counts.pending === 0) await pacing.setRun(runId, undefined);
+      else active.push({ run, counts });
     }
+    return active;
   }
 
   /** Lets the lease go (the worker closes): another worker decides within a tick. */
@@ -214,23 +226,14 @@ export class PacingDecider {
 
   /** Reads the paced runs: ends those with no charge left; false when none is left. */
   async #readRuns(): Promise<boolean> {
-    const { pacing, ledger } = this.#options;
-    const active: RunPacing[] = [];
+    const active = await this.#settleRuns();
     let pending = 0;
     let ended = 0;
-    for (const [runId, run] of await pacing.runs()) {
-      const counts = await ledger.counts(runId);
-      if (counts.pending === 0) {
-        // Every charge of it ended: its pacing goes (the last one's puts the queue's own
-        // global concurrency back).
-        await pacing.setRun(runId, undefined);
-        continue;
-      }
-      active.push(run);
+    for (const { counts } of active) {
       pending += counts.pending;
       ended += endedOf(counts);
     }
-    const combined = combinePacing(active);
+    const combined = combinePacing(active.map(({ run }) => run));
     if (combined === undefined) {
       this.#limit = undefined;
       this.#combined = undefined;
