@@ -3,6 +3,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
 import { SHAPE_NAMES } from '../mock-provider/shapes/shape.js';
 import { ExitStatus, exitStatusFor } from './exit-codes.js';
+import { TOKEN_ENV } from './observers-flags.js';
 import { concurrencyFlag, durationFlag, integerFlag, numberFlag } from './parse.js';
 import { exitOnLateStopSignals } from './signals.js';
 
@@ -133,11 +134,41 @@ function queueOption(note = ''): Option {
   return new Option('--queue <name>', `BullMQ queue${note}`).default(DEFAULT_QUEUE);
 }
 
+/** --metrics-port, --metrics-host, --log-level, --log-file: how a billing process is watched. */
+function watchOptions(command: Command, logNote: string): Command {
+  return command
+    .option(
+      '--metrics-port <n>',
+      'serve Prometheus metrics (bulkbill_*) on this port, /metrics; 0 picks a free one',
+      integerFlag('--metrics-port'),
+    )
+    .option('--metrics-host <host>', 'interface the metrics listen on', '127.0.0.1')
+    .addOption(
+      new Option('--log-level <level>', `JSON log level${logNote}`).choices([
+        'fatal',
+        'error',
+        'warn',
+        'info',
+        'debug',
+        'trace',
+        'silent',
+      ]),
+    )
+    .option('--log-file <path>', 'write the JSON log to this file (appended) instead of stderr');
+}
+
+function dashboardTokenOption(): Option {
+  return new Option(
+    '--dashboard-token <token>',
+    `token the dashboard asks of every request (or ${TOKEN_ENV}); required off 127.0.0.1`,
+  );
+}
+
 function prefixOption(note = ''): Option {
   return new Option('--prefix <prefix>', `start of every Redis key${note}`).default(DEFAULT_PREFIX);
 }
 
-program
+const runCommandSpec = program
   .command('run')
   .description(
     'Bill every user of an input file exactly once (SQLite ledger; resumes an unfinished run of the same file).',
@@ -224,6 +255,15 @@ program
     "a dead worker's jobs are taken over within one to two of these, with --redis (default 30s)",
     durationFlag('--lock-duration'),
   )
+  .option(
+    '--dashboard [port]',
+    'serve the live web dashboard during the run (default: a free port, printed)',
+    integerFlag('--dashboard'),
+  )
+  .option('--dashboard-host <host>', 'interface the dashboard listens on', '127.0.0.1')
+  .addOption(dashboardTokenOption());
+watchOptions(runCommandSpec, ' (default: no JSON log; with --log-file, info)');
+runCommandSpec
   .addHelpText(
     'after',
     examples(
@@ -231,6 +271,7 @@ program
       `    --concurrency 500 --rate 300 --header 'Authorization: Bearer \${BILLING_TOKEN}'`,
       `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --dry-run`,
       `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --retry-failed`,
+      `$ bulkbill run users.csv --endpoint https://billing.example.com/v1/charges --dashboard 8080 --metrics-port 9464`,
     ),
   )
   .action(async (input: string, flags, command: Command) => {
@@ -346,7 +387,7 @@ program
     process.exitCode = await enqueueCommand(input, await configured(command, flags));
   });
 
-program
+const workerCommandSpec = program
   .command('worker')
   .description(
     'Bill charges of any run on the queue until stopped (SIGTERM finishes the jobs in flight); run as many as needed, on any machine.',
@@ -407,7 +448,9 @@ program
     "a dead worker's jobs are taken over within one to two of these",
     durationFlag('--lock-duration'),
     30_000,
-  )
+  );
+watchOptions(workerCommandSpec, ' (default info, on stderr)');
+workerCommandSpec
   .addHelpText(
     'after',
     examples(
@@ -420,6 +463,41 @@ program
     process.exitCode = await workerCommand(await configured(command, flags));
     // Its work is over and said: a connection a Redis fault left behind must not keep it alive.
     setTimeout(() => process.exit(), 3_000).unref();
+  });
+
+program
+  .command('dashboard')
+  .description(
+    'Serve the web dashboard of a ledger: every run, live or finished (progress, charts, problems, search by user, /metrics).',
+  )
+  .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
+  .option('--redis <url>', 'show the runs of the distributed engine in this Redis')
+  .addOption(prefixOption(', with --redis'))
+  .option('--run-id <id>', 'the run the page opens on (default: the newest)')
+  .option('--port <n>', 'TCP port; 0 picks a free one', integerFlag('--port'), 8080)
+  .option(
+    '--host <host>',
+    'interface to listen on; any but loopback needs --dashboard-token',
+    '127.0.0.1',
+  )
+  .addOption(dashboardTokenOption())
+  .addOption(
+    new Option('--log-level <level>', 'JSON log level (stderr)')
+      .choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+      .default('info'),
+  )
+  .option('--log-file <path>', 'write the JSON log to this file instead of stderr')
+  .addOption(configOption())
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill dashboard --ledger bulkbill.db --run-id 2026-11          # http://127.0.0.1:8080/`,
+      `$ ${TOKEN_ENV}=… bulkbill dashboard --redis redis://10.0.0.5:6379 --host 0.0.0.0`,
+    ),
+  )
+  .action(async (flags, command: Command) => {
+    const { dashboardCommand } = await import('./dashboard.js');
+    process.exitCode = await dashboardCommand(await configured(command, flags));
   });
 
 program

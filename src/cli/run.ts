@@ -1,18 +1,21 @@
 import { formatDuration } from '../domain/duration.js';
 import { billDistributed } from '../engine/distributed/distributed-engine.js';
-import { DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from '../engine/distributed/jobs.js';
 import { type BillPlan, type BillResult, bill } from '../engine/local-engine.js';
-import { redactedUrl } from '../ledger/redis-ledger.js';
+import { RedisLedger, redactedUrl } from '../ledger/redis-ledger.js';
+import { SqliteLedger } from '../ledger/sqlite-ledger.js';
+import type { AttemptEvent } from '../observe/attempts.js';
 import { ProgressDisplay, type ProgressEvent } from '../observe/progress.js';
 import { type ProviderDescriptionInput, plainHttpWarning } from '../provider/index.js';
 import { formatAmounts, formatSummary } from '../report/format.js';
 import { latencyPercentiles, type RunSummary } from '../report/summary.js';
 import { announceRun } from './announce.js';
 import { ExitStatus } from './exit-codes.js';
+import { type ObserveFlags, Observers } from './observers.js';
 import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
 
-export interface RunFlags {
+export interface RunFlags extends ObserveFlags {
   endpoint?: string;
   /** The config file's provider description. */
   provider?: unknown;
@@ -125,6 +128,19 @@ function nextStep(result: BillResult, command: string): string {
 export async function runCommand(input: string, flags: RunFlags): Promise<number> {
   const stderr = process.stderr;
   const display = new ProgressDisplay(stderr, { now: () => performance.now() });
+  // Started before anything is billed: a refused dashboard or a taken port charges nobody.
+  const observers = await Observers.start(flags, {
+    log: 'asked',
+    component: 'run',
+    openLedger: async () =>
+      flags.redis === undefined
+        ? new SqliteLedger({ path: flags.ledger })
+        : new RedisLedger({
+            redis: flags.redis,
+            prefix: ledgerPrefix(flags.prefix ?? DEFAULT_PREFIX),
+          }),
+  });
+  stderr.write(observers.describe());
   const controller = new AbortController();
   const removeSignals = onStopSignals(
     () => {
@@ -175,7 +191,11 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       dryRun: flags.dryRun === true,
       signal: controller.signal,
       reportPath: (runId: string) => flags.report ?? `${runId}.report.csv`,
-      onProgress: (event: ProgressEvent) => display.update(event),
+      onProgress: (event: ProgressEvent) => {
+        display.update(event);
+        observers.progress(event);
+      },
+      onAttempt: (event: AttemptEvent) => observers.attempt(event),
     };
     const result =
       flags.redis === undefined
@@ -183,7 +203,10 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
             {
               ...common,
               ledger: flags.ledger,
-              onRun: (choice) => stderr.write(announceRun(choice, `ledger ${flags.ledger}`)),
+              onRun: (choice) => {
+                observers.run(choice.run.runId);
+                stderr.write(announceRun(choice, `ledger ${flags.ledger}`));
+              },
             },
             billLabel,
           )
@@ -197,13 +220,15 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
                 ? {}
                 : { globalConcurrency: flags.globalConcurrency }),
               ...(flags.lockDuration === undefined ? {} : { lockDurationMs: flags.lockDuration }),
-              onRun: (choice) =>
+              onRun: (choice) => {
+                observers.run(choice.run.runId);
                 stderr.write(
                   announceRun(
                     choice,
                     `ledger ${redactedUrl(flags.redis ?? '')} (queue ${flags.queue ?? DEFAULT_QUEUE})`,
                   ),
-                ),
+                );
+              },
               onLog: (level, message) => {
                 if (level !== 'info') {
                   display.finish();
@@ -228,6 +253,17 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
       return ExitStatus.Ok;
     }
     const summary = toSummary(result, result.reportPath);
+    observers.end(
+      {
+        runId: summary.runId,
+        outcome: result.outcome,
+        ...summary.counts,
+        attempts: summary.attempts,
+        wallMs: Math.round(summary.wallMs),
+        ...(summary.stoppedBecause === undefined ? {} : { stoppedBecause: summary.stoppedBecause }),
+      },
+      `run ${result.outcome}`,
+    );
     const heading =
       result.outcome === 'finished-before'
         ? `bulkbill run ${summary.runId}: already finished, nobody billed`
@@ -247,6 +283,7 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
   } finally {
     display.finish();
     removeSignals();
+    await observers.close();
   }
 }
 

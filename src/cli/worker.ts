@@ -1,4 +1,3 @@
-import { pino } from 'pino';
 import { resolveRetryPolicy } from '../control/retry-policy.js';
 import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
@@ -10,10 +9,12 @@ import {
   senderFromOptions,
 } from '../provider/index.js';
 import { ExitStatus } from './exit-codes.js';
+import { type ObserveFlags, Observers } from './observers.js';
 import { billLabel } from './parse.js';
 import { onStopSignals } from './signals.js';
 
-export interface WorkerFlags {
+export interface WorkerFlags
+  extends Omit<ObserveFlags, 'dashboard' | 'dashboardHost' | 'dashboardToken'> {
   redis?: string;
   endpoint?: string;
   /** The config file's provider description. */
@@ -79,26 +80,33 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     throw new UsageError('--redis: required (give it here or as `redis` in the config file)');
   }
   const redisUrl = flags.redis;
-  // JSON lines on stderr, for a service's log collector; headers are never handed to the logger.
-  const log = pino(
-    { name: 'bulkbill-worker', base: { pid: process.pid } },
-    pino.destination({ dest: 2, sync: true }),
-  );
+  // JSON lines on stderr (or --log-file), for a service's log collector; headers are never
+  // handed to the logger, and its redaction would censor them.
+  const observers = await Observers.start(flags, { log: 'always', component: 'worker' });
+  const log = observers.log as NonNullable<typeof observers.log>;
+  if (observers.metricsUrl !== undefined) log.info({ url: observers.metricsUrl }, 'metrics served');
   const policy = resolveRetryPolicy({
     maxAttempts: flags.maxAttempts,
     keyRetentionMs: flags.keyRetention,
   });
-  const client = await senderFromOptions({
-    adapter: flags.adapter,
-    endpoint: flags.endpoint,
-    provider: flags.provider as ProviderDescriptionInput | undefined,
-    headers: flags.header,
-    env: process.env,
-    connections: flags.concurrency,
-    timeoutMs: flags.timeout,
-    caFile: flags.ca,
-    label: billLabel,
-  });
+  const client = await (async () => {
+    try {
+      return await senderFromOptions({
+        adapter: flags.adapter,
+        endpoint: flags.endpoint,
+        provider: flags.provider as ProviderDescriptionInput | undefined,
+        headers: flags.header,
+        env: process.env,
+        connections: flags.concurrency,
+        timeoutMs: flags.timeout,
+        caFile: flags.ca,
+        label: billLabel,
+      });
+    } catch (error) {
+      await observers.close();
+      throw error;
+    }
+  })();
   if (flags.adapter === undefined) {
     const insecure = plainHttpWarning(
       flags.provider as ProviderDescriptionInput | undefined,
@@ -112,6 +120,7 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     for (const warning of await redisWarnings(probe)) log.warn(warning);
   } catch (error) {
     await client.close();
+    await observers.close();
     throw error;
   } finally {
     await closeRedis(probe);
@@ -147,6 +156,7 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
       requestTimeoutMs: flags.timeout,
       exitWhenIdle: flags.exitWhenIdle === true,
       onLog: (level, message) => log[level](message),
+      onAttempt: (runId, event) => observers.attempt(event, runId),
     });
     log.info(
       {
@@ -161,6 +171,11 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     if (signalled) void worker.close();
     const started = worker;
     let lastAttempts = 0;
+    const gauges = setInterval(() => {
+      const snapshot = started.snapshot();
+      observers.metrics?.dispatch(snapshot.inFlight, flags.concurrency);
+    }, 1_000);
+    gauges.unref();
     const timer = setInterval(() => {
       const snapshot = started.snapshot();
       log.info(
@@ -176,6 +191,7 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     }, REPORT_EVERY_MS);
     const end = await worker.done;
     clearInterval(timer);
+    clearInterval(gauges);
     log.info(
       { ...worker.snapshot().ended, attempts: worker.snapshot().attempts, reason: end.reason },
       'worker ended',
@@ -190,5 +206,6 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
     await worker?.close();
     await client.close();
     await closeRedis(redis);
+    await observers.close();
   }
 }

@@ -1,4 +1,5 @@
 import { access, constants, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import type { Random } from '../control/backoff.js';
@@ -16,7 +17,9 @@ import {
   type StateCounts,
 } from '../ledger/ledger.js';
 import { SqliteLedger } from '../ledger/sqlite-ledger.js';
+import type { AttemptEvent } from '../observe/attempts.js';
 import { etaMsOf, PaceMeter, type ProgressEvent } from '../observe/progress.js';
+import { RunSampler, type SampleGauges } from '../observe/sampler.js';
 import {
   type AdapterModule,
   type BillingSender,
@@ -141,6 +144,8 @@ export interface BillHooks {
   readonly onProgress?: (event: ProgressEvent) => void;
   /** Told which run is billed, once it is chosen (before any charge). */
   readonly onRun?: (run: RunChoice) => void;
+  /** Told of every attempt once its charge's next step is decided (metrics, the log). */
+  readonly onAttempt?: (event: AttemptEvent) => void;
   /** A code adapter already loaded (the module object), in place of the `adapter` path. */
   readonly adapterModule?: AdapterModule;
   /** Where to write the per-user CSV report, given the run id. Default: no report. */
@@ -232,6 +237,7 @@ function checkOptions(options: BillOptions, label: (name: string) => string): Re
     signal: _signal,
     onProgress: _onProgress,
     onRun: _onRun,
+    onAttempt: _onAttempt,
     adapterModule: _adapterModule,
     ledgerInstance: _ledgerInstance,
     reportPath: _reportPath,
@@ -404,6 +410,15 @@ export async function bill(
 
     const random = options.random ?? Math.random;
     const controls = dispatchControls(config, deadlineAt, { clock, wallClock, random });
+    // One sample a second into the ledger: the dashboard's charts, for this run or a later look.
+    let snapshotOf: (() => SampleGauges) | undefined;
+    const sampler = new RunSampler({
+      source: `${hostname()}:${process.pid}`,
+      now: wallClock,
+      gauges: () => snapshotOf?.() ?? { inFlight: 0, limit: 0, breaker: undefined },
+      sink: (sample) => void ledger.noteSample(run.runId, sample).catch(() => {}),
+    });
+    const onAttempt = options.onAttempt;
     const scheduler = new Scheduler({
       runId: run.runId,
       ledger,
@@ -419,7 +434,21 @@ export async function bill(
       wallClock,
       random,
       signal: options.signal,
+      onAttempt: (event) => {
+        sampler.attempt(event);
+        onAttempt?.(event);
+      },
     });
+    snapshotOf = () => {
+      const snapshot = scheduler.snapshot();
+      return {
+        inFlight: snapshot.inFlight,
+        limit: snapshot.limit,
+        breaker: snapshot.breaker?.state,
+      };
+    };
+    const sampleTimer = setInterval(() => sampler.tick(), 250);
+    sampleTimer.unref();
     const progress = startProgress(options, config, run, before, scheduler, clock);
     // How the run is paced, kept in the ledger for `status` once a second (and at the end).
     const noteDispatch = () =>
@@ -431,6 +460,8 @@ export async function bill(
       result = await scheduler.run();
     } finally {
       clearInterval(dispatchTimer);
+      clearInterval(sampleTimer);
+      sampler.stop();
       progress.stop();
     }
     await noteDispatch();

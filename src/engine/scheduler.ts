@@ -19,7 +19,15 @@ import type { Clock } from '../domain/clock.js';
 import { breakerReport, type DispatchReport, deadlineReport } from '../domain/dispatch.js';
 import { idempotencyKey } from '../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../domain/outcome.js';
-import type { AttemptStart, Ledger, PendingCharge } from '../ledger/ledger.js';
+import {
+  type AttemptNote,
+  type AttemptStart,
+  attemptOutcome,
+  type ChargeOutcome,
+  type Ledger,
+  type PendingCharge,
+} from '../ledger/ledger.js';
+import type { AttemptEvent } from '../observe/attempts.js';
 import type { ChargeRequest } from '../provider/index.js';
 import { LatencyLog } from './latency-log.js';
 import { RetryQueue } from './retry-queue.js';
@@ -69,6 +77,8 @@ export interface SchedulerOptions {
   readonly pendingAtStart?: number | undefined;
   /** Pending charges read from the ledger at a time. Default 2000. */
   readonly pageSize?: number;
+  /** Told of every attempt once its charge's next step is decided (metrics, samples, the log). */
+  readonly onAttempt?: ((event: AttemptEvent) => void) | undefined;
 }
 
 /** Live figures of a run in progress. */
@@ -129,6 +139,8 @@ interface Charge {
   excused: boolean;
   /** The breaker's ticket for the attempt being sent, when there is a breaker. */
   breakerTicket: BreakerTicket | undefined;
+  /** Calendar time its latest request left (epoch ms), for the charge's history. */
+  sentAt: number;
 }
 
 interface HeldDecline {
@@ -320,6 +332,7 @@ export class Scheduler {
       dueAt: 0,
       excused: false,
       breakerTicket: undefined,
+      sentAt: 0,
     };
   }
 
@@ -409,6 +422,7 @@ export class Scheduler {
     const ticket = limit?.start();
     this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight);
     const started = clock.now();
+    charge.sentAt = this.#options.wallClock();
     const mayReplay = charge.ambiguous;
     sender
       .attempt(charge.request)
@@ -547,7 +561,7 @@ export class Scheduler {
     reason: string | undefined,
   ): void {
     this.#ended[state]++;
-    this.#options.ledger.record(this.#options.runId, {
+    const outcome: ChargeOutcome = {
       userId: charge.request.userId,
       seq: charge.pending.seq,
       state,
@@ -558,12 +572,32 @@ export class Scheduler {
       chargeId: result?.kind === 'charged' ? result.chargeId : undefined,
       error: reason,
       firstAttemptAt: charge.firstAttemptAt,
+      // Ended by an answer: the attempt goes into the charge's history (unsent: none).
+      ...(result === undefined ? {} : { attempt: this.#note(charge, false) }),
+    };
+    this.#options.ledger.record(this.#options.runId, outcome);
+    if (result !== undefined && latencyMs !== undefined) this.#tell(outcome, latencyMs);
+  }
+
+  /** The attempt just answered, for the charge's history. */
+  #note(charge: Charge, throttled: boolean): AttemptNote {
+    return { n: charge.request.attempt, at: charge.sentAt, throttled };
+  }
+
+  #tell(outcome: ChargeOutcome, latencyMs: number): void {
+    this.#options.onAttempt?.({
+      userId: outcome.userId,
+      attempt: outcome.attempt?.n ?? outcome.attempts,
+      latencyMs,
+      status: outcome.httpStatus,
+      outcome: attemptOutcome(outcome),
+      reason: outcome.error,
     });
   }
 
   /** Records that the charge's attempt is over and it stays pending (to retry, or for a later run). */
   #putBack(charge: Charge, result: AttemptResult, latencyMs: number): void {
-    this.#options.ledger.record(this.#options.runId, {
+    const outcome: ChargeOutcome = {
       userId: charge.request.userId,
       seq: charge.pending.seq,
       state: 'pending',
@@ -575,7 +609,10 @@ export class Scheduler {
       error: 'reason' in result ? result.reason : undefined,
       firstAttemptAt: charge.firstAttemptAt,
       waits: charge.waits,
-    });
+      attempt: this.#note(charge, result.kind === 'retry' && result.throttled),
+    };
+    this.#options.ledger.record(this.#options.runId, outcome);
+    this.#tell(outcome, latencyMs);
   }
 
   #stop(reason: string): void {

@@ -1,5 +1,8 @@
 import type { DispatchReport } from '../domain/dispatch.js';
 import type { ChargeState, TerminalChargeState } from '../domain/outcome.js';
+import type { AttemptOutcome, RunSample } from '../domain/samples.js';
+
+export { type AttemptOutcome, LATENCY_BUCKETS_MS, type RunSample } from '../domain/samples.js';
 
 /** A billing cycle as the ledger keeps it. */
 export interface RunRecord {
@@ -123,6 +126,57 @@ export interface ChargeOutcome {
    * that their bound holds over crashes. The distributed engine keeps them in the job's data.
    */
   readonly waits?: number | undefined;
+  /**
+   * The attempt this outcome ends, for the charge's history (what `dashboard` shows of a user):
+   * set once per request sent, absent on outcomes that end no request (a charge ended unsent).
+   */
+  readonly attempt?: AttemptNote | undefined;
+}
+
+/** An attempt, as an outcome carries it into the charge's history. */
+export interface AttemptNote {
+  /** The attempt's number as sent (a throttled attempt, which does not count, shares the next one's). */
+  readonly n: number;
+  /** Epoch ms the request left. */
+  readonly at: number;
+  /** The provider refused it for load (429, or 503 with Retry-After). */
+  readonly throttled: boolean;
+}
+
+/** One attempt of a charge, as the ledger keeps it. */
+export interface AttemptRecord {
+  readonly attempt: number;
+  /** Epoch ms the request left. */
+  readonly at: number;
+  readonly httpStatus: number | undefined;
+  readonly latencyMs: number | undefined;
+  readonly outcome: AttemptOutcome;
+  readonly reason: string | undefined;
+}
+
+/** The outcome name an attempt's history keeps for an outcome that carries the attempt. */
+export function attemptOutcome(outcome: ChargeOutcome): AttemptRecord['outcome'] {
+  if (outcome.state !== 'pending') return outcome.state;
+  return outcome.attempt?.throttled ? 'throttled' : 'retry';
+}
+
+/** Attempts the Redis ledger keeps per charge (the latest); SQLite keeps every one. */
+export const HISTORY_KEPT = 20;
+
+/** Which problems: a state, or (undefined) every charge that ended declined, failed, unknown or invalid. */
+export interface ProblemFilter {
+  readonly state?: 'declined' | 'failed' | 'unknown' | 'invalid' | 'pending' | undefined;
+  /** Text the user id or the reason contains (case-insensitive). */
+  readonly q?: string | undefined;
+  /** Most rows returned, the latest first. */
+  readonly limit: number;
+}
+
+export interface ProblemRows {
+  /** The latest matching charges (latest ended first where the ledger knows, else the last rows). */
+  readonly rows: readonly ChargeRecord[];
+  /** How many match in all. */
+  readonly matching: number;
 }
 
 /** A row for the import: a charge, or an invalid row (recorded only with --skip-invalid). */
@@ -252,6 +306,14 @@ export interface Ledger {
   finishIfComplete(runId: string): Promise<boolean>;
   /** Keeps how the run is paced now, for `status` (a ledger without the column ignores it). */
   noteDispatch?(runId: string, report: DispatchReport): Promise<void>;
+  /** The attempts kept of one charge, oldest first ([] for a user the run does not hold). */
+  attemptHistory(runId: string, userId: string): Promise<AttemptRecord[]>;
+  /** Keeps one second's sample of a billing process, for the dashboard's charts. */
+  noteSample(runId: string, sample: RunSample): Promise<void>;
+  /** The samples kept of a run whose second starts after `afterAt` (epoch ms), oldest first. */
+  samples(runId: string, afterAt: number): Promise<RunSample[]>;
+  /** The latest problems of a run (see ProblemFilter), and how many match. */
+  problems(runId: string, filter: ProblemFilter): Promise<ProblemRows>;
   /** The fingerprint of the credentials the run is bound to ('' when none yet). */
   credentials(runId: string): Promise<string>;
   /**

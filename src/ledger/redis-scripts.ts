@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { HISTORY_KEPT } from './ledger.js';
 
 /**
  * The Lua scripts of the Redis ledger. Each one touches the keys of ONE hash slot only (the runs
@@ -104,6 +105,25 @@ local function twin_of(rows, folds, user, fold)
   return twin
 end
 
+-- Appends an attempt to a charge's history (\`|\`-separated entries, see historyEntry in
+-- redis-ledger.ts), keeping the latest ${HISTORY_KEPT}. An entry already kept is not added again:
+-- a batch written again after a lost answer leaves the history as it was.
+local function add_history(history, user, entry)
+  local kept = redis.call('HGET', history, user)
+  if not kept then
+    redis.call('HSET', history, user, entry)
+    return
+  end
+  if string.find('|' .. kept .. '|', '|' .. entry .. '|', 1, true) then return end
+  local value = kept .. '|' .. entry
+  local _, separators = string.gsub(value, '|', '|')
+  local from = 1
+  for _ = 1, separators + 1 - ${HISTORY_KEPT} do
+    from = string.find(value, '|', from, true) + 1
+  end
+  redis.call('HSET', history, user, from > 1 and string.sub(value, from) or value)
+end
+
 local function move(tally, old, new, currency, amount)
   redis.call('HINCRBY', tally, 'n' .. old .. currency, -1)
   redis.call('HINCRBY', tally, 'n' .. new .. currency, 1)
@@ -169,11 +189,12 @@ return 1
 `);
 
 // The data keys of a run: KEYS[1..4] = rows, order, invalid, tally; KEYS[5] = the import lease;
-// KEYS[6] = folds (see twin_of), a data key too.
+// KEYS[6] = folds (see twin_of), KEYS[7..9] = history, problems, samples (the dashboard's; only
+// written once the run is published, but dropped and expired with the others all the same).
 
 /** Starts an import: drops whatever a dead import left, takes the lease. ARGV: token, leaseMs. */
 export const BEGIN_IMPORT = new LuaScript(`
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2])
 return 1
 `);
@@ -186,7 +207,7 @@ return 1
 export const RENEW_IMPORT = new LuaScript(`
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[5], ARGV[2])
-for _, k in ipairs({1, 2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+for _, k in ipairs({1, 2, 3, 4, 6, 7, 8, 9}) do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
 return 1
 `);
 
@@ -242,7 +263,7 @@ end
 for from = 1, #order, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(order, from, math.min(from + 999, #order)))
 end
-for _, k in ipairs({1, 2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+for _, k in ipairs({1, 2, 3, 4, 6, 7, 8, 9}) do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
 return duplicates
 `);
 
@@ -253,7 +274,7 @@ return duplicates
  */
 export const SEAL_IMPORT = new LuaScript(`
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
-for _, k in ipairs({1, 2, 3, 4, 6}) do redis.call('PERSIST', KEYS[k]) end
+for _, k in ipairs({1, 2, 3, 4, 6, 7, 8, 9}) do redis.call('PERSIST', KEYS[k]) end
 redis.call('SET', KEYS[5], ARGV[1] .. ':sealed', 'PX', ARGV[2])
 return 1
 `);
@@ -265,19 +286,23 @@ return 1
 export const DISCARD_IMPORT = new LuaScript(`
 local lease = redis.call('GET', KEYS[5])
 if lease and lease ~= ARGV[1] and lease ~= ARGV[1] .. ':sealed' then return 0 end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
+  KEYS[9])
 return 1
 `);
 
 /**
- * Applies outcomes in order. KEYS: rows, tally, attempts (see START_ATTEMPTS). ARGV: pairs (user id,
- * `state|attempts|ambiguous|http|latency|chargeId|error`); the row's first attempt time and
- * budget are kept, its open attempt closed. A user id without a valid row, a row turned invalid,
- * and a row already charged or declined are left alone: a late or stale outcome loses.
+ * Applies outcomes in order. KEYS: rows, tally, attempts (see START_ATTEMPTS), history, problems.
+ * ARGV: triples (user id, `state|attempts|ambiguous|http|latency|chargeId|error`, history entry or
+ * ''); the row's first attempt time and budget are kept, its open attempt closed. A user id
+ * without a valid row, a row turned invalid, and a row already charged or declined are left
+ * alone: a late or stale outcome loses. Its attempt is still added to the history of a valid row
+ * (it did happen), and a row that moves into declined, failed or unknown has its user id pushed
+ * on \`problems\` (the latest last; a user may be on it more than once).
  */
 export const RECORD_OUTCOMES = new LuaScript(`${ROW_HELPERS}
-for i = 1, #ARGV, 2 do
-  local user, outcome = ARGV[i], ARGV[i + 1]
+for i = 1, #ARGV, 3 do
+  local user, outcome, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local value = redis.call('HGET', KEYS[1], user)
   if value then
     local _, amount, currency, old, base = split_row(value)
@@ -286,7 +311,10 @@ for i = 1, #ARGV, 2 do
       redis.call('HSET', KEYS[1], user,
         base .. '|' .. outcome .. '|0|' .. field(f, 13, '') .. '|' .. field(f, 14, '0'))
       local new = string.sub(outcome, 1, 1)
-      if new ~= old then move(KEYS[2], old, new, currency, amount) end
+      if new ~= old then
+        move(KEYS[2], old, new, currency, amount)
+        if new == 'd' or new == 'f' or new == 'u' then redis.call('RPUSH', KEYS[5], user) end
+      end
       if field(f, 12, '0') == '1' then redis.call('HINCRBY', KEYS[3], 'open', -1) end
       -- An attempt that counted, or a charge that ended: the run was billed with its credentials.
       local o = fields_of(outcome)
@@ -294,6 +322,7 @@ for i = 1, #ARGV, 2 do
         redis.call('HSET', KEYS[3], 'real', '1')
       end
     end
+    if entry ~= '' then add_history(KEYS[4], user, entry) end
   end
 end
 return 1
@@ -591,6 +620,42 @@ for i = 1, #ARGV, 2 do
   end
   out[#out + 1] = value or ''
   out[#out + 1] = twin
+end
+return out
+`);
+
+/**
+ * A slice of the run's problems list with the rows of its users, for problems(). KEYS: problems,
+ * rows. ARGV: first and last index. Returns pairs (user id, row value or '' when none).
+ */
+export const PROBLEM_ROWS = new LuaScript(`
+local users = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+if #users == 0 then return {} end
+local values = redis.call('HMGET', KEYS[2], unpack(users))
+local out = {}
+for j = 1, #users do
+  out[#out + 1] = users[j]
+  out[#out + 1] = values[j] or ''
+end
+return out
+`);
+
+/**
+ * A step of a scan of the run's invalid rows, with the user id of each (from \`order\`, at its
+ * seq). KEYS: invalid, order. ARGV: HSCAN cursor, count. Returns {next cursor, then {seq, user id,
+ * value}*}; a superseded row (emptied) is left out. A row may come twice (HSCAN's promise).
+ */
+export const INVALID_ROWS = new LuaScript(`
+local scan = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local out = {scan[1]}
+local entries = scan[2]
+for i = 1, #entries, 2 do
+  local key, value = entries[i], entries[i + 1]
+  if string.sub(key, 1, 1) ~= '=' and value ~= '' then
+    out[#out + 1] = key
+    out[#out + 1] = redis.call('LINDEX', KEYS[2], string.format('%d', tonumber(key) - 1)) or ''
+    out[#out + 1] = value
+  end
 end
 return out
 `);

@@ -7,7 +7,9 @@ import { BulkbillError, ErrorCode } from '../domain/errors.js';
 import type { ChargeState } from '../domain/outcome.js';
 import { CLAIM_BEAT_MS, refuseLiveClaim } from './claims.js';
 import {
+  type AttemptRecord,
   type AttemptStart,
+  attemptOutcome,
   type ChargeOutcome,
   type ChargeRecord,
   type DuplicateUser,
@@ -17,7 +19,10 @@ import {
   type Ledger,
   type PendingCharge,
   type PendingOptions,
+  type ProblemFilter,
+  type ProblemRows,
   type RunRecord,
+  type RunSample,
   type StateCounts,
 } from './ledger.js';
 
@@ -83,6 +88,23 @@ CREATE TABLE IF NOT EXISTS attempt_starts (
   starts TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempt_starts_by_run ON attempt_starts (run_id);
+CREATE TABLE IF NOT EXISTS attempt_log (
+  run_id      TEXT NOT NULL,
+  seq         INTEGER NOT NULL,
+  n           INTEGER NOT NULL,
+  at          INTEGER NOT NULL,
+  http_status INTEGER,
+  latency_ms  INTEGER,
+  outcome     TEXT NOT NULL,
+  reason      TEXT
+);
+CREATE INDEX IF NOT EXISTS attempt_log_of_charge ON attempt_log (run_id, seq, at);
+CREATE TABLE IF NOT EXISTS run_samples (
+  run_id TEXT NOT NULL,
+  at     INTEGER NOT NULL,
+  data   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_samples_by_at ON run_samples (run_id, at);
 `;
 
 // Columns added since the first ledgers were written: a ledger of an older bulkbill gains them.
@@ -580,6 +602,31 @@ export class SqliteLedger implements Ledger {
       totalsIn: db.prepare<[string, string], { currency: string; total: number }>(
         'SELECT currency, sum(amount) AS total FROM charges WHERE run_id = ? AND state = ? GROUP BY currency ORDER BY currency',
       ),
+      logAttempt: db.prepare(
+        'INSERT INTO attempt_log (run_id, seq, n, at, http_status, latency_ms, outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
+      history: db.prepare<
+        [string, string, string],
+        {
+          n: number;
+          at: number;
+          http_status: number | null;
+          latency_ms: number | null;
+          outcome: AttemptRecord['outcome'];
+          reason: string | null;
+        }
+      >(
+        `SELECT n, at, http_status, latency_ms, outcome, reason FROM attempt_log
+         WHERE run_id = ? AND seq = (SELECT seq FROM charges WHERE run_id = ? AND user_id = ?
+           ORDER BY state = 'invalid', seq LIMIT 1)
+         ORDER BY at, rowid`,
+      ),
+      noteSample: db.prepare('INSERT INTO run_samples (run_id, at, data) VALUES (?, ?, ?)'),
+      samples: db
+        .prepare<[string, number], string>(
+          'SELECT data FROM run_samples WHERE run_id = ? AND at > ? ORDER BY at, rowid',
+        )
+        .pluck(),
       charge: db.prepare<[string, string], ChargeRow>(
         "SELECT * FROM charges WHERE run_id = ? AND user_id = ? ORDER BY state = 'invalid', seq LIMIT 1",
       ),
@@ -1068,6 +1115,56 @@ export class SqliteLedger implements Ledger {
     return row && withStart(toCharge(row), this.#openStarts(runId));
   }
 
+  async attemptHistory(runId: string, userId: string): Promise<AttemptRecord[]> {
+    await this.flush();
+    return this.#statements.history.all(runId, runId, userId).map((row) => ({
+      attempt: row.n,
+      at: row.at,
+      httpStatus: row.http_status ?? undefined,
+      latencyMs: row.latency_ms ?? undefined,
+      outcome: row.outcome,
+      reason: row.reason ?? undefined,
+    }));
+  }
+
+  async noteSample(runId: string, sample: RunSample): Promise<void> {
+    await this.#busyRetry(
+      () => this.#statements.noteSample.run(runId, sample.at, JSON.stringify(sample)),
+      'keep a sample',
+    );
+  }
+
+  async samples(runId: string, afterAt: number): Promise<RunSample[]> {
+    return this.#statements.samples
+      .all(runId, afterAt)
+      .map((data) => JSON.parse(data) as RunSample);
+  }
+
+  async problems(runId: string, filter: ProblemFilter): Promise<ProblemRows> {
+    const states =
+      filter.state === undefined ? ['declined', 'failed', 'unknown', 'invalid'] : [filter.state];
+    const q = filter.q?.trim().toLowerCase() ?? '';
+    // No index on state (see USER_INDEX): a scan of the run's rows, a few ms per 100,000.
+    const where = `run_id = ? AND state IN (${states.map(() => '?').join(', ')})${
+      q === ''
+        ? ''
+        : " AND (instr(lower(user_id), ?) > 0 OR instr(lower(coalesce(error, '')), ?) > 0)"
+    }`;
+    const params: Array<string | number> = [runId, ...states, ...(q === '' ? [] : [q, q])];
+    const matching = this.#db
+      .prepare<unknown[], { n: number }>(`SELECT count(*) AS n FROM charges WHERE ${where}`)
+      .get(...params)?.n;
+    // The latest ended first: by the last attempt's time, rows never attempted (invalid) last.
+    const rows = this.#db
+      .prepare<unknown[], ChargeRow>(
+        `SELECT *, (SELECT max(at) FROM attempt_log a WHERE a.run_id = charges.run_id AND a.seq = charges.seq) AS last_at
+         FROM charges WHERE ${where} ORDER BY last_at IS NULL, last_at DESC, seq DESC LIMIT ?`,
+      )
+      .all(...params, filter.limit);
+    const starts = this.#openStarts(runId);
+    return { rows: rows.map((row) => withStart(toCharge(row), starts)), matching: matching ?? 0 };
+  }
+
   async *charges(runId: string): AsyncIterable<ChargeRecord> {
     for await (const page of this.chargePages(runId)) yield* page;
   }
@@ -1271,11 +1368,25 @@ export class SqliteLedger implements Ledger {
   }
 
   #writeOutcomes(batch: ReadonlyArray<[string, ChargeOutcome]>): void {
-    const { seqOf, updateAt } = this.#statements;
+    const { seqOf, updateAt, logAttempt } = this.#statements;
     for (const [runId, outcome] of batch) {
       const seq = outcome.seq ?? seqOf.get(runId, outcome.userId);
       // A user the run does not hold: nothing to record.
       if (seq === undefined) continue;
+      const attempt = outcome.attempt;
+      // The attempt happened even when its outcome comes too late to change the row.
+      if (attempt !== undefined) {
+        logAttempt.run(
+          runId,
+          seq,
+          attempt.n,
+          attempt.at,
+          outcome.httpStatus ?? null,
+          outcome.latencyMs === undefined ? null : Math.round(outcome.latencyMs),
+          attemptOutcome(outcome),
+          outcome.error ?? null,
+        );
+      }
       updateAt.run(
         outcome.state,
         outcome.attempts,

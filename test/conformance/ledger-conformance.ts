@@ -3,7 +3,18 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
 import { bindCredentials } from '../../src/engine/local-engine.js';
-import type { ChargeOutcome, ChargeRecord, ImportRow, Ledger } from '../../src/ledger/ledger.js';
+import {
+  type AttemptRecord,
+  type ChargeOutcome,
+  type ChargeRecord,
+  HISTORY_KEPT,
+  type ImportRow,
+  LATENCY_BUCKETS_MS,
+  type Ledger,
+  type ProblemFilter,
+  type ProblemRows,
+  type RunSample,
+} from '../../src/ledger/ledger.js';
 import { credentialsFingerprint, fingerprintSalt } from '../../src/provider/credentials.js';
 import { batchesOf, create, heldImport, row, rows, runOf } from '../helpers/ledger-rows.js';
 
@@ -1189,6 +1200,467 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         );
         expect(run.finishedAt).toEqual(expect.any(String));
         expect(run.total).toBe(2);
+      });
+    });
+
+    describe('dashboard reads', () => {
+      /** An outcome that ends the attempt numbered `n`, sent at `at`. */
+      function attempted(
+        userId: string,
+        n: number,
+        at: number,
+        overrides: Partial<ChargeOutcome> = {},
+        throttled = false,
+      ): ChargeOutcome {
+        return outcome(userId, { attempts: n, ...overrides, attempt: { n, at, throttled } });
+      }
+
+      function sample(at: number, source: string, ended = 1): RunSample {
+        return {
+          at,
+          source,
+          ended,
+          attempts: ended + 1,
+          retries: 1,
+          refusals: 0,
+          inFlight: 3,
+          limit: 8,
+          breaker: source.endsWith('1') ? 'closed' : undefined,
+          hist: LATENCY_BUCKETS_MS.map((_, index) => (index === 9 ? ended : 0)).concat([0]),
+        };
+      }
+
+      const failed = { chargeId: undefined } as const;
+
+      it("keeps a charge's attempts oldest first, with outcome, status, latency and reason", async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(4));
+        const reason = 'unavailable, try later | \\p; again';
+        ledger.record(
+          'r1',
+          attempted('u1', 1, 1_000, {
+            ...failed,
+            state: 'pending',
+            httpStatus: 503,
+            latencyMs: 1_200.4,
+            error: reason,
+          }),
+        );
+        ledger.record(
+          'r1',
+          attempted(
+            'u1',
+            2,
+            2_000,
+            { ...failed, state: 'pending', httpStatus: 429, latencyMs: 30, error: 'rate limited' },
+            true,
+          ),
+        );
+        ledger.record('r1', attempted('u1', 2, 3_000, { latencyMs: 812 }));
+        ledger.record(
+          'r1',
+          attempted('u2', 1, 1_500, {
+            ...failed,
+            state: 'declined',
+            httpStatus: 402,
+            error: 'card_declined: insufficient funds',
+          }),
+        );
+        ledger.record(
+          'r1',
+          attempted('u3', 1, 1_600, {
+            ...failed,
+            state: 'unknown',
+            ambiguous: true,
+            httpStatus: undefined,
+            latencyMs: undefined,
+            error: '',
+          }),
+        );
+        // An outcome that ends no request (a charge ended unsent) adds no attempt.
+        ledger.record('r1', outcome('u4', { ...failed, state: 'failed', attempts: 0, error: 'x' }));
+        await ledger.flush();
+
+        const reader = await open();
+        expect(await reader.attemptHistory('r1', 'u1')).toEqual([
+          {
+            attempt: 1,
+            at: 1_000,
+            httpStatus: 503,
+            latencyMs: 1_200,
+            outcome: 'retry',
+            reason,
+          },
+          {
+            attempt: 2,
+            at: 2_000,
+            httpStatus: 429,
+            latencyMs: 30,
+            outcome: 'throttled',
+            reason: 'rate limited',
+          },
+          {
+            attempt: 2,
+            at: 3_000,
+            httpStatus: 200,
+            latencyMs: 812,
+            outcome: 'charged',
+            reason: undefined,
+          },
+        ]);
+        expect(await reader.attemptHistory('r1', 'u2')).toEqual([
+          {
+            attempt: 1,
+            at: 1_500,
+            httpStatus: 402,
+            latencyMs: 12,
+            outcome: 'declined',
+            reason: 'card_declined: insufficient funds',
+          },
+        ]);
+        expect(await reader.attemptHistory('r1', 'u3')).toEqual([
+          {
+            attempt: 1,
+            at: 1_600,
+            httpStatus: undefined,
+            latencyMs: undefined,
+            outcome: 'unknown',
+            reason: '',
+          },
+        ]);
+        expect(await reader.attemptHistory('r1', 'u4')).toEqual([]);
+        // A user the run does not hold, a run that does not exist.
+        expect(await reader.attemptHistory('r1', 'nobody')).toEqual([]);
+        expect(await reader.attemptHistory('other-run', 'u1')).toEqual([]);
+      });
+
+      it("adds a late outcome's attempt to a charged charge's history, and leaves the charge charged", async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(1));
+        ledger.record('r1', attempted('u1', 1, 1_000));
+        await ledger.flush();
+        ledger.record(
+          'r1',
+          attempted('u1', 2, 2_000, {
+            ...failed,
+            state: 'failed',
+            httpStatus: 500,
+            error: 'late answer',
+          }),
+        );
+        await ledger.flush();
+        expect(await ledger.charge('r1', 'u1')).toMatchObject({
+          state: 'charged',
+          attempts: 1,
+          chargeId: 'ch_u1',
+        });
+        const history = await ledger.attemptHistory('r1', 'u1');
+        expect(history.map((one) => [one.attempt, one.at, one.outcome, one.reason])).toEqual([
+          [1, 1_000, 'charged', undefined],
+          [2, 2_000, 'failed', 'late answer'],
+        ]);
+        expect(await ledger.counts('r1')).toMatchObject({ charged: 1, failed: 0 });
+      });
+
+      it('keeps at least the latest HISTORY_KEPT attempts of a charge (the Redis ledger no more), the latest last', async () => {
+        const ledger = await open({ flushIntervalMs: 60_000 });
+        await create(ledger, 'r1', rows(2));
+        const retries = HISTORY_KEPT + 5;
+        const expected: AttemptRecord[] = [];
+        for (let n = 1; n <= retries; n++) {
+          ledger.record(
+            'r1',
+            attempted('u1', n, n * 1_000, {
+              ...failed,
+              state: 'pending',
+              httpStatus: 503,
+              error: `try ${n}`,
+            }),
+          );
+          expected.push({
+            attempt: n,
+            at: n * 1_000,
+            httpStatus: 503,
+            latencyMs: 12,
+            outcome: 'retry',
+            reason: `try ${n}`,
+          });
+          // Some in one write, some over several.
+          if (n % 7 === 0) await ledger.flush();
+        }
+        ledger.record('r1', attempted('u1', retries + 1, (retries + 1) * 1_000));
+        expected.push({
+          attempt: retries + 1,
+          at: (retries + 1) * 1_000,
+          httpStatus: 200,
+          latencyMs: 12,
+          outcome: 'charged',
+          reason: undefined,
+        });
+        ledger.record('r1', attempted('u2', 1, 500));
+        await ledger.flush();
+        const history = await ledger.attemptHistory('r1', 'u1');
+        expect(history.length).toBeGreaterThanOrEqual(Math.min(expected.length, HISTORY_KEPT));
+        // Capped (Redis) or whole (SQLite), nothing in between.
+        expect([HISTORY_KEPT, expected.length]).toContain(history.length);
+        expect(history).toEqual(expected.slice(-history.length));
+        expect(history.at(-1)?.outcome).toBe('charged');
+        expect(await ledger.attemptHistory('r1', 'u2')).toHaveLength(1);
+      });
+
+      it('keeps samples and returns those of seconds after a time, oldest first', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1));
+        await create(ledger, 'r2', rows(1));
+        const base = Math.floor(Date.now() / 1_000) * 1_000 - 10_000;
+        // Two processes, whose seconds arrive a little out of order.
+        const noted = [
+          sample(base, 'host:1'),
+          sample(base + 1_000, 'host:2', 4),
+          sample(base + 1_000, 'host:1', 2),
+          sample(base - 1_000, 'host:2', 3),
+          sample(base + 2_000, 'host:1', 0),
+        ];
+        for (const one of noted) await ledger.noteSample('r1', one);
+        await ledger.noteSample('r2', sample(base, 'other:1', 9));
+        const byAt = (a: RunSample, b: RunSample) => a.at - b.at;
+        const all = await (await open()).samples('r1', 0);
+        expect(all).toEqual([...noted].sort(byAt));
+        expect(await ledger.samples('r1', base - 1_000)).toEqual(
+          noted.filter((one) => one.at > base - 1_000).sort(byAt),
+        );
+        expect(await ledger.samples('r1', base)).toEqual([
+          sample(base + 1_000, 'host:2', 4),
+          sample(base + 1_000, 'host:1', 2),
+          sample(base + 2_000, 'host:1', 0),
+        ]);
+        expect(await ledger.samples('r1', base + 2_000)).toEqual([]);
+        expect(await ledger.samples('r2', 0)).toEqual([sample(base, 'other:1', 9)]);
+        expect(await ledger.samples('other-run', 0)).toEqual([]);
+        // A second of a process whose clock is far behind is kept too.
+        await ledger.noteSample('r1', sample(5_000, 'slow:2'));
+        expect((await ledger.samples('r1', 0))[0]).toEqual(sample(5_000, 'slow:2'));
+        expect(await ledger.samples('r1', 5_000)).toEqual(all);
+      });
+
+      it('returns every sample of a long run, in pages', async () => {
+        const ledger = await open();
+        await create(ledger, 'r1', rows(1));
+        const base = Math.floor(Date.now() / 1_000) * 1_000 - 6_000_000;
+        const noted = Array.from({ length: 5_100 }, (_, index) =>
+          sample(base + index * 1_000, 'host:1', index),
+        );
+        await Promise.all(noted.map((one) => ledger.noteSample('r1', one)));
+        const all = await ledger.samples('r1', 0);
+        expect(all).toHaveLength(noted.length);
+        expect(all.map((one) => one.at)).toEqual(noted.map((one) => one.at));
+        expect((await ledger.samples('r1', base + 5_000 * 1_000)).map((one) => one.ended)).toEqual(
+          Array.from({ length: 99 }, (_, index) => 5_001 + index),
+        );
+      });
+
+      describe('problems', () => {
+        /** u1…u8 and two invalid rows, ended as the dashboard would see them, each a second later. */
+        async function billed(): Promise<Ledger> {
+          const ledger = await open({ flushIntervalMs: 60_000 });
+          await create(ledger, 'r1', [
+            ...rows(8),
+            row(20, 'bad1', { invalidReason: 'amount: expected a positive integer' }),
+            row(21, 'u3'), // a duplicate: invalid
+          ]);
+          ledger.record('r1', attempted('u1', 1, 1_000));
+          ledger.record(
+            'r1',
+            attempted('u2', 1, 2_000, {
+              ...failed,
+              state: 'declined',
+              httpStatus: 402,
+              error: 'card_declined: insufficient funds',
+            }),
+          );
+          ledger.record(
+            'r1',
+            attempted('u3', 1, 3_000, {
+              ...failed,
+              state: 'failed',
+              httpStatus: 503,
+              error: 'service unavailable',
+            }),
+          );
+          ledger.record(
+            'r1',
+            attempted('u4', 1, 4_000, {
+              ...failed,
+              state: 'unknown',
+              ambiguous: true,
+              httpStatus: undefined,
+              latencyMs: undefined,
+              error: 'timeout after request sent',
+            }),
+          );
+          ledger.record(
+            'r1',
+            attempted('u5', 1, 5_000, {
+              ...failed,
+              state: 'pending',
+              httpStatus: 503,
+              error: 'retry me',
+            }),
+          );
+          ledger.record(
+            'r1',
+            attempted('u6', 1, 6_000, {
+              ...failed,
+              state: 'failed',
+              httpStatus: 500,
+              error: 'Internal Error',
+            }),
+          );
+          ledger.record(
+            'r1',
+            attempted('u7', 1, 7_000, {
+              ...failed,
+              state: 'declined',
+              httpStatus: 402,
+              error: 'do_not_honor',
+            }),
+          );
+          await ledger.flush();
+          return ledger;
+        }
+
+        const ids = (found: ProblemRows) => found.rows.map((c) => `${c.userId}@${c.line}`);
+
+        it('lists declined, failed and unknown charges, the latest first, then invalid rows, as charge() shows them', async () => {
+          const ledger = await billed();
+          const found = await (await open()).problems('r1', { limit: 100 });
+          expect(ids(found)).toEqual(['u7@8', 'u6@7', 'u4@5', 'u3@4', 'u2@3', 'u3@21', 'bad1@20']);
+          expect(found.matching).toBe(7);
+          for (const charge of found.rows.slice(0, 5)) {
+            expect(charge).toEqual(await ledger.charge('r1', charge.userId));
+          }
+          const all = await collect(ledger.charges('r1'));
+          expect(found.rows.slice(5)).toEqual([all[9], all[8]]);
+          expect(found.rows[5]?.error).toBe('user_id: appears twice (first on line 4)');
+        });
+
+        it('lists the charges of one state', async () => {
+          const ledger = await billed();
+          const of = (state: ProblemFilter['state']) =>
+            ledger.problems('r1', { state, limit: 100 });
+          expect(ids(await of('declined'))).toEqual(['u7@8', 'u2@3']);
+          expect(ids(await of('failed'))).toEqual(['u6@7', 'u3@4']);
+          expect(ids(await of('unknown'))).toEqual(['u4@5']);
+          expect(await of('unknown')).toMatchObject({
+            matching: 1,
+            rows: [{ state: 'unknown', ambiguous: true, error: 'timeout after request sent' }],
+          });
+          expect(ids(await of('invalid'))).toEqual(['u3@21', 'bad1@20']);
+          expect((await of('invalid')).matching).toBe(2);
+          // Pending: the order is the ledger's (it may know no latest); u5 was retried, u8 never tried.
+          const pending = await of('pending');
+          expect(ids(pending).sort()).toEqual(['u5@6', 'u8@9']);
+          expect(pending.matching).toBe(2);
+          expect(pending.rows.find((c) => c.userId === 'u5')).toMatchObject({
+            state: 'pending',
+            attempts: 1,
+            error: 'retry me',
+          });
+        });
+
+        it('filters on text in the user id or the reason, whatever its case', async () => {
+          const ledger = await billed();
+          const found = (q: string, state?: ProblemFilter['state']) =>
+            ledger.problems('r1', { q, state, limit: 100 });
+          expect(ids(await found('U3'))).toEqual(['u3@4', 'u3@21']);
+          expect((await found('U3')).matching).toBe(2);
+          expect(ids(await found('DECLINED'))).toEqual(['u2@3']);
+          expect(ids(await found('appears twice'))).toEqual(['u3@21']);
+          expect(ids(await found('internal', 'failed'))).toEqual(['u6@7']);
+          expect(ids(await found('internal', 'declined'))).toEqual([]);
+          expect(ids(await found('retry', 'pending'))).toEqual(['u5@6']);
+          expect(await found('no such text')).toEqual({ rows: [], matching: 0 });
+        });
+
+        it('returns at most limit rows, the latest, and counts every match', async () => {
+          const ledger = await billed();
+          expect(await ledger.problems('r1', { limit: 2 })).toMatchObject({ matching: 7 });
+          expect(ids(await ledger.problems('r1', { limit: 2 }))).toEqual(['u7@8', 'u6@7']);
+          expect(ids(await ledger.problems('r1', { limit: 6 }))).toEqual([
+            'u7@8',
+            'u6@7',
+            'u4@5',
+            'u3@4',
+            'u2@3',
+            'u3@21',
+          ]);
+          expect(await ledger.problems('r1', { limit: 0 })).toEqual({ rows: [], matching: 7 });
+          const invalid = await ledger.problems('r1', { state: 'invalid', limit: 1 });
+          expect([ids(invalid), invalid.matching]).toEqual([['u3@21'], 2]);
+          const pending = await ledger.problems('r1', { state: 'pending', limit: 1 });
+          expect([pending.rows.length, pending.matching]).toEqual([1, 2]);
+        });
+
+        it('lists a charge by where it stands now, once: reopened and charged it is gone, failed again it is the latest', async () => {
+          const ledger = await billed();
+          expect(await ledger.reopenEnded('r1')).toBe(3); // u3, u4, u6
+          expect(await ledger.problems('r1', { state: 'failed', limit: 100 })).toEqual({
+            rows: [],
+            matching: 0,
+          });
+          ledger.record('r1', attempted('u3', 2, 8_000));
+          ledger.record(
+            'r1',
+            attempted('u6', 2, 9_000, {
+              ...failed,
+              state: 'failed',
+              httpStatus: 500,
+              error: 'still failing',
+            }),
+          );
+          // Failed, then unknown without a reopen: still one row.
+          ledger.record(
+            'r1',
+            attempted('u6', 3, 10_000, {
+              ...failed,
+              state: 'unknown',
+              ambiguous: true,
+              httpStatus: undefined,
+              error: 'timeout after request sent',
+            }),
+          );
+          await ledger.flush();
+          const found = await ledger.problems('r1', { limit: 100 });
+          expect(ids(found)).toEqual(['u6@7', 'u7@8', 'u2@3', 'u3@21', 'bad1@20']);
+          expect(found.matching).toBe(5);
+          expect(found.rows[0]).toMatchObject({ state: 'unknown', attempts: 3 });
+          expect(new Set(ids(found)).size).toBe(found.rows.length);
+          expect(ids(await ledger.problems('r1', { state: 'failed', limit: 100 }))).toEqual([]);
+          expect(ids(await ledger.problems('r1', { state: 'unknown', limit: 100 }))).toEqual([
+            'u6@7',
+          ]);
+          expect(ids(await ledger.problems('r1', { state: 'pending', limit: 100 })).sort()).toEqual(
+            ['u4@5', 'u5@6', 'u8@9'],
+          );
+          expect(ids(await ledger.problems('r1', { q: 'u3', limit: 100 }))).toEqual(['u3@21']);
+        });
+
+        it('finds nothing in a run without problems, or in a run that does not exist', async () => {
+          const ledger = await open();
+          await create(ledger, 'r1', rows(2));
+          ledger.record('r1', attempted('u1', 1, 1_000));
+          await ledger.flush();
+          expect(await ledger.problems('r1', { limit: 10 })).toEqual({ rows: [], matching: 0 });
+          expect(ids(await ledger.problems('r1', { state: 'pending', limit: 10 }))).toEqual([
+            'u2@3',
+          ]);
+          for (const state of [undefined, 'declined', 'invalid', 'pending'] as const) {
+            expect(await ledger.problems('other-run', { state, limit: 10 })).toEqual({
+              rows: [],
+              matching: 0,
+            });
+          }
+        });
       });
     });
 

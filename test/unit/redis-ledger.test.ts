@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BulkbillError } from '../../src/domain/errors.js';
-import type { ImportRow } from '../../src/ledger/ledger.js';
+import { HISTORY_KEPT, type ImportRow } from '../../src/ledger/ledger.js';
 import { RedisLedger, type RedisLedgerOptions } from '../../src/ledger/redis-ledger.js';
 
 // The storage-independent promises are in test/conformance/ledger-conformance.ts; these are the
@@ -287,6 +287,143 @@ describe('RedisLedger: keys', () => {
     );
     await ledger.releaseRun('r1');
     expect(await admin.exists(`${base}owner`)).toBe(0);
+  });
+});
+
+describe("RedisLedger: the dashboard's keys", () => {
+  const sample = (at: number) => ({
+    at,
+    source: 'host:1',
+    ended: 1,
+    attempts: 1,
+    retries: 0,
+    refusals: 0,
+    inFlight: 1,
+    limit: 4,
+    breaker: undefined,
+    hist: [1],
+  });
+
+  it('keeps a history of the latest HISTORY_KEPT attempts with reasons cut short, a problems list and a samples stream, under the hash tag, none expiring', async () => {
+    const ledger = open({ flushIntervalMs: 60_000 });
+    await ledger.createRun(runOf('r1'), batchesOf(rows(2)), () => {});
+    // 301 UTF-16 units, separators included, a surrogate pair at the 200th and 201st.
+    const long = `${'x|\\'.repeat(66)}a💳${'y'.repeat(100)}`;
+    for (let n = 1; n <= HISTORY_KEPT + 3; n++) {
+      ledger.record('r1', {
+        userId: 'u1',
+        state: 'pending',
+        attempts: n,
+        ambiguous: false,
+        httpStatus: 503,
+        latencyMs: 10,
+        chargeId: undefined,
+        error: n === HISTORY_KEPT + 3 ? long : `try ${n}`,
+        attempt: { n, at: n * 1_000, throttled: false },
+      });
+    }
+    ledger.record('r1', {
+      userId: 'u2',
+      state: 'failed',
+      attempts: 1,
+      ambiguous: false,
+      httpStatus: 500,
+      latencyMs: 10,
+      chargeId: undefined,
+      error: long,
+      attempt: { n: 1, at: 1_000, throttled: false },
+    });
+    await ledger.flush();
+    await ledger.noteSample('r1', sample(1_000));
+    const history = await ledger.attemptHistory('r1', 'u1');
+    expect(history.map((one) => one.attempt)).toEqual(
+      Array.from({ length: HISTORY_KEPT }, (_, index) => index + 4),
+    );
+    // Cut at 200 UTF-16 units, never inside a surrogate pair; the row keeps it whole.
+    expect(history.at(-1)?.reason).toBe(`${long.slice(0, 199)}…`);
+    expect((await ledger.charge('r1', 'u2'))?.error).toBe(long);
+    const base = `${prefix}:{r1}:`;
+    const keys = await scanKeys(`${base}*`);
+    expect(keys).toEqual(
+      expect.arrayContaining([`${base}history`, `${base}problems`, `${base}samples`]),
+    );
+    for (const key of keys) expect(await admin.pttl(key)).toBe(-1);
+    expect(await admin.lrange(`${base}problems`, 0, -1)).toEqual(['u2']);
+    expect(await admin.hlen(`${base}history`)).toBe(2);
+  });
+
+  it('reads the problems and history of a run billed by an older bulkbill, which kept neither', async () => {
+    const ledger = open({ flushIntervalMs: 60_000 });
+    await ledger.createRun(runOf('r1'), batchesOf(rows(4)), () => {});
+    const ended = (userId: string, state: 'failed' | 'declined') => ({
+      userId,
+      state,
+      attempts: 1,
+      ambiguous: false,
+      httpStatus: 500,
+      latencyMs: 10,
+      chargeId: undefined,
+      error: 'no',
+    });
+    ledger.record('r1', ended('u1', 'failed'));
+    ledger.record('r1', ended('u3', 'declined'));
+    await ledger.flush();
+    await admin.unlink(`${prefix}:{r1}:problems`, `${prefix}:{r1}:history`);
+    // Then a newer one bills the rest: its problems are listed, the older ones found by a scan.
+    ledger.record('r1', { ...ended('u2', 'failed'), attempt: { n: 1, at: 5, throttled: false } });
+    await ledger.flush();
+    const found = await ledger.problems('r1', { limit: 10 });
+    expect(found.rows.map((charge) => charge.userId)).toEqual(['u3', 'u2', 'u1']);
+    expect(found.matching).toBe(3);
+    expect((await ledger.problems('r1', { state: 'failed', limit: 1 })).matching).toBe(2);
+    expect(await ledger.attemptHistory('r1', 'u1')).toEqual([]);
+    expect(await ledger.attemptHistory('r1', 'u2')).toHaveLength(1);
+  });
+
+  it('adds an attempt once when a batch is written again (its answer was lost)', async () => {
+    const ledger = open({ flushIntervalMs: 60_000 });
+    await ledger.createRun(runOf('r1'), batchesOf(rows(1)), () => {});
+    const retried = {
+      userId: 'u1',
+      state: 'pending',
+      attempts: 1,
+      ambiguous: false,
+      httpStatus: 503,
+      latencyMs: 10,
+      chargeId: undefined,
+      error: 'busy',
+      attempt: { n: 1, at: 1_000, throttled: false },
+    } as const;
+    const charged = {
+      ...retried,
+      state: 'failed',
+      attempts: 2,
+      error: 'still busy',
+      attempt: { n: 2, at: 2_000, throttled: false },
+    } as const;
+    for (let write = 0; write < 2; write++) {
+      ledger.record('r1', retried);
+      ledger.record('r1', charged);
+      await ledger.flush();
+    }
+    expect((await ledger.attemptHistory('r1', 'u1')).map((one) => one.at)).toEqual([1_000, 2_000]);
+    // The list may hold the user twice (it moved into failed twice); it is listed once.
+    expect(await ledger.problems('r1', { limit: 10 })).toMatchObject({
+      matching: 1,
+      rows: [{ userId: 'u1', state: 'failed' }],
+    });
+  });
+
+  it('drops a sample noted while the import fails, with the rest of the import', async () => {
+    const ledger = open();
+    async function* batches(): AsyncIterable<ImportRow[]> {
+      yield rows(2);
+      await ledger.noteSample('r1', sample(1_000));
+      yield rows(2, 3);
+      throw new Error('input broke');
+    }
+    await expect(ledger.createRun(runOf('r1'), batches(), () => {})).rejects.toThrow('input broke');
+    expect(await scanKeys(`${prefix}:*`)).toEqual([]);
   });
 });
 

@@ -71,6 +71,7 @@ export async function billDistributed(
     adapterModule,
     reportPath: reportPathOf,
     onLog,
+    onAttempt,
     random,
     sender,
     ...plain
@@ -186,6 +187,7 @@ export async function billDistributed(
       keepLatencies: true,
       random,
       onLog,
+      ...(onAttempt === undefined ? {} : { onAttempt: (_runId, event) => onAttempt(event) }),
     });
     const queuePacing =
       pacing === undefined

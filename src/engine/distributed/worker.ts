@@ -17,8 +17,10 @@ import { formatDuration } from '../../domain/duration.js';
 import { BulkbillError } from '../../domain/errors.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
-import type { ChargeOutcome } from '../../ledger/ledger.js';
+import { type AttemptNote, attemptOutcome, type ChargeOutcome } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
+import type { AttemptEvent } from '../../observe/attempts.js';
+import { RunSampler } from '../../observe/sampler.js';
 import { LatencyLog } from '../latency-log.js';
 import { bindCredentials } from '../local-engine.js';
 import { endpointMismatch } from '../run-choice.js';
@@ -86,6 +88,10 @@ export interface BillingWorkerOptions extends QueuePlace {
   readonly random?: Random | undefined;
   /** Told of what a person running the worker wants to know. */
   readonly onLog?: ((level: 'info' | 'warn' | 'error', message: string) => void) | undefined;
+  /** Told of every attempt once its charge's next step is recorded (metrics, the log). */
+  readonly onAttempt?: ((runId: string, event: AttemptEvent) => void) | undefined;
+  /** Keep one sample a second per run in the ledger, for the dashboard's charts. Default true. */
+  readonly samples?: boolean | undefined;
 }
 
 /** How a worker ended. */
@@ -155,6 +161,11 @@ export class BillingWorker {
   readonly #name: string;
   /** The queue's pacing as its decider last said (read with #paced). */
   #pacingState: PacingState | undefined;
+  /** One sampler per run this worker bills, and their timer. */
+  readonly #samplers = new Map<string, RunSampler>();
+  #sampleTimer: NodeJS.Timeout | undefined;
+  /** The queue's breaker as last read, for the samples. */
+  #breakerState: 'closed' | 'open' | 'half-open' | undefined;
   #pacedReadAt = Number.NEGATIVE_INFINITY;
   #pacingTimer: NodeJS.Timeout | undefined;
   #pacingBusy = false;
@@ -350,6 +361,9 @@ export class BillingWorker {
         await this.#giveBackHeld();
         for (const runId of this.#touched) await this.#ledger.finishIfComplete(runId);
         await this.#decider.endFinished();
+        // The last second's samples, before the ledger's connection goes.
+        if (this.#sampleTimer) clearInterval(this.#sampleTimer);
+        for (const sampler of this.#samplers.values()) sampler.stop();
       } catch (error) {
         this.#log('error', `closing: ${(error as Error).message}`);
       } finally {
@@ -637,6 +651,7 @@ export class BillingWorker {
     const latencyMs = systemClock.now() - started;
     this.#latencies.add(latencyMs);
     const throttled = result.kind === 'retry' && result.throttled;
+    const note: AttemptNote = { n: attempt, at: sentAt, throttled };
     // With `auto`, a refusal is the queue's limit controller's to answer (it cuts the queue's
     // limit; the charge waits out its Retry-After), as on the local engine: the queue's pause and
     // the learned rate are for refusals that go on at the lowest limit.
@@ -662,7 +677,7 @@ export class BillingWorker {
         .catch(() => {});
     }
     const stop = throttled ? this.#governor.stopReason() : undefined;
-    const putBack = async (attempts: number, ambiguous: boolean) => {
+    const putBack = async (attempts: number, ambiguous: boolean, noted = true) => {
       // The attempt is over and the charge stays pending: the ledger says whether it counted.
       await this.#settle(data.r, {
         userId: data.u,
@@ -673,6 +688,7 @@ export class BillingWorker {
         latencyMs,
         chargeId: undefined,
         error: result.kind === 'charged' ? undefined : result.reason,
+        ...(noted ? { attempt: note } : {}),
       });
     };
     const verdict = this.#watch.observe(result);
@@ -713,9 +729,11 @@ export class BillingWorker {
           : result.kind === 'charged'
             ? undefined
             : result.reason,
+      attempt: note,
     };
     if (verdict.action === 'hold') {
-      await putBack(before.attempts, before.ambiguous);
+      // The attempt goes into the history with the decline, once the watch lets it be recorded.
+      await putBack(before.attempts, before.ambiguous, false);
       return this.#hold(job, token, outcome);
     }
     if (verdict.action === 'release') await this.#release();
@@ -795,6 +813,55 @@ export class BillingWorker {
     this.#ledger.record(runId, outcome);
     await this.#ledger.flush();
     if (outcome.state !== 'pending' && outcome.state !== 'invalid') this.#ended[outcome.state]++;
+    if (outcome.attempt !== undefined) this.#tell(runId, outcome);
+  }
+
+  /** Tells the run's sampler and the worker's watchers of an attempt just recorded. */
+  #tell(runId: string, outcome: ChargeOutcome): void {
+    const event: AttemptEvent = {
+      userId: outcome.userId,
+      attempt: outcome.attempt?.n ?? outcome.attempts,
+      latencyMs: outcome.latencyMs ?? 0,
+      status: outcome.httpStatus,
+      outcome: attemptOutcome(outcome),
+      reason: outcome.error,
+    };
+    this.#samplerOf(runId)?.attempt(event);
+    this.#options.onAttempt?.(runId, event);
+  }
+
+  /** The run's sampler, made on its first attempt here (none when samples are off). */
+  #samplerOf(runId: string): RunSampler | undefined {
+    if (this.#options.samples === false) return undefined;
+    let sampler = this.#samplers.get(runId);
+    if (sampler === undefined) {
+      sampler = new RunSampler({
+        source: this.#name,
+        now: Date.now,
+        gauges: () => ({
+          inFlight: this.#inFlight,
+          limit: (this.#paced ? this.#pacingState?.limit : undefined) ?? this.#options.concurrency,
+          breaker: this.#breakerState,
+        }),
+        sink: (sample) => void this.#ledger.noteSample(runId, sample).catch(() => {}),
+      });
+      this.#samplers.set(runId, sampler);
+      let ticks = 0;
+      this.#sampleTimer ??= setInterval(() => {
+        for (const each of this.#samplers.values()) each.tick();
+        // The queue's breaker as every worker moves it, read once a second.
+        if (ticks++ % 4 === 0 && this.#breaker !== undefined) {
+          this.#breaker
+            .snapshot()
+            .then((snapshot) => {
+              this.#breakerState = snapshot.state;
+            })
+            .catch(() => {});
+        }
+      }, 250);
+      this.#sampleTimer.unref();
+    }
+    return sampler;
   }
 
   /**

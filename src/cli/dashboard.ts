@@ -1,0 +1,224 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { UsageError } from '../domain/errors.js';
+import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
+import { DEFAULT_PREFIX, ledgerPrefix } from '../engine/distributed/jobs.js';
+import type { ChargeRecord, Ledger } from '../ledger/ledger.js';
+import { RedisLedger, redactedUrl } from '../ledger/redis-ledger.js';
+import type { Problem, UserView } from '../observe/dashboard/api.js';
+import {
+  type Dashboard,
+  type DashboardSource,
+  isLoopback,
+  startDashboard,
+} from '../observe/dashboard/server.js';
+import { createLogger, type LogLevel } from '../observe/log.js';
+import { BillingMetrics } from '../observe/metrics.js';
+import { openLedger } from './ledger-access.js';
+import { TOKEN_ENV } from './observers-flags.js';
+import { onStopSignals } from './signals.js';
+
+/** What the dashboard shows, read from a ledger (SQLite or Redis). */
+export function ledgerSource(ledger: Ledger): DashboardSource {
+  return {
+    async runs() {
+      return (await ledger.listRuns()).map((run) => ({
+        runId: run.runId,
+        createdAt: run.createdAt,
+        finishedAt: run.finishedAt,
+        total: run.total,
+        inputPath: run.inputPath,
+      }));
+    },
+    async run(runId) {
+      const run = await ledger.findRun(runId);
+      if (run === undefined) return undefined;
+      const [counts, chargedAmounts] = await Promise.all([
+        ledger.counts(runId),
+        ledger.totals(runId, 'charged'),
+      ]);
+      return {
+        runId,
+        inputPath: run.inputPath,
+        endpoint: run.endpoint,
+        createdAt: run.createdAt,
+        finishedAt: run.finishedAt,
+        total: run.total,
+        counts,
+        chargedAmounts,
+        dispatch: run.dispatch,
+      };
+    },
+    samples: (runId, afterAt) => ledger.samples(runId, afterAt),
+    async problems(runId, filter) {
+      const { rows, matching } = await ledger.problems(runId, filter);
+      return { problems: rows.map(problemOf), matching };
+    },
+    async user(runId, userId): Promise<UserView | undefined> {
+      const charge = await ledger.charge(runId, userId);
+      if (charge === undefined) return undefined;
+      const history = await ledger.attemptHistory(runId, charge.userId);
+      return {
+        runId,
+        userId: charge.userId,
+        line: charge.line,
+        state: charge.state,
+        amount: charge.amount,
+        currency: charge.currency,
+        attempts: charge.attempts,
+        ambiguous: charge.ambiguous,
+        httpStatus: charge.httpStatus,
+        latencyMs: charge.latencyMs,
+        chargeId: charge.chargeId,
+        error: charge.error,
+        history,
+      };
+    },
+  };
+}
+
+function problemOf(charge: ChargeRecord): Problem {
+  return {
+    userId: charge.userId,
+    line: charge.line,
+    state: charge.state,
+    amount: charge.amount,
+    currency: charge.currency,
+    attempts: charge.attempts,
+    httpStatus: charge.httpStatus,
+    error: charge.error,
+  };
+}
+
+/** `--dashboard-token`, else the environment's; '' counts as none. */
+export function dashboardToken(flag: string | undefined): string | undefined {
+  const token = flag ?? process.env[TOKEN_ENV];
+  return token === undefined || token === '' ? undefined : token;
+}
+
+/** A port flag's value: `--dashboard` alone means 0 (any free port). */
+export function portOf(value: true | number | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  return value === true ? 0 : value;
+}
+
+/** Serves prom-client's text on /metrics, and nothing else. */
+export async function startMetricsServer(
+  metrics: BillingMetrics,
+  port: number,
+  host: string,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const server: Server = createServer((request, response) => {
+    if (request.url?.split('?')[0] !== '/metrics') {
+      response.writeHead(404, { 'Content-Type': 'text/plain' });
+      response.end('metrics are on /metrics\n');
+      return;
+    }
+    metrics.text().then(
+      (text) => {
+        response.writeHead(200, { 'Content-Type': metrics.contentType });
+        response.end(text);
+      },
+      (error: unknown) => {
+        response.writeHead(500, { 'Content-Type': 'text/plain' });
+        response.end(`${(error as Error).message}\n`);
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error) =>
+      reject(new UsageError(`--metrics-port: cannot listen on ${host}:${port}: ${error.message}`)),
+    );
+    server.listen(port, host, () => resolve());
+  });
+  const bound = (server.address() as AddressInfo).port;
+  return {
+    url: `http://${host.includes(':') ? `[${host}]` : host}:${bound}/metrics`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export interface DashboardFlags {
+  ledger: string;
+  redis?: string;
+  prefix: string;
+  port: number;
+  host: string;
+  runId?: string;
+  dashboardToken?: string;
+  logLevel?: LogLevel;
+  logFile?: string;
+}
+
+/** `bulkbill dashboard`: serves any run of a ledger, live or finished, until a signal. */
+export async function dashboardCommand(flags: DashboardFlags): Promise<number> {
+  const token = dashboardToken(flags.dashboardToken);
+  const log = createLogger({
+    level: flags.logLevel,
+    file: flags.logFile,
+    base: { component: 'dashboard' },
+  });
+  let ledger: Ledger;
+  let redis: ReturnType<typeof connectRedis> | undefined;
+  let where: string;
+  if (flags.redis !== undefined) {
+    redis = connectRedis(flags.redis, 'patient');
+    try {
+      await checkReachable(redis, flags.redis);
+    } catch (error) {
+      await closeRedis(redis);
+      throw error;
+    }
+    ledger = new RedisLedger({ redis, prefix: ledgerPrefix(flags.prefix ?? DEFAULT_PREFIX) });
+    where = redactedUrl(flags.redis);
+  } else {
+    ledger = await openLedger(flags.ledger);
+    where = flags.ledger;
+  }
+  let dashboard: Dashboard | undefined;
+  try {
+    if (flags.runId !== undefined && (await ledger.findRun(flags.runId)) === undefined) {
+      throw new UsageError(`--run-id: no run ${flags.runId} in ${where}`);
+    }
+    const metrics = new BillingMetrics();
+    const source = ledgerSource(ledger);
+    dashboard = await startDashboard({
+      source,
+      host: flags.host,
+      port: flags.port,
+      token,
+      current: flags.runId,
+      metrics: async () => {
+        // The runs' rows per state, as the ledger counts them now.
+        for (const run of await ledger.listRuns()) {
+          metrics.counts(run.runId, await ledger.counts(run.runId));
+        }
+        return { contentType: metrics.contentType, text: await metrics.text() };
+      },
+    });
+    const url = dashboard.url;
+    process.stderr.write(
+      `bulkbill: dashboard of ${where} on ${url}${token === undefined ? '' : ' (token required: open it as ?token=…)'}${isLoopback(flags.host) ? '' : ' — reachable from other machines'}; Ctrl-C to stop\n`,
+    );
+    log.info({ url, ledger: where, run: flags.runId ?? null }, 'dashboard started');
+    await new Promise<void>((resolve) => {
+      const remove = onStopSignals(
+        () => {
+          remove();
+          resolve();
+        },
+        () => {},
+      );
+    });
+    log.info('dashboard stopped');
+    return 0;
+  } finally {
+    await dashboard?.close();
+    await ledger.close();
+    if (redis !== undefined) await closeRedis(redis);
+  }
+}
