@@ -261,6 +261,11 @@ const runCommandSpec = program
     integerFlag('--dashboard'),
   )
   .option('--dashboard-host <host>', 'interface the dashboard listens on', '127.0.0.1')
+  .option(
+    '--linger <duration>',
+    'after the run, keep the dashboard and metrics up this long (a last scrape, a look at the end)',
+    durationFlag('--linger'),
+  )
   .addOption(dashboardTokenOption());
 watchOptions(runCommandSpec, ' (default: no JSON log; with --log-file, info)');
 runCommandSpec

@@ -115,6 +115,11 @@ export class Observers {
     return lines.length === 0 ? '' : `${lines.join('\n')}\n`;
   }
 
+  /** Whether a dashboard or metrics server is up. */
+  get serving(): boolean {
+    return this.#dashboard !== undefined || this.#metricsServer !== undefined;
+  }
+
   get dashboardUrl(): string | undefined {
     return this.#dashboard?.url;
   }

@@ -46,6 +46,8 @@ export interface RunFlags extends ObserveFlags {
   prefix?: string;
   globalConcurrency?: number;
   lockDuration?: number;
+  /** Keep the dashboard and metrics up this long after the run, in ms. */
+  linger?: number;
 }
 
 /** The summary of a finished call, as printed and as `--json` emits it. */
@@ -279,12 +281,35 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
         `bulkbill run ${input} --run-id ${result.run.runId}${flags.redis === undefined ? '' : ' --redis …'}`,
       ),
     );
-    return exitStatusOf(result);
+    const status = exitStatusOf(result);
+    removeSignals();
+    await linger(observers, flags.linger);
+    return status;
   } finally {
     display.finish();
     removeSignals();
     await observers.close();
   }
+}
+
+/**
+ * Keeps the dashboard and the metrics up `ms` after the run (for a last scrape and a look at the
+ * end), or until a signal; the run's exit status stands either way.
+ */
+async function linger(observers: Observers, ms: number | undefined): Promise<void> {
+  if (ms === undefined || ms <= 0 || !observers.serving) return;
+  process.stderr.write(
+    `bulkbill: the run is over; the dashboard and metrics stay up for ${formatDuration(ms)} (Ctrl-C ends it now)\n`,
+  );
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(done, ms);
+    const remove = onStopSignals(done, () => {});
+    function done() {
+      clearTimeout(timer);
+      remove();
+      resolve();
+    }
+  });
 }
 
 /** `make()`, or undefined where it throws: the command itself reports that mistake, in context. */

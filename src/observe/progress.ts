@@ -70,7 +70,7 @@ export function describeProgress(event: ProgressEvent): string {
     `${number.format(event.done)}/${number.format(event.total)} ${percent}%`,
     `${number.format(Math.round(event.perSecond))}/s`,
     `ETA ${event.etaMs === undefined ? '?' : formatDuration(event.etaMs)}`,
-    `in flight ${number.format(event.inFlight)}${paced(event) ? `/${number.format(event.dispatch?.limit ?? 0)}${event.dispatch?.mode === 'auto' ? ' (auto)' : ''}` : ''}`,
+    `in flight ${number.format(event.inFlight)}${event.dispatch === undefined ? '' : `/${number.format(event.dispatch.limit)}${event.dispatch.mode === 'auto' ? ' (auto)' : ''}`}`,
     `charged ${number.format(event.charged)}`,
     `declined ${number.format(event.declined)}`,
     `retrying ${number.format(event.retrying)}`,
@@ -78,8 +78,8 @@ export function describeProgress(event: ProgressEvent): string {
   ];
   if (event.pausedMs > 0) parts.push(`paused ${formatDuration(event.pausedMs)} (Retry-After)`);
   const dispatch = event.dispatch;
-  if (dispatch !== undefined && paced(event) && dispatch.throttled > 0) {
-    parts.push(`throttled ${number.format(dispatch.throttled)}`);
+  if (dispatch !== undefined && dispatch.throttled > 0) {
+    parts.push(`refused ${number.format(dispatch.throttled)} (429/503)`);
   }
   const deadline = dispatch?.deadline;
   if (deadline !== undefined) {
@@ -98,11 +98,6 @@ export function describeProgress(event: ProgressEvent): string {
     );
   }
   return parts.join(' · ');
-}
-
-/** Whether the run is paced by auto or a deadline: then the limit is worth showing. */
-function paced(event: ProgressEvent): boolean {
-  return event.dispatch?.mode === 'auto' || event.dispatch?.deadline !== undefined;
 }
 
 function bar(event: ProgressEvent): string {

@@ -52,6 +52,38 @@ describe('describeProgress', () => {
     expect(describeProgress(event({ failed: 3, unknown: 0 }))).toContain('failed 3');
   });
 
+  it('shows the concurrency limit, refusals, the deadline and the breaker where they exist', () => {
+    const fixed = { mode: 'fixed' as const, limit: 80, maxInFlight: 80, throttled: 0 };
+    expect(describeProgress(event({ dispatch: fixed }))).toContain('in flight 64/80 ·');
+    expect(describeProgress(event({ dispatch: fixed }))).not.toContain('refused');
+    const auto = { ...fixed, mode: 'auto' as const, throttled: 1_234 };
+    const line = describeProgress(event({ dispatch: auto }));
+    expect(line).toContain('in flight 64/80 (auto)');
+    expect(line).toContain('refused 1,234 (429/503)');
+    const deadline = {
+      ...fixed,
+      deadline: {
+        at: 0,
+        feasible: false,
+        need: 900,
+        expectedEndAt: Date.UTC(2026, 11, 1, 9, 30),
+        bound: 'rate',
+      },
+    };
+    expect(describeProgress(event({ dispatch: deadline }))).toContain(
+      'DEADLINE AT RISK: rate, ends about 09:30:00Z',
+    );
+    const onTrack = { ...fixed, deadline: { ...deadline.deadline, feasible: true } };
+    expect(describeProgress(event({ dispatch: onTrack }))).toContain(
+      'deadline on track (needs 900)',
+    );
+    const open = {
+      ...fixed,
+      breaker: { state: 'open' as const, opened: 1, probes: 0, excused: 3 },
+    };
+    expect(describeProgress(event({ dispatch: open }))).toContain('PROVIDER DOWN: breaker open');
+  });
+
   it('writes ? for an ETA not known yet', () => {
     expect(describeProgress(event({ etaMs: undefined }))).toContain('ETA ?');
   });

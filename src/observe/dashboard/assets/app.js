@@ -186,17 +186,26 @@ const dash = (value) => (value === undefined || value === null || value === '' ?
 // ---------------------------------------------------------------------------------------------
 // Run picker
 
+function runLabel(run) {
+  const state = run.finishedAt ? 'finished' : 'not finished';
+  return `${run.runId} · ${formatTime(Date.parse(run.createdAt))} · ${run.total} rows · ${state}`;
+}
+
 function renderRunList(list) {
   const runs = [...list.runs].sort((a, b) => String(b.createdAt).localeCompare(a.createdAt));
   const select = $('runs');
   select.replaceChildren(
-    ...runs.map((run) => {
-      const state = run.finishedAt ? 'finished' : 'not finished';
-      const label = `${run.runId} · ${formatTime(Date.parse(run.createdAt))} · ${run.total} rows · ${state}`;
-      return el('option', { value: run.runId, text: label, title: run.inputPath });
-    }),
+    ...runs.map((run) =>
+      el('option', { value: run.runId, text: runLabel(run), title: run.inputPath }),
+    ),
   );
   return runs;
+}
+
+/** The shown run's option follows its view (it finishes while the page is open). */
+function relabelRunOption(run) {
+  const option = [...$('runs').options].find((each) => each.value === run.runId);
+  if (option) option.textContent = runLabel(run);
 }
 
 function selectRunOption(runId) {
@@ -240,6 +249,7 @@ function buildProgress() {
 
 function renderRun(run) {
   app.run = run;
+  relabelRunOption(run);
   $('run-id').textContent = run.runId;
   $('run-input').textContent = dash(run.inputPath);
   $('run-endpoint').textContent = dash(run.endpoint);
