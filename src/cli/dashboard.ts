@@ -1,15 +1,18 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { DispatchReport } from '../domain/dispatch.js';
 import { UsageError } from '../domain/errors.js';
 import { checkReachable, closeRedis, connectRedis } from '../engine/distributed/connection.js';
-import { DEFAULT_PREFIX, ledgerPrefix } from '../engine/distributed/jobs.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
+import { DistributedStatusReader } from '../engine/distributed/status.js';
 import type { ChargeRecord, Ledger } from '../ledger/ledger.js';
-import { RedisLedger, redactedUrl } from '../ledger/redis-ledger.js';
+import { redactedUrl } from '../ledger/redis-ledger.js';
 import type { Problem, UserView } from '../observe/dashboard/api.js';
 import {
   type Dashboard,
   type DashboardSource,
   isLoopback,
+  pointsOf,
   startDashboard,
 } from '../observe/dashboard/server.js';
 import { createLogger, type LogLevel } from '../observe/log.js';
@@ -73,6 +76,44 @@ export function ledgerSource(ledger: Ledger): DashboardSource {
         error: charge.error,
         history,
       };
+    },
+  };
+}
+
+/**
+ * A distributed run's source: the ledger's, and how the run is paced as the queue says (its
+ * decider's limit and deadline, its shared breaker), with the most in flight and the refusals
+ * from the workers' samples.
+ */
+export function queueSource(reader: DistributedStatusReader): DashboardSource {
+  const base = ledgerSource(reader.ledger);
+  return {
+    ...base,
+    async run(runId) {
+      const basics = await base.run(runId);
+      if (basics === undefined) return undefined;
+      const [status, samples] = await Promise.all([
+        reader.read(runId, 0),
+        reader.ledger.samples(runId, 0),
+      ]);
+      const points = pointsOf(samples);
+      const pacing = status.runPaced ? status.pacing : undefined;
+      const dispatch: DispatchReport = {
+        mode: pacing?.mode ?? 'fixed',
+        limit: pacing?.limit ?? points.at(-1)?.limit ?? 0,
+        maxInFlight: points.reduce((most, point) => Math.max(most, point.inFlight), 0),
+        throttled: points.reduce((sum, point) => sum + point.refusalsPerSecond, 0),
+        ...(pacing?.capacity === undefined ? {} : { capacity: pacing.capacity }),
+        ...(pacing?.baselineMs === undefined ? {} : { baselineMs: pacing.baselineMs }),
+        ...(pacing?.deadline === undefined ? {} : { deadline: pacing.deadline }),
+        breaker: {
+          state: status.breaker.state,
+          opened: status.breaker.opened,
+          probes: status.breaker.probes,
+          excused: 0,
+        },
+      };
+      return { ...basics, dispatch };
     },
   };
 }
@@ -146,6 +187,7 @@ export interface DashboardFlags {
   ledger: string;
   redis?: string;
   prefix: string;
+  queue?: string;
   port: number;
   host: string;
   runId?: string;
@@ -164,6 +206,7 @@ export async function dashboardCommand(flags: DashboardFlags): Promise<number> {
   });
   let ledger: Ledger;
   let redis: ReturnType<typeof connectRedis> | undefined;
+  let reader: DistributedStatusReader | undefined;
   let where: string;
   if (flags.redis !== undefined) {
     redis = connectRedis(flags.redis, 'patient');
@@ -173,7 +216,12 @@ export async function dashboardCommand(flags: DashboardFlags): Promise<number> {
       await closeRedis(redis);
       throw error;
     }
-    ledger = new RedisLedger({ redis, prefix: ledgerPrefix(flags.prefix ?? DEFAULT_PREFIX) });
+    reader = new DistributedStatusReader({
+      redis,
+      prefix: flags.prefix ?? DEFAULT_PREFIX,
+      queue: flags.queue ?? DEFAULT_QUEUE,
+    });
+    ledger = reader.ledger;
     where = redactedUrl(flags.redis);
   } else {
     ledger = await openLedger(flags.ledger);
@@ -185,7 +233,7 @@ export async function dashboardCommand(flags: DashboardFlags): Promise<number> {
       throw new UsageError(`--run-id: no run ${flags.runId} in ${where}`);
     }
     const metrics = new BillingMetrics();
-    const source = ledgerSource(ledger);
+    const source = reader === undefined ? ledgerSource(ledger) : queueSource(reader);
     dashboard = await startDashboard({
       source,
       host: flags.host,
@@ -218,7 +266,8 @@ export async function dashboardCommand(flags: DashboardFlags): Promise<number> {
     return 0;
   } finally {
     await dashboard?.close();
-    await ledger.close();
+    if (reader !== undefined) await reader.close();
+    else await ledger.close();
     if (redis !== undefined) await closeRedis(redis);
   }
 }

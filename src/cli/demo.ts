@@ -13,6 +13,9 @@ export interface DemoFlags {
   users: number;
   latency: number;
   concurrency: number;
+  /** `--dashboard [port]`: watch the demo in the browser. */
+  dashboard?: true | number;
+  linger?: number;
 }
 
 /** Starts `bulkbill mock-provider` as a child process (its own core) and resolves its URL. */
@@ -88,6 +91,9 @@ export async function demoCommand(flags: DemoFlags): Promise<number> {
         `bulkbill demo: ${flags.users.toLocaleString('en-US')} users against the mock billing provider at ${provider.url}`,
         `  the provider: ${formatDuration(flags.latency)} per charge, 2% transient 503s, 0.5% answers lost after charging, 1% declined cards`,
         `  one after another this would take ${serial}; bulkbill runs ${flags.concurrency} at a time`,
+        ...(flags.dashboard === undefined
+          ? ['  to watch it in a browser: npm start -- --dashboard 8080 --linger 10m']
+          : []),
         '',
       ].join('\n'),
     );
@@ -101,6 +107,8 @@ export async function demoCommand(flags: DemoFlags): Promise<number> {
       ledger: 'bulkbill-demo.db',
       report: `${runId}.report.csv`,
       header: [],
+      ...(flags.dashboard === undefined ? {} : { dashboard: flags.dashboard }),
+      ...(flags.linger === undefined ? {} : { linger: flags.linger }),
     });
     const response = await request(`${provider.url}/stats`);
     const stats = (await response.body.json()) as Record<string, number>;

@@ -477,6 +477,7 @@ program
   )
   .option('--ledger <path>', 'SQLite ledger file', 'bulkbill.db')
   .option('--redis <url>', 'show the runs of the distributed engine in this Redis')
+  .addOption(queueOption(', with --redis: whose pacing and breaker are shown'))
   .addOption(prefixOption(', with --redis'))
   .option('--run-id <id>', 'the run the page opens on (default: the newest)')
   .option('--port <n>', 'TCP port; 0 picks a free one', integerFlag('--port'), 8080)
@@ -592,7 +593,23 @@ program
   .option('--users <n>', 'how many demo users', integerFlag('--users'), 10_000)
   .option('--latency <duration>', "the provider's latency", durationFlag('--latency'), 1_600)
   .option('--concurrency <n>', 'requests in flight', integerFlag('--concurrency'), 1_000)
-  .addHelpText('after', examples(`$ bulkbill demo --users 10000 --latency 1.6s --concurrency 1000`))
+  .option(
+    '--dashboard [port]',
+    'watch it in the web dashboard (default: a free port, printed)',
+    integerFlag('--dashboard'),
+  )
+  .option(
+    '--linger <duration>',
+    'after the run, keep the dashboard up this long',
+    durationFlag('--linger'),
+  )
+  .addHelpText(
+    'after',
+    examples(
+      `$ bulkbill demo --users 10000 --latency 1.6s --concurrency 1000`,
+      `$ npm start -- --dashboard 8080 --linger 10m     # then open http://127.0.0.1:8080/`,
+    ),
+  )
   .action(async (flags) => {
     const { demoCommand } = await import('./demo.js');
     process.exitCode = await demoCommand(flags);

@@ -1,16 +1,16 @@
 import type { Logger } from 'pino';
 import { UsageError } from '../domain/errors.js';
-import type { Ledger } from '../ledger/ledger.js';
 import type { AttemptEvent } from '../observe/attempts.js';
 import {
   type Dashboard,
+  type DashboardSource,
   refuseOpenDashboard,
   startDashboard,
 } from '../observe/dashboard/server.js';
 import { createLogger, LOG_LEVELS, type LogLevel, RunLog } from '../observe/log.js';
 import { BillingMetrics } from '../observe/metrics.js';
 import type { ProgressEvent } from '../observe/progress.js';
-import { dashboardToken, ledgerSource, portOf, startMetricsServer } from './dashboard.js';
+import { dashboardToken, portOf, startMetricsServer } from './dashboard.js';
 
 /** The flags `run` and `worker` share for watching them: metrics, logs, and (run) the dashboard. */
 export interface ObserveFlags {
@@ -23,13 +23,19 @@ export interface ObserveFlags {
   logFile?: string;
 }
 
+/** A dashboard's source and how to let go of it. */
+export interface OpenSource {
+  readonly source: DashboardSource;
+  close(): Promise<void>;
+}
+
 /** What watches a billing process: every part optional, each fed the same events. */
 export class Observers {
   readonly metrics: BillingMetrics | undefined;
   readonly log: Logger | undefined;
   readonly #runLog: RunLog | undefined;
   #dashboard: Dashboard | undefined;
-  #dashboardLedger: Ledger | undefined;
+  #dashboardSource: OpenSource | undefined;
   #metricsServer: { url: string; close(): Promise<void> } | undefined;
   #runId: string | undefined;
 
@@ -42,14 +48,14 @@ export class Observers {
   /**
    * Starts what the flags ask for. `log`: `always` (a worker: JSON on stderr by default), or
    * `asked` (`run`: its stderr is for people; JSON goes to --log-file, or stderr with --log-level).
-   * `openLedger` opens a second connection to the run's ledger for the dashboard.
+   * `openSource` opens a second connection to the run's ledger for the dashboard.
    */
   static async start(
     flags: ObserveFlags,
     options: {
       readonly log: 'always' | 'asked';
       readonly component: string;
-      readonly openLedger?: () => Promise<Ledger>;
+      readonly openSource?: () => Promise<OpenSource>;
     },
   ): Promise<Observers> {
     if (flags.logLevel !== undefined && !LOG_LEVELS.includes(flags.logLevel)) {
@@ -77,15 +83,15 @@ export class Observers {
           flags.metricsHost ?? '127.0.0.1',
         );
       }
-      if (dashboardPort !== undefined && options.openLedger !== undefined) {
+      if (dashboardPort !== undefined && options.openSource !== undefined) {
         // Checked before the ledger is opened: a refused dashboard charges nobody.
         const token = dashboardToken(flags.dashboardToken);
         refuseOpenDashboard(flags.dashboardHost ?? '127.0.0.1', token);
-        const ledger = await options.openLedger();
-        observers.#dashboardLedger = ledger;
+        const opened = await options.openSource();
+        observers.#dashboardSource = opened;
         const metrics = observers.metrics;
         observers.#dashboard = await startDashboard({
-          source: ledgerSource(ledger),
+          source: opened.source,
           host: flags.dashboardHost,
           port: dashboardPort,
           token,
@@ -153,8 +159,8 @@ export class Observers {
   async close(): Promise<void> {
     await this.#dashboard?.close();
     this.#dashboard = undefined;
-    await this.#dashboardLedger?.close();
-    this.#dashboardLedger = undefined;
+    await this.#dashboardSource?.close();
+    this.#dashboardSource = undefined;
     await this.#metricsServer?.close();
     this.#metricsServer = undefined;
   }

@@ -1,8 +1,10 @@
 import { formatDuration } from '../domain/duration.js';
+import { closeRedis, connectRedis } from '../engine/distributed/connection.js';
 import { billDistributed } from '../engine/distributed/distributed-engine.js';
-import { DEFAULT_PREFIX, DEFAULT_QUEUE, ledgerPrefix } from '../engine/distributed/jobs.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE } from '../engine/distributed/jobs.js';
+import { DistributedStatusReader } from '../engine/distributed/status.js';
 import { type BillPlan, type BillResult, bill } from '../engine/local-engine.js';
-import { RedisLedger, redactedUrl } from '../ledger/redis-ledger.js';
+import { redactedUrl } from '../ledger/redis-ledger.js';
 import { SqliteLedger } from '../ledger/sqlite-ledger.js';
 import type { AttemptEvent } from '../observe/attempts.js';
 import { ProgressDisplay, type ProgressEvent } from '../observe/progress.js';
@@ -10,6 +12,7 @@ import { type ProviderDescriptionInput, plainHttpWarning } from '../provider/ind
 import { formatAmounts, formatSummary } from '../report/format.js';
 import { latencyPercentiles, type RunSummary } from '../report/summary.js';
 import { announceRun } from './announce.js';
+import { ledgerSource, queueSource } from './dashboard.js';
 import { ExitStatus } from './exit-codes.js';
 import { type ObserveFlags, Observers } from './observers.js';
 import { billLabel } from './parse.js';
@@ -134,13 +137,25 @@ export async function runCommand(input: string, flags: RunFlags): Promise<number
   const observers = await Observers.start(flags, {
     log: 'asked',
     component: 'run',
-    openLedger: async () =>
-      flags.redis === undefined
-        ? new SqliteLedger({ path: flags.ledger })
-        : new RedisLedger({
-            redis: flags.redis,
-            prefix: ledgerPrefix(flags.prefix ?? DEFAULT_PREFIX),
-          }),
+    openSource: async () => {
+      if (flags.redis === undefined) {
+        const ledger = new SqliteLedger({ path: flags.ledger });
+        return { source: ledgerSource(ledger), close: () => ledger.close() };
+      }
+      const redis = connectRedis(flags.redis, 'patient');
+      const reader = new DistributedStatusReader({
+        redis,
+        prefix: flags.prefix ?? DEFAULT_PREFIX,
+        queue: flags.queue ?? DEFAULT_QUEUE,
+      });
+      return {
+        source: queueSource(reader),
+        close: async () => {
+          await reader.close();
+          await closeRedis(redis);
+        },
+      };
+    },
   });
   stderr.write(observers.describe());
   const controller = new AbortController();

@@ -195,12 +195,12 @@ class DashboardApp {
     if (asset !== undefined) return this.#asset(response, url.pathname, asset);
     if (url.pathname === '/metrics') return this.#metrics(response);
     if (url.pathname === '/api/runs') return this.#runs(response);
-    const match = /^\/api\/runs\/([^/]+)(?:\/(series|problems|events|users)(?:\/([^/]+))?)?$/.exec(
+    const match = /^\/api\/runs\/([^/]+)(?:\/(series|problems|events)|\/(users)\/([^/]+))?$/.exec(
       url.pathname,
     );
     if (match === null) return json(response, 404, { error: `no such page: ${url.pathname}` });
     const runId = safeDecode(match[1] ?? '');
-    const part = match[2];
+    const part = match[2] ?? match[3];
     if (runId === undefined) return json(response, 400, { error: 'a run id badly encoded' });
     const basics = await this.#options.source.run(runId);
     if (basics === undefined) return json(response, 404, { error: `no run ${runId}` });
@@ -214,7 +214,7 @@ class DashboardApp {
       case 'problems':
         return this.#problems(response, runId, url);
       case 'users': {
-        const userId = safeDecode(match[3] ?? '');
+        const userId = safeDecode(match[4] ?? '');
         if (userId === undefined || userId === '') {
           return json(response, 400, { error: 'which user? /api/runs/:runId/users/:userId' });
         }
@@ -293,7 +293,7 @@ class DashboardApp {
         error: `state must be one of all, ${PROBLEM_STATES.join(', ')}; got ${JSON.stringify(state)}`,
       });
     }
-    const limit = Math.min(Math.max(numberOf(url, 'limit') ?? 100, 1), 1_000);
+    const limit = Math.floor(Math.min(Math.max(numberOf(url, 'limit') ?? 100, 1), 1_000));
     const q = url.searchParams.get('q') ?? '';
     json(
       response,
@@ -327,7 +327,8 @@ class DashboardApp {
     const runId = basics.runId;
     const lastEventId = Number(request.headers['last-event-id']);
     const all = await this.#series(basics, 0);
-    const firstAt = all.points[0]?.at;
+    // The run's first second: known now, or from the first points the stream sends.
+    let firstAt = all.points[0]?.at;
     let cursor =
       numberOf(url, 'after') ??
       (Number.isFinite(lastEventId) && lastEventId > 0 ? lastEventId : undefined) ??
@@ -349,6 +350,7 @@ class DashboardApp {
         if (now === undefined) return;
         const page = await this.#series(now, cursor);
         cursor = page.cursor;
+        firstAt ??= page.points[0]?.at;
         const update: LiveUpdate = {
           run: runView(now, await this.#samples(runId, this.#now() - 60_000), this.#now(), firstAt),
           points: page.points,
