@@ -892,9 +892,24 @@ export class RedisLedger implements Ledger {
   async attemptHistory(runId: string, userId: string): Promise<AttemptRecord[]> {
     if (!(await this.#isPublished(runId))) return [];
     const key = this.#runKeys(runId).history;
-    // A ledger written by an older bulkbill has no history: nothing to show.
     const value = await this.#call(() => this.#redis.hget(key, userId));
-    return value === null || value === '' ? [] : parseHistory(value);
+    const kept = value === null || value === '' ? [] : parseHistory(value);
+    if (kept.some((attempt) => attempt.outcome === 'charged')) return kept;
+    // A charge charged at its first request keeps no entry (RECORD_OUTCOMES): its row holds that
+    // attempt, read here (also for a ledger of an older bulkbill, which kept no history).
+    const charge = await this.charge(runId, userId);
+    if (charge === undefined || charge.state !== 'charged' || charge.firstAttemptAt === undefined) {
+      return kept;
+    }
+    const first: AttemptRecord = {
+      attempt: charge.attempts,
+      at: charge.firstAttemptAt,
+      httpStatus: charge.httpStatus,
+      latencyMs: charge.latencyMs,
+      outcome: 'charged',
+      reason: undefined,
+    };
+    return [first, ...kept].sort((a, b) => a.at - b.at);
   }
 
   async noteSample(runId: string, sample: RunSample): Promise<void> {

@@ -1337,6 +1337,9 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
       it("adds a late outcome's attempt to a charged charge's history, and leaves the charge charged", async () => {
         const ledger = await open({ flushIntervalMs: 60_000 });
         await create(ledger, 'r1', rows(1));
+        await ledger.startAttempts('r1', [
+          { userId: 'u1', attempts: 1, ambiguous: false, at: 1_000 },
+        ]);
         ledger.record('r1', attempted('u1', 1, 1_000));
         await ledger.flush();
         ledger.record(
@@ -1397,6 +1400,10 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
           outcome: 'charged',
           reason: undefined,
         });
+        // Charged at its first request: its history is that one attempt.
+        await ledger.startAttempts('r1', [
+          { userId: 'u2', attempts: 1, ambiguous: false, at: 500 },
+        ]);
         ledger.record('r1', attempted('u2', 1, 500));
         await ledger.flush();
         const history = await ledger.attemptHistory('r1', 'u1');
@@ -1405,7 +1412,16 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         expect([HISTORY_KEPT, expected.length]).toContain(history.length);
         expect(history).toEqual(expected.slice(-history.length));
         expect(history.at(-1)?.outcome).toBe('charged');
-        expect(await ledger.attemptHistory('r1', 'u2')).toHaveLength(1);
+        expect(await ledger.attemptHistory('r1', 'u2')).toEqual([
+          {
+            attempt: 1,
+            at: 500,
+            httpStatus: 200,
+            latencyMs: 12,
+            outcome: 'charged',
+            reason: undefined,
+          },
+        ]);
       });
 
       it('keeps samples and returns those of seconds after a time, oldest first', async () => {
