@@ -601,17 +601,35 @@ describe('RedisLedger: memory', () => {
       }
     }
     await ledger.createRun(runOf('cycle'), batches(), () => {});
-    // Half charged, with a realistic 24-character charge id; half still pending.
+    // Half charged, with a realistic 24-character charge id, as the engines record them (with
+    // the attempt, for the dashboard's history); a tenth of those after a 503; half still pending.
+    const at = Date.now();
     for (let n = 0; n < users; n += 2) {
+      const userId = `user-${String(n).padStart(7, '0')}`;
+      const retried = n % 20 === 0;
+      if (retried) {
+        ledger.record('cycle', {
+          userId,
+          state: 'pending',
+          attempts: 1,
+          ambiguous: false,
+          httpStatus: 503,
+          latencyMs: 212.5,
+          chargeId: undefined,
+          error: '503 Service Unavailable',
+          attempt: { n: 1, at, throttled: false },
+        });
+      }
       ledger.record('cycle', {
-        userId: `user-${String(n).padStart(7, '0')}`,
+        userId,
         state: 'charged',
-        attempts: 1,
+        attempts: retried ? 2 : 1,
         ambiguous: false,
         httpStatus: 200,
         latencyMs: 1_612.4,
         chargeId: `ch_${randomBytes(6).toString('hex')}${String(n).padStart(9, '0')}`,
         error: undefined,
+        attempt: { n: retried ? 2 : 1, at: at + 2_000, throttled: false },
       });
     }
     await ledger.flush();
