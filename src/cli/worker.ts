@@ -84,7 +84,12 @@ export async function workerCommand(flags: WorkerFlags): Promise<number> {
   // handed to the logger, and its redaction would censor them.
   const observers = await Observers.start(flags, { log: 'always', component: 'worker' });
   const log = observers.log as NonNullable<typeof observers.log>;
-  if (observers.metricsUrl !== undefined) log.info({ url: observers.metricsUrl }, 'metrics served');
+  if (observers.metricsUrl !== undefined) {
+    log.info({ url: observers.metricsUrl }, 'metrics served');
+    // With --log-file the log is elsewhere: the operator still sees where to scrape.
+    if (flags.logFile !== undefined)
+      process.stderr.write(`bulkbill: metrics on ${observers.metricsUrl}\n`);
+  }
   const policy = resolveRetryPolicy({
     maxAttempts: flags.maxAttempts,
     keyRetentionMs: flags.keyRetention,

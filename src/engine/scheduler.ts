@@ -576,7 +576,7 @@ export class Scheduler {
       ...(result === undefined ? {} : { attempt: this.#note(charge, false) }),
     };
     this.#options.ledger.record(this.#options.runId, outcome);
-    if (result !== undefined && latencyMs !== undefined) this.#tell(outcome, latencyMs);
+    this.#tell(outcome, latencyMs ?? 0, result === undefined);
   }
 
   /** The attempt just answered, for the charge's history. */
@@ -584,7 +584,7 @@ export class Scheduler {
     return { n: charge.request.attempt, at: charge.sentAt, throttled };
   }
 
-  #tell(outcome: ChargeOutcome, latencyMs: number): void {
+  #tell(outcome: ChargeOutcome, latencyMs: number, unsent = false): void {
     this.#options.onAttempt?.({
       userId: outcome.userId,
       attempt: outcome.attempt?.n ?? outcome.attempts,
@@ -592,6 +592,7 @@ export class Scheduler {
       status: outcome.httpStatus,
       outcome: attemptOutcome(outcome),
       reason: outcome.error,
+      ...(unsent ? { unsent: true as const } : {}),
     });
   }
 

@@ -15,6 +15,11 @@ export interface AttemptEvent {
   readonly outcome: AttemptOutcome;
   /** What went wrong, for a charge that did not end charged. */
   readonly reason: string | undefined;
+  /**
+   * No request was sent: the charge ended without one (its idempotency key had expired, its job
+   * stalled too often). It counts as a charge ended, not as an attempt.
+   */
+  readonly unsent?: true;
 }
 
 /** Whether the attempt ended its charge. */

@@ -58,7 +58,7 @@ export class BillingMetrics {
     });
     this.#ended = new Counter({
       name: 'bulkbill_charges_ended_total',
-      help: 'Charges this process ended, by state.',
+      help: 'Charges this process ended, by state (with a request or without one).',
       labelNames: ['state'],
       registers,
     });
@@ -110,17 +110,16 @@ export class BillingMetrics {
   }
 
   attempt(event: AttemptEvent): void {
+    if (event.unsent) {
+      if (endedCharge(event)) this.#ended.inc({ state: event.outcome });
+      return;
+    }
     this.#attempts.inc({ outcome: event.outcome });
     this.#byStatus.inc({ status: event.status === undefined ? 'none' : String(event.status) });
     if (isRefusal(event.status)) this.#refusals.inc({ status: String(event.status) });
     if (event.outcome === 'retry' || event.outcome === 'throttled') this.#retries.inc();
     if (endedCharge(event)) this.#ended.inc({ state: event.outcome });
     this.#duration.observe(event.latencyMs / 1_000);
-  }
-
-  /** A charge this process ended without sending a request (its idempotency key had expired). */
-  endedUnsent(state: 'failed' | 'unknown' | 'declined'): void {
-    this.#ended.inc({ state });
   }
 
   /** In flight, the limit and the breaker, as the process reads them now. */

@@ -74,6 +74,10 @@ export class RunSampler {
 
   attempt(event: AttemptEvent): void {
     this.tick();
+    if (event.unsent) {
+      if (endedCharge(event)) this.#ended++;
+      return;
+    }
     this.#attempts++;
     if (endedCharge(event)) this.#ended++;
     if (event.outcome === 'retry' || event.outcome === 'throttled') this.#retries++;

@@ -176,10 +176,7 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
 
     const dashboard = children.spawn([
       'dashboard',
-      '--redis',
-      place.url,
-      '--prefix',
-      place.prefix,
+      ...placeFlags(place),
       '--port',
       '0',
       '--run-id',
@@ -211,13 +208,10 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
     expect(midRun.done).toBe(USERS - midRun.counts.pending);
     expect(midRun.finishedAt).toBeUndefined();
     // Both workers' metrics, while they bill.
-    const [midA, midB] = await Promise.all([
-      scrape(metricsA, userIds),
-      scrape(metricsB, userIds),
-    ]);
-    expect(sumOf(midA, 'bulkbill_attempts_total') + sumOf(midB, 'bulkbill_attempts_total')).toBe(
-      expect.any(Number),
-    );
+    const [midA, midB] = await Promise.all([scrape(metricsA, userIds), scrape(metricsB, userIds)]);
+    expect(
+      sumOf(midA, 'bulkbill_attempts_total') + sumOf(midB, 'bulkbill_attempts_total'),
+    ).toBeGreaterThan(0);
     // The charts: a settled second with attempts and requests in flight.
     await pollUntil(
       'a chart point with attempts and requests in flight',
@@ -244,18 +238,23 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
     const endedInLedger = USERS - ended.counts.invalid;
     const finalScrape = async () =>
       Promise.all([scrape(metricsA, userIds), scrape(metricsB, userIds)]);
-    // A charge's attempt is told to the metrics right after the ledger has it: allow a moment.
+    // A charge's attempt is told to the metrics right after the ledger has it: allow a moment
+    // (past it, the last scrape stands and the checks below say what is missing).
     const [finalA, finalB] = await pollUntil(
       "the workers' metrics counting every charge the ledger ended",
       async () => {
         const both = await finalScrape();
-        const total = both.reduce((sum, samples) => sum + sumOf(samples, 'bulkbill_charges_ended_total'), 0);
+        const total = both.reduce(
+          (sum, samples) => sum + sumOf(samples, 'bulkbill_charges_ended_total'),
+          0,
+        );
         return total >= endedInLedger ? both : undefined;
       },
       3_000,
       100,
     ).catch(async () => finalScrape());
 
+    const stoppedAt = Date.now();
     workerA.child.kill('SIGTERM');
     workerB.child.kill('SIGTERM');
     const [codeA, codeB] = await Promise.all([workerA.exited, workerB.exited]);
@@ -279,7 +278,6 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
     expect(stats.failed_503).toBeGreaterThan(0);
 
     // Metrics: both workers' ended charges add up to the ledger's, state by state.
-    const workerMetrics = [finalA, finalB];
     const endedA = endedOf(finalA);
     const endedB = endedOf(finalB);
     for (const state of ['charged', 'declined', 'failed', 'unknown'] as const) {
@@ -290,10 +288,9 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
     ).toBe(endedInLedger);
     const attemptsA = sumOf(finalA, 'bulkbill_attempts_total');
     const attemptsB = sumOf(finalB, 'bulkbill_attempts_total');
-    // Retries were sent: more attempts than charges ended, and each worker did its share.
+    // Retries were sent: more attempts than charges ended, one per 503 the mock answered.
     expect(attemptsA + attemptsB).toBeGreaterThan(endedInLedger);
     expect(attemptsA + attemptsB).toBe(stats.requests);
-    expect(metricValue(finalA, 'bulkbill_attempts_total', { outcome: 'retry' })).toBeGreaterThanOrEqual(0);
     expect(
       metricValue(finalA, 'bulkbill_attempts_total', { outcome: 'retry' }) +
         metricValue(finalB, 'bulkbill_attempts_total', { outcome: 'retry' }),
@@ -321,7 +318,6 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
         ),
       ).toBe(metricValue(samples, 'bulkbill_attempts_total', { outcome: 'retry' }));
     }
-    expect(workerMetrics).toHaveLength(2);
 
     // The dashboard once the workers are gone: not live, finished, every row in one state.
     const after = await pollUntil(
@@ -343,33 +339,52 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
     expect(after.chargedAmounts).toEqual(status.chargedAmounts);
 
     // The charts, summed over both workers: more in flight at once than one worker's limit.
+    // A second is drawn once settled, 2 s after its end: the workers' last one (written as they
+    // close) is drawn 3 s after they stopped.
+    await new Promise((resolve) =>
+      setTimeout(resolve, Math.max(0, stoppedAt + 3_500 - Date.now())),
+    );
     const series = await api<SeriesPage>(`${runPath}/series`);
     const points: readonly SeriesPoint[] = series.points;
     expect(points.length).toBeGreaterThan(2);
     expect(series.cursor).toBe(points.at(-1)?.at);
     const sum = (pick: (point: SeriesPoint) => number) =>
       points.reduce((total, point) => total + pick(point), 0);
-    expect(sum((point) => point.chargesPerSecond)).toBe(endedInLedger);
-    expect(sum((point) => point.attemptsPerSecond)).toBe(attemptsA + attemptsB);
-    expect(sum((point) => point.retriesPerSecond)).toBe(stats.failed_503);
-    expect(sum((point) => point.refusalsPerSecond)).toBe(stats.failed_503);
+    // Every attempt is in the charts once, whichever second and worker it fell in (soft: the
+    // checks after it still run when it fails).
+    expect
+      .soft({
+        charges: sum((point) => point.chargesPerSecond),
+        attempts: sum((point) => point.attemptsPerSecond),
+        retries: sum((point) => point.retriesPerSecond),
+        refusals: sum((point) => point.refusalsPerSecond),
+      })
+      .toEqual({
+        charges: endedInLedger,
+        attempts: attemptsA + attemptsB,
+        retries: stats.failed_503,
+        refusals: stats.failed_503,
+      });
     expect(Math.max(...points.map((point) => point.inFlight))).toBeGreaterThan(CONCURRENCY);
     expect(Math.max(...points.map((point) => point.limit))).toBe(2 * CONCURRENCY);
     for (const point of points) {
       expect(point.inFlight).toBeLessThanOrEqual(2 * CONCURRENCY);
-      if (point.attemptsPerSecond > 0) {
-        expect(point.p50Ms).toBeGreaterThanOrEqual(100);
-        expect(point.p95Ms).toBeGreaterThanOrEqual(point.p50Ms ?? 0);
-      }
+      expect(point.breaker ?? 0).toBe(0);
+      if (point.attemptsPerSecond === 0) expect(point.p50Ms).toBeNull();
+      else expect(point.p95Ms).toBeGreaterThanOrEqual(point.p50Ms ?? Number.POSITIVE_INFINITY);
     }
+    // The busiest second's latency is the mock's: 200–300 ms (a 503 comes at once, and is rare).
+    const busiest = points.reduce((best, point) =>
+      point.attemptsPerSecond > best.attemptsPerSecond ? point : best,
+    );
+    expect(busiest.p50Ms).toBeGreaterThanOrEqual(150);
+    expect(busiest.p50Ms).toBeLessThanOrEqual(400);
 
     // Problems: exactly the declined users.
     const declinedPage = await api<ProblemPage>(`${runPath}/problems?state=declined&limit=1000`);
     expect(declinedPage.matching).toBe(status.counts.declined);
     expect(declinedPage.problems).toHaveLength(declinedPage.matching);
-    expect(declinedPage.problems.map((problem) => problem.userId).sort()).toEqual(
-      expectedDeclined,
-    );
+    expect(declinedPage.problems.map((problem) => problem.userId).sort()).toEqual(expectedDeclined);
     for (const problem of declinedPage.problems) {
       expect(problem, problem.userId).toMatchObject({ state: 'declined', httpStatus: 402 });
     }
@@ -386,8 +401,8 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
       userId: declinedUser,
       state: 'declined',
       httpStatus: 402,
-      chargeId: undefined,
     });
+    expect(declinedView.chargeId).toBeUndefined();
     expect(declinedView.history.at(-1)).toMatchObject({ outcome: 'declined', httpStatus: 402 });
     expect(mock.chargesOf(declinedUser)).toEqual([]);
 
@@ -445,7 +460,8 @@ describe('bulkbill dashboard and worker metrics and logs (distributed engine, en
         loggedDeclines.push(String(line.userId));
       }
       expect(declines).toHaveLength(endedOf(samples).declined ?? -1);
-      expect(lines.filter((line) => line.level === 40)).toHaveLength(declines.length);
+      // Every line naming a user is a decline's warning (no other charge ended badly here).
+      expect(lines.filter((line) => line.userId !== undefined)).toHaveLength(declines.length);
       const endedHere = sumOf(samples, 'bulkbill_charges_ended_total');
       const info = lines.filter((line) => line.level === 30);
       expect(info.length).toBeLessThan(endedHere / 10);

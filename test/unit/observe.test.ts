@@ -119,6 +119,14 @@ describe('RunSampler', () => {
     expect(first?.hist[latencyBucket(1_550)]).toBe(1);
   });
 
+  it('counts a charge ended without a request as ended, not as an attempt', () => {
+    const s = sampler(30_000);
+    s.it.attempt(attempt({ outcome: 'unknown', status: undefined, latencyMs: 0, unsent: true }));
+    s.it.stop();
+    expect(s.samples).toMatchObject([{ ended: 1, attempts: 0, retries: 0 }]);
+    expect(s.samples[0]?.hist.every((n) => n === 0)).toBe(true);
+  });
+
   it('counts an attempt in the second it ends in, skips seconds the loop slept through, and stop() hands over the partial second', () => {
     const s = sampler(20_000);
     s.at(23_500);
@@ -185,6 +193,15 @@ describe('BillingMetrics', () => {
     ).toBe(true);
     // No label carries a user.
     expect(samples.some((sample) => Object.values(sample.labels).includes('user-1'))).toBe(false);
+  });
+
+  it('counts a charge ended without a request as ended, not as an attempt', async () => {
+    const metrics = new BillingMetrics({ defaultMetrics: false });
+    metrics.attempt(attempt({ outcome: 'unknown', status: undefined, latencyMs: 0, unsent: true }));
+    const samples = parsePrometheus(await metrics.text());
+    expect(metricValue(samples, 'bulkbill_charges_ended_total', { state: 'unknown' })).toBe(1);
+    expect(sumOf(samples, 'bulkbill_attempts_total')).toBe(0);
+    expect(metricValue(samples, 'bulkbill_request_duration_seconds_count')).toBe(0);
   });
 
   it('keeps two registries apart', async () => {

@@ -17,6 +17,7 @@ import { formatDuration } from '../../domain/duration.js';
 import { BulkbillError } from '../../domain/errors.js';
 import { idempotencyKey } from '../../domain/idempotency-key.js';
 import type { AttemptResult, TerminalChargeState } from '../../domain/outcome.js';
+import type { RunSample } from '../../domain/samples.js';
 import { type AttemptNote, attemptOutcome, type ChargeOutcome } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import type { AttemptEvent } from '../../observe/attempts.js';
@@ -124,6 +125,8 @@ const RATE_REFRESH_MS = 2_000;
 const HOLD_MS = 60_000;
 // While another worker's probe is out, how often the others look whether it answered.
 const PROBE_POLL_MS = 250;
+// A run's samples stop this long after the worker's last attempt of it.
+const SAMPLER_IDLE_MS = 5_000;
 // How often a worker looks whether its queue is paced, and the decider's round.
 const PACED_READ_MS = 1_000;
 const PACE_TICK_MS = 200;
@@ -163,6 +166,9 @@ export class BillingWorker {
   #pacingState: PacingState | undefined;
   /** One sampler per run this worker bills, and their timer. */
   readonly #samplers = new Map<string, RunSampler>();
+  readonly #lastAttemptAt = new Map<string, number>();
+  /** Samples on their way to Redis: close() waits for them before the connection goes. */
+  readonly #sampleWrites = new Set<Promise<void>>();
   #sampleTimer: NodeJS.Timeout | undefined;
   /** The queue's breaker as last read, for the samples. */
   #breakerState: 'closed' | 'open' | 'half-open' | undefined;
@@ -361,9 +367,11 @@ export class BillingWorker {
         await this.#giveBackHeld();
         for (const runId of this.#touched) await this.#ledger.finishIfComplete(runId);
         await this.#decider.endFinished();
-        // The last second's samples, before the ledger's connection goes.
+        // The last second's samples, written before the ledger's connection goes.
         if (this.#sampleTimer) clearInterval(this.#sampleTimer);
         for (const sampler of this.#samplers.values()) sampler.stop();
+        this.#samplers.clear();
+        await Promise.all(this.#sampleWrites);
       } catch (error) {
         this.#log('error', `closing: ${(error as Error).message}`);
       } finally {
@@ -814,10 +822,12 @@ export class BillingWorker {
     await this.#ledger.flush();
     if (outcome.state !== 'pending' && outcome.state !== 'invalid') this.#ended[outcome.state]++;
     if (outcome.attempt !== undefined) this.#tell(runId, outcome);
+    // Ended without a request (an expired key, a job that stalled too often): a charge ended.
+    else if (outcome.state !== 'pending') this.#tell(runId, outcome, true);
   }
 
   /** Tells the run's sampler and the worker's watchers of an attempt just recorded. */
-  #tell(runId: string, outcome: ChargeOutcome): void {
+  #tell(runId: string, outcome: ChargeOutcome, unsent = false): void {
     const event: AttemptEvent = {
       userId: outcome.userId,
       attempt: outcome.attempt?.n ?? outcome.attempts,
@@ -825,9 +835,18 @@ export class BillingWorker {
       status: outcome.httpStatus,
       outcome: attemptOutcome(outcome),
       reason: outcome.error,
+      ...(unsent ? { unsent: true as const } : {}),
     };
+    this.#lastAttemptAt.set(runId, Date.now());
     this.#samplerOf(runId)?.attempt(event);
     this.#options.onAttempt?.(runId, event);
+  }
+
+  /** Writes a sample, kept in #sampleWrites until Redis has it (a lost one is only a chart's gap). */
+  #keepSample(runId: string, sample: RunSample): void {
+    const write = this.#ledger.noteSample(runId, sample).catch(() => {});
+    this.#sampleWrites.add(write);
+    void write.finally(() => this.#sampleWrites.delete(write));
   }
 
   /** The run's sampler, made on its first attempt here (none when samples are off). */
@@ -843,12 +862,24 @@ export class BillingWorker {
           limit: (this.#paced ? this.#pacingState?.limit : undefined) ?? this.#options.concurrency,
           breaker: this.#breakerState,
         }),
-        sink: (sample) => void this.#ledger.noteSample(runId, sample).catch(() => {}),
+        sink: (sample) => this.#keepSample(runId, sample),
       });
       this.#samplers.set(runId, sampler);
       let ticks = 0;
       this.#sampleTimer ??= setInterval(() => {
-        for (const each of this.#samplers.values()) each.tick();
+        const now = Date.now();
+        for (const [id, each] of this.#samplers) {
+          each.tick();
+          // A run this worker has had nothing of for a while: its samples stop (a finished run
+          // is not drawn live by an idle worker), and start again with its next attempt.
+          if (
+            this.#inFlight === 0 &&
+            now - (this.#lastAttemptAt.get(id) ?? now) > SAMPLER_IDLE_MS
+          ) {
+            each.stop();
+            this.#samplers.delete(id);
+          }
+        }
         // The queue's breaker as every worker moves it, read once a second.
         if (ticks++ % 4 === 0 && this.#breaker !== undefined) {
           this.#breaker
