@@ -10,6 +10,7 @@
  *   npm run bench -- --only provider-throughput --concurrency 128
  *   npm run bench -- --only client-concurrency   how the default concurrency of 64 was chosen
  *   npm run bench -- --only adaptive-concurrency   --concurrency auto against fixed settings
+ *   npm run bench -- --only dashboard-load   the dashboard's page of a finished 100k run, in Chromium
  *   npm run bench -- --server-cpu-prof .tmp/prof   servers write V8 CPU profiles there
  *   npm run bench -- --only engine-100k-throughput --engine-cpu-prof .tmp/prof
  *                                              every `bulkbill run` process writes one there
@@ -27,6 +28,7 @@ import { DEFAULT_BENCH_REDIS_URL } from './lib/redis-admin.js';
 import { type BenchSettings, markdownTable, type ScenarioReport } from './lib/report.js';
 import { ADAPTIVE_CONCURRENCY, runAdaptiveConcurrency } from './scenarios/adaptive-concurrency.js';
 import { CLIENT_CONCURRENCY, runClientConcurrency } from './scenarios/client-concurrency.js';
+import { DASHBOARD_LOAD, runDashboardLoad } from './scenarios/dashboard-load.js';
 import {
   DISTRIBUTED_10K_LATENCY,
   runDistributed10kLatency,
@@ -69,6 +71,7 @@ const SCENARIOS: Readonly<Record<string, Scenario>> = {
   [DISTRIBUTED_THROUGHPUT]: { run: runDistributedThroughput, byDefault: true },
   [DISTRIBUTED_10K_LATENCY]: { run: runDistributed10kLatency, byDefault: true },
   [DISTRIBUTED_ENQUEUE_1M]: { run: runDistributedEnqueue1m, byDefault: true },
+  [DASHBOARD_LOAD]: { run: runDashboardLoad, byDefault: true },
   [CLIENT_CONCURRENCY]: { run: runClientConcurrency, byDefault: false },
 };
 

@@ -618,7 +618,7 @@ export class SqliteLedger implements Ledger {
       >(
         `SELECT n, at, http_status, latency_ms, outcome, reason FROM attempt_log
          WHERE run_id = ? AND seq = (SELECT seq FROM charges WHERE run_id = ? AND user_id = ?
-           ORDER BY state = 'invalid', seq LIMIT 1)
+           AND valid = 1)
          ORDER BY at, rowid`,
       ),
       noteSample: db.prepare('INSERT INTO run_samples (run_id, at, data) VALUES (?, ?, ?)'),
@@ -627,8 +627,13 @@ export class SqliteLedger implements Ledger {
           'SELECT data FROM run_samples WHERE run_id = ? AND at > ? ORDER BY at, rowid',
         )
         .pluck(),
+      // The valid row through the partial index on (run, user) WHERE valid = 1 (without the
+      // condition SQLite scans the run's rows: 3.7 ms at 100,000), else the user's invalid row.
       charge: db.prepare<[string, string], ChargeRow>(
-        "SELECT * FROM charges WHERE run_id = ? AND user_id = ? ORDER BY state = 'invalid', seq LIMIT 1",
+        'SELECT * FROM charges WHERE run_id = ? AND user_id = ? AND valid = 1',
+      ),
+      invalidCharge: db.prepare<[string, string], ChargeRow>(
+        'SELECT * FROM charges WHERE run_id = ? AND user_id = ? AND valid = 0 ORDER BY seq LIMIT 1',
       ),
       // Rows as arrays (CHARGE_COLUMNS order): better-sqlite3 builds an object per row much more
       // slowly than toCharge does from an array, and a report reads every row.
@@ -1111,7 +1116,9 @@ export class SqliteLedger implements Ledger {
   }
 
   async charge(runId: string, userId: string): Promise<ChargeRecord | undefined> {
-    const row = this.#statements.charge.get(runId, userId);
+    const row =
+      this.#statements.charge.get(runId, userId) ??
+      this.#statements.invalidCharge.get(runId, userId);
     return row && withStart(toCharge(row), this.#openStarts(runId));
   }
 

@@ -81,6 +81,8 @@ const SETTLE_MS = 2_000;
 /** Seconds the pace is averaged over. */
 const PACE_SECONDS = 5;
 const COOKIE = 'bulkbill_token';
+/** How long a run's counts read for one request serve the others. */
+const BASICS_MS = 250;
 
 /** Whether an address is this machine's loopback: there the dashboard may go without a token. */
 export function isLoopback(host: string): boolean {
@@ -151,6 +153,7 @@ class DashboardApp {
   readonly #now: () => number;
   readonly #streams = new Set<ServerResponse>();
   readonly #assets = new Map<string, Buffer>();
+  readonly #basicsCache = new Map<string, { at: number; read: Promise<RunBasics | undefined> }>();
 
   constructor(options: DashboardOptions, token: string | undefined, host: string) {
     this.#options = options;
@@ -202,7 +205,7 @@ class DashboardApp {
     const runId = safeDecode(match[1] ?? '');
     const part = match[2] ?? match[3];
     if (runId === undefined) return json(response, 400, { error: 'a run id badly encoded' });
-    const basics = await this.#options.source.run(runId);
+    const basics = await this.#basics(runId);
     if (basics === undefined) return json(response, 404, { error: `no run ${runId}` });
     switch (part) {
       case undefined: {
@@ -229,6 +232,22 @@ class DashboardApp {
       default:
         return json(response, 404, { error: `no such page: ${url.pathname}` });
     }
+  }
+
+  /**
+   * The run's record and counts, read at most once per BASICS_MS of real time: a page's first
+   * load asks for them five times at once (view, series, problems, the stream), and each read
+   * counts every row of the run (27 ms at 100,000 on SQLite).
+   */
+  #basics(runId: string): Promise<RunBasics | undefined> {
+    const now = performance.now();
+    const cached = this.#basicsCache.get(runId);
+    if (cached !== undefined && now - cached.at < BASICS_MS) return cached.read;
+    const read = this.#options.source.run(runId);
+    this.#basicsCache.set(runId, { at: now, read });
+    // A failed read is not kept.
+    read.catch(() => this.#basicsCache.delete(runId));
+    return read;
   }
 
   async close(server: Server): Promise<void> {
@@ -346,7 +365,7 @@ class DashboardApp {
       if (busy || response.writableEnded) return;
       busy = true;
       try {
-        const now = await this.#options.source.run(runId);
+        const now = await this.#basics(runId);
         if (now === undefined) return;
         const page = await this.#series(now, cursor);
         cursor = page.cursor;
