@@ -1212,7 +1212,13 @@ export function ledgerConformance(name: string, factory: LedgerFactory): void {
         overrides: Partial<ChargeOutcome> = {},
         throttled = false,
       ): ChargeOutcome {
-        return outcome(userId, { attempts: n, ...overrides, attempt: { n, at, throttled } });
+        // As the engines send it: the charge's first attempt's time on every outcome (kept once).
+        return outcome(userId, {
+          attempts: n,
+          firstAttemptAt: at,
+          ...overrides,
+          attempt: { n, at, throttled },
+        });
       }
 
       function sample(at: number, source: string, ended = 1): RunSample {
