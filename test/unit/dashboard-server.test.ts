@@ -445,6 +445,13 @@ describe('loopback and open dashboards', () => {
     expect(dashboard.port).toBeGreaterThan(0);
     expect(dashboard.url).toBe(`http://127.0.0.1:${dashboard.port}/`);
   });
+
+  it('refuses a taken port with a UsageError that says so (a second dashboard on one port)', async () => {
+    const { dashboard } = await start();
+    const second = startDashboard({ source: new FakeSource(), port: dashboard.port, now });
+    await expect(second).rejects.toBeInstanceOf(UsageError);
+    await expect(second).rejects.toThrow(/cannot listen on 127\.0\.0\.1:\d+: the port is taken/);
+  });
 });
 
 describe('auth with a token', () => {

@@ -115,9 +115,15 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     });
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const refused = (error: NodeJS.ErrnoException) =>
+      reject(
+        new UsageError(
+          `the dashboard cannot listen on ${host}:${options.port ?? 0}: ${error.code === 'EADDRINUSE' ? 'the port is taken (another dashboard? pick another port, or 0 for any)' : error.message}`,
+        ),
+      );
+    server.once('error', refused);
     server.listen(options.port ?? 0, host, () => {
-      server.off('error', reject);
+      server.off('error', refused);
       resolve();
     });
   });
