@@ -33,7 +33,7 @@ export interface RunSample {
 }
 
 /**
- * Latency buckets' upper bounds, in ms: 100 ms apart from 0.3 s to 2 s, where billing APIs answer
+ * Latency buckets' upper bounds, in ms: 100 ms apart from 0.4 s to 2 s, where billing APIs answer
  * (the Prometheus histogram's too, in seconds; a sample's quantiles are interpolated in them).
  */
 export const LATENCY_BUCKETS_MS: readonly number[] = [

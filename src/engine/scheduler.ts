@@ -501,9 +501,9 @@ export class Scheduler {
       case 'stop':
         // The held charges and this one stay pending, their attempts not counted.
         for (const held of this.#heldDeclines)
-          this.#putBack(held.charge, held.result, held.latencyMs);
+          this.#putBack(held.charge, held.result, held.latencyMs, true);
         this.#heldDeclines = [];
-        this.#putBack(charge, result, latencyMs);
+        this.#putBack(charge, result, latencyMs, true);
         this.#stop(verdict.reason);
         break;
       case 'pend':
@@ -534,7 +534,7 @@ export class Scheduler {
     charge.ambiguous = decision.ambiguous;
     charge.waits = decision.waits ?? 0;
     if (decision.action === 'stop') {
-      this.#putBack(charge, result, latencyMs);
+      this.#putBack(charge, result, latencyMs, true);
       this.#stop(decision.reason);
       return;
     }
@@ -580,8 +580,13 @@ export class Scheduler {
   }
 
   /** The attempt just answered, for the charge's history. */
-  #note(charge: Charge, throttled: boolean): AttemptNote {
-    return { n: charge.request.attempt, at: charge.sentAt, throttled };
+  #note(charge: Charge, throttled: boolean, stopped = false): AttemptNote {
+    return {
+      n: charge.request.attempt,
+      at: charge.sentAt,
+      throttled,
+      ...(stopped ? { stopped: true as const } : {}),
+    };
   }
 
   #tell(outcome: ChargeOutcome, latencyMs: number, unsent = false): void {
@@ -597,7 +602,7 @@ export class Scheduler {
   }
 
   /** Records that the charge's attempt is over and it stays pending (to retry, or for a later run). */
-  #putBack(charge: Charge, result: AttemptResult, latencyMs: number): void {
+  #putBack(charge: Charge, result: AttemptResult, latencyMs: number, stopped = false): void {
     const outcome: ChargeOutcome = {
       userId: charge.request.userId,
       seq: charge.pending.seq,
@@ -610,7 +615,7 @@ export class Scheduler {
       error: 'reason' in result ? result.reason : undefined,
       firstAttemptAt: charge.firstAttemptAt,
       waits: charge.waits,
-      attempt: this.#note(charge, result.kind === 'retry' && result.throttled),
+      attempt: this.#note(charge, result.kind === 'retry' && result.throttled, stopped),
     };
     this.#options.ledger.record(this.#options.runId, outcome);
     this.#tell(outcome, latencyMs);

@@ -141,6 +141,8 @@ export interface AttemptNote {
   readonly at: number;
   /** The provider refused it for load (429, or 503 with Retry-After). */
   readonly throttled: boolean;
+  /** The run stopped after it (a misconfiguration, an outage too long): the charge waits, unretried. */
+  readonly stopped?: true | undefined;
 }
 
 /** One attempt of a charge, as the ledger keeps it. */
@@ -157,6 +159,7 @@ export interface AttemptRecord {
 /** The outcome name an attempt's history keeps for an outcome that carries the attempt. */
 export function attemptOutcome(outcome: ChargeOutcome): AttemptRecord['outcome'] {
   if (outcome.state !== 'pending') return outcome.state;
+  if (outcome.attempt?.stopped) return 'pending';
   return outcome.attempt?.throttled ? 'throttled' : 'retry';
 }
 

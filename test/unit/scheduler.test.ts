@@ -4,6 +4,7 @@ import type { AttemptResult } from '../../src/domain/outcome.js';
 import { Scheduler, type SchedulerResult } from '../../src/engine/scheduler.js';
 import type { ChargeRecord } from '../../src/ledger/ledger.js';
 import type { SqliteLedger } from '../../src/ledger/sqlite-ledger.js';
+import type { AttemptEvent } from '../../src/observe/attempts.js';
 import type { ChargeRequest } from '../../src/provider/index.js';
 import { answer } from '../helpers/answers.js';
 import { FakeTimers, settle } from '../helpers/fake-timers.js';
@@ -59,7 +60,13 @@ function start(
   ledger: SqliteLedger,
   sender: ScriptedSender,
   timers: FakeTimers,
-  options: { concurrency?: number; rate?: number; maxAttempts?: number; signal?: AbortSignal } = {},
+  options: {
+    concurrency?: number;
+    rate?: number;
+    maxAttempts?: number;
+    signal?: AbortSignal;
+    onAttempt?: (event: AttemptEvent) => void;
+  } = {},
 ): { scheduler: Scheduler; done: Promise<SchedulerResult> } {
   const scheduler = new Scheduler({
     runId: RUN,
@@ -74,6 +81,7 @@ function start(
     // Full jitter drawn at its top: the delay is exactly the exponential cap of the attempt.
     random: () => 0.999_999,
     signal: options.signal,
+    onAttempt: options.onAttempt,
   });
   return { scheduler, done: scheduler.run() };
 }
@@ -249,6 +257,71 @@ describe('Scheduler', () => {
       charges.filter((charge) => charge.state === 'charged').map((charge) => charge.chargeId),
     ).toEqual(['ch_in_flight']);
     expect(charges.filter((charge) => charge.state === 'pending')).toHaveLength(9);
+  });
+
+  it('tells every attempt once, with what it left the charge in, and keeps it in the charge history', async () => {
+    const ledger = await ledgerWith(3);
+    const events: AttemptEvent[] = [];
+    // u0: a 503, then charged; u1: throttled (429), then declined; u2: charged at once.
+    const sender = new ScriptedSender((request, nth) => {
+      if (request.userId === 'u0') return nth === 1 ? answer.unavailable() : answer.charged('ch_0');
+      if (request.userId === 'u1') return nth === 1 ? answer.throttled(0) : answer.declined(402);
+      return answer.charged('ch_2');
+    });
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, {
+      concurrency: 3,
+      onAttempt: (event) => events.push(event),
+    });
+    for (let round = 0; round < 10; round++) await timers.advance(60_000);
+    await done;
+    const told = events.map((event) => [event.userId, event.attempt, event.status, event.outcome]);
+    expect(told).toEqual(
+      expect.arrayContaining([
+        ['u0', 1, 503, 'retry'],
+        ['u0', 2, 200, 'charged'],
+        ['u1', 1, 429, 'throttled'],
+        ['u1', 1, 402, 'declined'],
+        ['u2', 1, 200, 'charged'],
+      ]),
+    );
+    expect(events).toHaveLength(5);
+    await ledger.flush();
+    const history = await ledger.attemptHistory(RUN, 'u0');
+    expect(history.map((one) => [one.attempt, one.httpStatus, one.outcome])).toEqual([
+      [1, 503, 'retry'],
+      [2, 200, 'charged'],
+    ]);
+    // Times are the calendar's when each request left.
+    expect(history[0]?.at).toBeGreaterThanOrEqual(1_800_000_000_000);
+    expect((await ledger.attemptHistory(RUN, 'u1')).map((one) => one.outcome)).toEqual([
+      'throttled',
+      'declined',
+    ]);
+    // Charged at its first request: the row is the history.
+    expect(await ledger.attemptHistory(RUN, 'u2')).toMatchObject([
+      { attempt: 1, httpStatus: 200, outcome: 'charged' },
+    ]);
+  });
+
+  it('tells the attempts a fatal answer stops as pending, not as retries', async () => {
+    const ledger = await ledgerWith(4);
+    const events: AttemptEvent[] = [];
+    const sender = new ScriptedSender();
+    const timers = new FakeTimers();
+    const { done } = start(ledger, sender, timers, {
+      concurrency: 2,
+      onAttempt: (event) => events.push(event),
+    });
+    await settle();
+    sender.answer(answer.unauthorized());
+    await settle();
+    sender.answer(answer.charged('ch_in_flight'));
+    await done;
+    expect(events.map((event) => [event.status, event.outcome])).toEqual([
+      [401, 'pending'],
+      [200, 'charged'],
+    ]);
   });
 
   it('stops when the first 20 answers are all the same 400, recording no decline', async () => {

@@ -685,7 +685,11 @@ export class BillingWorker {
         .catch(() => {});
     }
     const stop = throttled ? this.#governor.stopReason() : undefined;
-    const putBack = async (attempts: number, ambiguous: boolean, noted = true) => {
+    const putBack = async (
+      attempts: number,
+      ambiguous: boolean,
+      noted: 'noted' | 'stopped' | 'unnoted' = 'noted',
+    ) => {
       // The attempt is over and the charge stays pending: the ledger says whether it counted.
       await this.#settle(data.r, {
         userId: data.u,
@@ -696,7 +700,9 @@ export class BillingWorker {
         latencyMs,
         chargeId: undefined,
         error: result.kind === 'charged' ? undefined : result.reason,
-        ...(noted ? { attempt: note } : {}),
+        ...(noted === 'unnoted'
+          ? {}
+          : { attempt: noted === 'stopped' ? { ...note, stopped: true as const } : note }),
       });
     };
     const verdict = this.#watch.observe(result);
@@ -706,7 +712,7 @@ export class BillingWorker {
     }
     if (verdict.action === 'stop') {
       // This charge and the held ones stay pending: held jobs go back when the worker closes.
-      await putBack(before.attempts, before.ambiguous);
+      await putBack(before.attempts, before.ambiguous, 'stopped');
       await this.#stop(data.r, verdict.reason);
       return this.#giveBack(job, token);
     }
@@ -719,7 +725,7 @@ export class BillingWorker {
     );
     if (breaker.stop !== undefined && decision.action === 'retry') {
       // Down for --outage-wait: this charge and the others stay pending for a later resume.
-      await putBack(decision.attempts, decision.ambiguous);
+      await putBack(decision.attempts, decision.ambiguous, 'stopped');
       await this.#stop(data.r, breaker.stop);
       return this.#giveBack(job, token);
     }
@@ -741,13 +747,13 @@ export class BillingWorker {
     };
     if (verdict.action === 'hold') {
       // The attempt goes into the history with the decline, once the watch lets it be recorded.
-      await putBack(before.attempts, before.ambiguous, false);
+      await putBack(before.attempts, before.ambiguous, 'unnoted');
       return this.#hold(job, token, outcome);
     }
     if (verdict.action === 'release') await this.#release();
     switch (decision.action) {
       case 'stop':
-        await putBack(before.attempts, before.ambiguous);
+        await putBack(before.attempts, before.ambiguous, 'stopped');
         await this.#stop(data.r, decision.reason);
         return this.#giveBack(job, token);
       case 'retry': {
