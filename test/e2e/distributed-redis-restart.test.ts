@@ -1,6 +1,8 @@
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { RunView } from '../../src/observe/dashboard/api.js';
 import {
   expectedExitStatus,
   expectReportAgreesWithProvider,
@@ -173,5 +175,69 @@ describe('the distributed engine across a Redis restart', () => {
       Object.keys((await pacing()) ?? {}).length === 0 ? true : undefined,
     );
     expect(await admin?.hget(`${place.prefix}:${place.queue}:meta`, 'concurrency')).toBeNull();
+  }, 60_000);
+
+  it('the dashboard of a queue outlives a Redis stop and start: its answers wait, then come; its stream goes on', async () => {
+    const rows = plainUsers(120);
+    const input = await writeCsvInput(join(ws.dir, 'cycle.csv'), rows);
+    const mock = await ws.provider({ latencyMs: 5, jitter: 0, declineRate: 0.1, seed: 4 });
+    const enqueued = await runCli(['enqueue', input, ...placeFlags(place)]);
+    expect(enqueued.code, enqueued.stderr).toBe(0);
+    const runId = enqueued.stdout.trim();
+    const worker = children.spawn([
+      'worker',
+      ...placeFlags(place),
+      '--endpoint',
+      `${mock.url}/charge`,
+      '--exit-when-idle',
+    ]);
+    expect(await worker.exited).toBe(0);
+    const dashboard = children.spawn([
+      'dashboard',
+      ...placeFlags(place),
+      '--port',
+      '0',
+      '--run-id',
+      runId,
+    ]);
+    const url = (await waitForStderr(dashboard, /on (http:\/\/127\.0\.0\.1:\d+\/)/))[1] as string;
+    const view = async () => {
+      const answer = await request(`${url}api/runs/${runId}`);
+      return { status: answer.statusCode, body: (await answer.body.json()) as RunView };
+    };
+    const before = await view();
+    expect(before.status).toBe(200);
+    expect(before.body).toMatchObject({ done: 120, total: 120, live: false });
+
+    // The event stream, read as it comes.
+    const stream = await request(`${url}api/runs/${encodeURIComponent(runId)}/events`);
+    let text = '';
+    stream.body.setEncoding('utf8');
+    stream.body.on('data', (chunk: string) => {
+      text += chunk;
+    });
+    const updates = () => (text.match(/^event: update$/gm) ?? []).length;
+    await pollUntil('a first update', async () => (updates() > 0 ? true : undefined));
+
+    await redisServer.stop();
+    // Asked while Redis is down: the answer waits for it (the ledger's connection is patient).
+    const during = view();
+    const stalled = await Promise.race([
+      during.then(() => 'answered'),
+      new Promise((resolve) => setTimeout(() => resolve('waiting'), 1_500)),
+    ]);
+    expect(stalled).toBe('waiting');
+    const seen = updates();
+    await redisServer.start();
+    const after = await during;
+    expect(after.status).toBe(200);
+    expect(after.body).toMatchObject({ done: 120, counts: before.body.counts });
+    await pollUntil('an update after the restart', async () =>
+      updates() > seen ? true : undefined,
+    );
+    expect(dashboard.child.exitCode).toBeNull();
+    stream.body.destroy();
+    dashboard.child.kill('SIGTERM');
+    expect(await dashboard.exited).toBe(0);
   }, 60_000);
 });
