@@ -126,3 +126,69 @@ export class RunSampler {
 function secondOf(ms: number): number {
   return Math.floor(ms / 1_000) * 1_000;
 }
+
+export interface RunSamplersOptions {
+  /** `host:pid`, or the worker's name. */
+  readonly source: string;
+  readonly now: () => number;
+  /** The process's gauges (in flight, the limit, the breaker), shared by its runs' samples. */
+  readonly gauges: () => SampleGauges;
+  readonly sink: (runId: string, sample: RunSample) => void;
+  /** A run's sampler stops this long after its last attempt, when nothing is in flight. Default 5 s. */
+  readonly idleMs?: number;
+}
+
+/**
+ * One RunSampler per run a long-lived process (a worker) bills. A run it has had nothing of for
+ * `idleMs`, with nothing in flight, stops being sampled (its last second handed over): an idle
+ * worker would otherwise draw a finished run as live forever. Its next attempt starts it again.
+ */
+export class RunSamplers {
+  readonly #options: RunSamplersOptions;
+  readonly #runs = new Map<string, { sampler: RunSampler; lastAt: number }>();
+
+  constructor(options: RunSamplersOptions) {
+    this.#options = options;
+  }
+
+  attempt(runId: string, event: AttemptEvent): void {
+    let run = this.#runs.get(runId);
+    if (run === undefined) {
+      const { source, now, gauges, sink } = this.#options;
+      const sampler = new RunSampler({
+        source,
+        now,
+        gauges,
+        sink: (sample) => sink(runId, sample),
+      });
+      run = { sampler, lastAt: now() };
+      this.#runs.set(runId, run);
+    }
+    run.lastAt = this.#options.now();
+    run.sampler.attempt(event);
+  }
+
+  /** Hands over the seconds that are over, and stops the runs gone idle. */
+  tick(): void {
+    const now = this.#options.now();
+    const idle = this.#options.gauges().inFlight === 0;
+    for (const [runId, run] of this.#runs) {
+      run.sampler.tick();
+      if (idle && now - run.lastAt > (this.#options.idleMs ?? 5_000)) {
+        run.sampler.stop();
+        this.#runs.delete(runId);
+      }
+    }
+  }
+
+  /** Hands over every run's second in progress, and forgets them. */
+  stop(): void {
+    for (const run of this.#runs.values()) run.sampler.stop();
+    this.#runs.clear();
+  }
+
+  /** The runs sampled now. */
+  get runs(): readonly string[] {
+    return [...this.#runs.keys()];
+  }
+}

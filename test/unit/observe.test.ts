@@ -4,7 +4,12 @@ import type { AttemptEvent } from '../../src/observe/attempts.js';
 import { createLogger, RunLog } from '../../src/observe/log.js';
 import { BillingMetrics } from '../../src/observe/metrics.js';
 import type { ProgressEvent } from '../../src/observe/progress.js';
-import { histogramQuantile, latencyBucket, RunSampler } from '../../src/observe/sampler.js';
+import {
+  histogramQuantile,
+  latencyBucket,
+  RunSampler,
+  RunSamplers,
+} from '../../src/observe/sampler.js';
 import { metricValue, parsePrometheus, sumOf } from '../helpers/prometheus.js';
 
 function attempt(overrides: Partial<AttemptEvent> = {}): AttemptEvent {
@@ -139,6 +144,51 @@ describe('RunSampler', () => {
       [20_000, 0],
       [23_000, 1],
     ]);
+  });
+});
+
+describe('RunSamplers', () => {
+  it('samples each run apart, and stops a run 5 s after its last attempt once nothing is in flight (an idle worker does not draw a finished run live)', () => {
+    let now = 100_000;
+    let inFlight = 2;
+    const samples: Array<[string, RunSample]> = [];
+    const samplers = new RunSamplers({
+      source: 'w1',
+      now: () => now,
+      gauges: () => ({ inFlight, limit: 10, breaker: undefined }),
+      sink: (runId, sample) => samples.push([runId, sample]),
+    });
+    samplers.attempt('a', attempt());
+    samplers.attempt('b', attempt({ outcome: 'declined', status: 402 }));
+    expect(samplers.runs).toEqual(['a', 'b']);
+    now += 1_000;
+    samplers.tick();
+    expect(samples.map(([runId, sample]) => [runId, sample.ended])).toEqual([
+      ['a', 1],
+      ['b', 1],
+    ]);
+    // Long after, with requests still in flight (a slow provider): still sampled.
+    now += 30_000;
+    samplers.attempt('a', attempt());
+    now += 10_000;
+    samplers.tick();
+    expect(samplers.runs).toEqual(['a', 'b']);
+    // Nothing in flight: the runs idle for over 5 s stop, their last second handed over.
+    inFlight = 0;
+    now += 1;
+    samplers.tick();
+    expect(samplers.runs).toEqual([]);
+    const count = samples.length;
+    now += 10_000;
+    samplers.tick();
+    expect(samples).toHaveLength(count);
+    // The next attempt starts it again.
+    samplers.attempt('b', attempt());
+    now += 1_000;
+    samplers.tick();
+    expect(samples.at(-1)?.[0]).toBe('b');
+    samplers.stop();
+    expect(samplers.runs).toEqual([]);
   });
 });
 

@@ -21,7 +21,7 @@ import type { RunSample } from '../../domain/samples.js';
 import { type AttemptNote, attemptOutcome, type ChargeOutcome } from '../../ledger/ledger.js';
 import { RedisLedger } from '../../ledger/redis-ledger.js';
 import type { AttemptEvent } from '../../observe/attempts.js';
-import { RunSampler } from '../../observe/sampler.js';
+import { RunSamplers } from '../../observe/sampler.js';
 import { LatencyLog } from '../latency-log.js';
 import { bindCredentials } from '../local-engine.js';
 import { endpointMismatch } from '../run-choice.js';
@@ -125,8 +125,6 @@ const RATE_REFRESH_MS = 2_000;
 const HOLD_MS = 60_000;
 // While another worker's probe is out, how often the others look whether it answered.
 const PROBE_POLL_MS = 250;
-// A run's samples stop this long after the worker's last attempt of it.
-const SAMPLER_IDLE_MS = 5_000;
 // How often a worker looks whether its queue is paced, and the decider's round.
 const PACED_READ_MS = 1_000;
 const PACE_TICK_MS = 200;
@@ -164,9 +162,8 @@ export class BillingWorker {
   readonly #name: string;
   /** The queue's pacing as its decider last said (read with #paced). */
   #pacingState: PacingState | undefined;
-  /** One sampler per run this worker bills, and their timer. */
-  readonly #samplers = new Map<string, RunSampler>();
-  readonly #lastAttemptAt = new Map<string, number>();
+  /** The samplers of the runs this worker bills (one per run), and their timer. */
+  #samplers: RunSamplers | undefined;
   /** Samples on their way to Redis: close() waits for them before the connection goes. */
   readonly #sampleWrites = new Set<Promise<void>>();
   #sampleTimer: NodeJS.Timeout | undefined;
@@ -369,8 +366,7 @@ export class BillingWorker {
         await this.#decider.endFinished();
         // The last second's samples, written before the ledger's connection goes.
         if (this.#sampleTimer) clearInterval(this.#sampleTimer);
-        for (const sampler of this.#samplers.values()) sampler.stop();
-        this.#samplers.clear();
+        this.#samplers?.stop();
         await Promise.all(this.#sampleWrites);
       } catch (error) {
         this.#log('error', `closing: ${(error as Error).message}`);
@@ -843,8 +839,7 @@ export class BillingWorker {
       reason: outcome.error,
       ...(unsent ? { unsent: true as const } : {}),
     };
-    this.#lastAttemptAt.set(runId, Date.now());
-    this.#samplerOf(runId)?.attempt(event);
+    this.#sample(runId, event);
     this.#options.onAttempt?.(runId, event);
   }
 
@@ -855,12 +850,11 @@ export class BillingWorker {
     void write.finally(() => this.#sampleWrites.delete(write));
   }
 
-  /** The run's sampler, made on its first attempt here (none when samples are off). */
-  #samplerOf(runId: string): RunSampler | undefined {
-    if (this.#options.samples === false) return undefined;
-    let sampler = this.#samplers.get(runId);
-    if (sampler === undefined) {
-      sampler = new RunSampler({
+  /** Samples the run's attempt: the samplers and their timer start with the first one. */
+  #sample(runId: string, event: AttemptEvent): void {
+    if (this.#options.samples === false) return;
+    if (this.#samplers === undefined) {
+      const samplers = new RunSamplers({
         source: this.#name,
         now: Date.now,
         gauges: () => ({
@@ -868,24 +862,12 @@ export class BillingWorker {
           limit: (this.#paced ? this.#pacingState?.limit : undefined) ?? this.#options.concurrency,
           breaker: this.#breakerState,
         }),
-        sink: (sample) => this.#keepSample(runId, sample),
+        sink: (id, sample) => this.#keepSample(id, sample),
       });
-      this.#samplers.set(runId, sampler);
+      this.#samplers = samplers;
       let ticks = 0;
-      this.#sampleTimer ??= setInterval(() => {
-        const now = Date.now();
-        for (const [id, each] of this.#samplers) {
-          each.tick();
-          // A run this worker has had nothing of for a while: its samples stop (a finished run
-          // is not drawn live by an idle worker), and start again with its next attempt.
-          if (
-            this.#inFlight === 0 &&
-            now - (this.#lastAttemptAt.get(id) ?? now) > SAMPLER_IDLE_MS
-          ) {
-            each.stop();
-            this.#samplers.delete(id);
-          }
-        }
+      this.#sampleTimer = setInterval(() => {
+        samplers.tick();
         // The queue's breaker as every worker moves it, read once a second.
         if (ticks++ % 4 === 0 && this.#breaker !== undefined) {
           this.#breaker
@@ -898,7 +880,7 @@ export class BillingWorker {
       }, 250);
       this.#sampleTimer.unref();
     }
-    return sampler;
+    this.#samplers.attempt(runId, event);
   }
 
   /**
