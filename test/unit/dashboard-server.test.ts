@@ -1136,6 +1136,19 @@ describe('/api/runs/:runId/series', () => {
   });
 });
 
+describe('a source that does not answer', () => {
+  it('gets a 503 that says so in time, not a request that hangs', async () => {
+    const source = new FakeSource();
+    source.run = () => new Promise(() => {});
+    const { base } = await start({ source, answerTimeoutMs: 100 });
+    const answer = await get(`${base}/api/runs/r1`);
+    expect(answer.status).toBe(503);
+    expect(JSON.stringify(answer.json)).toMatch(/has not answered/);
+    // What needs no ledger still answers.
+    expect((await get(`${base}/api/runs`)).status).toBe(200);
+  });
+});
+
 describe('/api/runs/:runId/events', () => {
   it('streams updates: retry first, then LiveUpdates whose id is the cursor, then exactly the new points', async () => {
     clock = T;
@@ -1208,16 +1221,20 @@ describe('/api/runs/:runId/events', () => {
     reader.destroy();
   });
 
-  it('keeps the stream open while the source fails, with a comment, and goes on once it answers', async () => {
+  it('keeps the stream open while the source fails, says so once with a stale event, and goes on once it answers', async () => {
     clock = T;
     const source = new FakeSource();
     const { base } = await start({ source, updateIntervalMs: 50 });
     const { reader } = await openEvents(`${base}/api/runs/r1/events`);
     await reader.updatesFrom(0);
     source.failing = 'ledger\nrestarting';
-    await reader.until('a comment', () =>
-      reader.events.find((event) => event.comments.includes('ledger restarting')),
+    const stale = await reader.until('a stale event', () =>
+      reader.events.find((event) => event.event === 'stale'),
     );
+    expect(JSON.parse(stale.data ?? '{}')).toEqual({ error: 'ledger restarting', since: T });
+    // Several failed updates later: still one.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(reader.events.filter((event) => event.event === 'stale')).toHaveLength(1);
     source.failing = undefined;
     const seen = reader.updates.length;
     const [again] = await reader.updatesFrom(seen);

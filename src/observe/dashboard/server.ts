@@ -65,6 +65,8 @@ export interface DashboardOptions {
   readonly now?: () => number;
   /** How often the event stream sends an update, in ms. Default 1,000. */
   readonly updateIntervalMs?: number;
+  /** A request the source has not answered this long gets a 503, in ms. Default 10 s. */
+  readonly answerTimeoutMs?: number;
 }
 
 export interface Dashboard {
@@ -81,6 +83,10 @@ const SETTLE_MS = 2_000;
 /** Seconds the pace is averaged over. */
 const PACE_SECONDS = 5;
 const COOKIE = 'bulkbill_token';
+/** An update the ledger has not answered for this long is said to be stale. */
+const STALE_MS = 3_000;
+/** A request the ledger has not answered for this long gets a 503. */
+const ANSWER_MS = 10_000;
 /** How long a run's counts read for one request serve the others. */
 const BASICS_MS = 250;
 
@@ -108,11 +114,26 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   const token = options.token === '' ? undefined : options.token;
   refuseOpenDashboard(host, token);
   const app = new DashboardApp(options, token, host);
+  const answerMs = options.answerTimeoutMs ?? ANSWER_MS;
   const server = createServer((request, response) => {
-    app.handle(request, response).catch((error: unknown) => {
-      if (!response.headersSent) json(response, 500, { error: (error as Error).message });
-      else response.destroy();
-    });
+    // A ledger that does not answer (Redis restarting) gets a 503 in time, not a request that
+    // hangs; the event stream says it its own way (`stale`).
+    const timer = request.url?.split('?')[0]?.endsWith('/events')
+      ? undefined
+      : setTimeout(() => {
+          if (!response.headersSent) {
+            json(response, 503, {
+              error: `the ledger has not answered for ${Math.round(answerMs / 1_000)} s (Redis restarting? a locked ledger file?); try again`,
+            });
+          }
+        }, answerMs);
+    app
+      .handle(request, response)
+      .catch((error: unknown) => {
+        if (!response.headersSent) json(response, 500, { error: (error as Error).message });
+        else if (!response.writableEnded) response.destroy();
+      })
+      .finally(() => clearTimeout(timer));
   });
   await new Promise<void>((resolve, reject) => {
     const refused = (error: NodeJS.ErrnoException) =>
@@ -367,9 +388,28 @@ class DashboardApp {
     response.write('retry: 2000\n\n');
     this.#streams.add(response);
     let busy = false;
+    let busySince = 0;
+    let staleSaid = false;
+    let lastGoodAt = this.#now();
+    // The page learns the ledger stopped answering (Redis restarting, a locked SQLite file), once
+    // per outage, instead of showing old figures as live.
+    const stale = (why: string) => {
+      if (staleSaid || response.writableEnded) return;
+      staleSaid = true;
+      response.write(
+        `event: stale\ndata: ${JSON.stringify({ error: why.replace(/\s+/g, ' '), since: lastGoodAt })}\n\n`,
+      );
+    };
     const send = async () => {
-      if (busy || response.writableEnded) return;
+      if (response.writableEnded) return;
+      if (busy) {
+        if (performance.now() - busySince >= STALE_MS) {
+          stale(`the ledger has not answered for ${Math.round(STALE_MS / 1_000)} s`);
+        }
+        return;
+      }
       busy = true;
+      busySince = performance.now();
       try {
         const now = await this.#basics(runId);
         if (now === undefined) return;
@@ -382,9 +422,11 @@ class DashboardApp {
           cursor,
         };
         response.write(`id: ${cursor}\nevent: update\ndata: ${JSON.stringify(update)}\n\n`);
+        lastGoodAt = this.#now();
+        staleSaid = false;
       } catch (error) {
-        // A ledger that stopped answering (Redis restarting): the stream waits for it.
-        response.write(`: ${(error as Error).message.replace(/\s+/g, ' ')}\n\n`);
+        // A ledger that fails (Redis refusing): the stream says so and tries again next time.
+        stale((error as Error).message);
       } finally {
         busy = false;
       }

@@ -797,6 +797,21 @@ function openStream(gen) {
     if (app.streamFailed && app.seriesLoaded) backfill(gen);
     app.streamFailed = false;
   });
+  source.addEventListener('stale', (event) => {
+    if (gen !== app.gen) return;
+    let said = {};
+    try {
+      said = JSON.parse(event.data);
+    } catch {
+      // The word is enough.
+    }
+    app.stale = true;
+    setStreamStatus('ledger not answering');
+    const since = typeof said.since === 'number' ? formatTime(said.since) : 'the last update';
+    showBanner(
+      `The ledger does not answer (${said.error ?? 'no answer'}): the figures are as of ${since}.`,
+    );
+  });
   source.addEventListener('update', (event) => {
     if (gen !== app.gen) return;
     let update;
@@ -804,6 +819,11 @@ function openStream(gen) {
       update = JSON.parse(event.data);
     } catch {
       return;
+    }
+    if (app.stale) {
+      app.stale = false;
+      setStreamStatus('connected');
+      showBanner('');
     }
     if (app.seriesLoaded) applyUpdate(update);
     else app.buffered.push(update);
