@@ -1136,6 +1136,24 @@ describe('/api/runs/:runId/series', () => {
   });
 });
 
+describe('the stream of a finished run', () => {
+  it("keeps its elapsed time at the run's length, not at the time since it started", async () => {
+    // A run of 30 s that ended an hour ago: the stream's updates read only the last minute.
+    clock = T;
+    const source = new FakeSource();
+    source.r1.push(...samplesEverySecond(T - 3_630_000, T - 3_601_000));
+    const { base } = await start({ source, updateIntervalMs: 50 });
+    const view = (await get(`${base}/api/runs/r1`)).json as unknown as RunView;
+    expect(view.elapsedMs).toBe(30_000);
+    const { reader } = await openEvents(`${base}/api/runs/r1/events`);
+    const [first, second] = await reader.updatesFrom(0, 2);
+    expect(first?.run.elapsedMs).toBe(30_000);
+    expect(second?.run.elapsedMs).toBe(30_000);
+    expect(first?.run.live).toBe(false);
+    reader.destroy();
+  });
+});
+
 describe('a source that does not answer', () => {
   it('gets a 503 that says so in time, not a request that hangs', async () => {
     const source = new FakeSource();

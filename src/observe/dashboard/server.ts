@@ -375,6 +375,7 @@ class DashboardApp {
     const all = await this.#series(basics, 0);
     // The run's first second: known now, or from the first points the stream sends.
     let firstAt = all.points[0]?.at;
+    let lastAt = all.points.at(-1)?.at;
     let cursor =
       numberOf(url, 'after') ??
       (Number.isFinite(lastEventId) && lastEventId > 0 ? lastEventId : undefined) ??
@@ -416,8 +417,15 @@ class DashboardApp {
         const page = await this.#series(now, cursor);
         cursor = page.cursor;
         firstAt ??= page.points[0]?.at;
+        lastAt = page.points.at(-1)?.at ?? lastAt;
         const update: LiveUpdate = {
-          run: runView(now, await this.#samples(runId, this.#now() - 60_000), this.#now(), firstAt),
+          run: runView(
+            now,
+            await this.#samples(runId, this.#now() - 60_000),
+            this.#now(),
+            firstAt,
+            lastAt,
+          ),
           points: page.points,
           cursor,
         };
@@ -451,9 +459,15 @@ export function runView(
   samples: readonly RunSample[],
   now: number,
   firstAt: number | undefined,
+  /** The run's last second known, when `samples` are only the recent ones (the stream's). */
+  lastAt?: number | undefined,
 ): RunView {
   const points = pointsOf(samples);
   const last = points.at(-1);
+  const lastKnown = Math.max(
+    last?.at ?? Number.NEGATIVE_INFINITY,
+    lastAt ?? Number.NEGATIVE_INFINITY,
+  );
   const live = basics.finishedAt === undefined && last !== undefined && last.at >= now - LIVE_MS;
   const settled = points.filter((point) => point.at + 1_000 <= now - SETTLE_MS);
   const recent = settled.slice(-PACE_SECONDS);
@@ -463,7 +477,8 @@ export function runView(
   const counts = basics.counts;
   const done = basics.total - counts.pending;
   const first = firstAt ?? points[0]?.at ?? Date.parse(basics.createdAt);
-  const end = live ? now : last !== undefined ? last.at + 1_000 : now;
+  // Ended: at its last second (a run idle since has not been billed meanwhile).
+  const end = live ? now : Number.isFinite(lastKnown) ? lastKnown + 1_000 : now;
   const deadline: DeadlineReport | undefined = basics.dispatch?.deadline;
   return {
     runId: basics.runId,
