@@ -87,22 +87,44 @@ export function ledgerSource(ledger: Ledger): DashboardSource {
  */
 export function queueSource(reader: DistributedStatusReader): DashboardSource {
   const base = ledgerSource(reader.ledger);
+  // Most in flight and refusals so far, per run, folded from the samples as they settle: each
+  // read asks only for the samples after the last second folded, not the whole run's again.
+  const folded = new Map<
+    string,
+    { through: number; maxInFlight: number; refusals: number; limit: number | undefined }
+  >();
+  const fold = async (runId: string) => {
+    const seen = folded.get(runId) ?? {
+      through: 0,
+      maxInFlight: 0,
+      refusals: 0,
+      limit: undefined,
+    };
+    // Seconds settle once every worker's sample of them is in (the server's 2 s, and a margin).
+    const settled = Date.now() - SETTLED_MS;
+    const points = pointsOf(await reader.ledger.samples(runId, seen.through));
+    for (const point of points) {
+      if (point.at + 1_000 > settled) break;
+      seen.through = point.at;
+      seen.maxInFlight = Math.max(seen.maxInFlight, point.inFlight);
+      seen.refusals += point.refusalsPerSecond;
+    }
+    seen.limit = points.at(-1)?.limit ?? seen.limit;
+    folded.set(runId, seen);
+    return seen;
+  };
   return {
     ...base,
     async run(runId) {
       const basics = await base.run(runId);
       if (basics === undefined) return undefined;
-      const [status, samples] = await Promise.all([
-        reader.read(runId, 0),
-        reader.ledger.samples(runId, 0),
-      ]);
-      const points = pointsOf(samples);
+      const [status, samples] = await Promise.all([reader.read(runId, 0), fold(runId)]);
       const pacing = status.runPaced ? status.pacing : undefined;
       const dispatch: DispatchReport = {
         mode: pacing?.mode ?? 'fixed',
-        limit: pacing?.limit ?? points.at(-1)?.limit ?? 0,
-        maxInFlight: points.reduce((most, point) => Math.max(most, point.inFlight), 0),
-        throttled: points.reduce((sum, point) => sum + point.refusalsPerSecond, 0),
+        limit: pacing?.limit ?? samples.limit ?? 0,
+        maxInFlight: samples.maxInFlight,
+        throttled: samples.refusals,
         ...(pacing?.capacity === undefined ? {} : { capacity: pacing.capacity }),
         ...(pacing?.baselineMs === undefined ? {} : { baselineMs: pacing.baselineMs }),
         ...(pacing?.deadline === undefined ? {} : { deadline: pacing.deadline }),
@@ -117,6 +139,9 @@ export function queueSource(reader: DistributedStatusReader): DashboardSource {
     },
   };
 }
+
+/** How long after its end a second's samples are folded into a distributed run's totals. */
+const SETTLED_MS = 5_000;
 
 function problemOf(charge: ChargeRecord): Problem {
   return {

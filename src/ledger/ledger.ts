@@ -163,6 +163,28 @@ export function attemptOutcome(outcome: ChargeOutcome): AttemptRecord['outcome']
   return outcome.attempt?.throttled ? 'throttled' : 'retry';
 }
 
+/**
+ * A charge's kept attempts with the one its row holds: a charge charged at its first request
+ * keeps no history entry in either ledger (its row is that attempt: its time, status, latency).
+ */
+export function withFirstRequest(
+  kept: readonly AttemptRecord[],
+  charge: ChargeRecord | undefined,
+): AttemptRecord[] {
+  if (charge === undefined || charge.state !== 'charged' || charge.firstAttemptAt === undefined) {
+    return [...kept];
+  }
+  const first: AttemptRecord = {
+    attempt: charge.attempts,
+    at: charge.firstAttemptAt,
+    httpStatus: charge.httpStatus,
+    latencyMs: charge.latencyMs,
+    outcome: 'charged',
+    reason: undefined,
+  };
+  return [first, ...kept].sort((a, b) => a.at - b.at);
+}
+
 /** Attempts the Redis ledger keeps per charge (the latest); SQLite keeps every one. */
 export const HISTORY_KEPT = 20;
 

@@ -24,6 +24,7 @@ import {
   type RunRecord,
   type RunSample,
   type StateCounts,
+  withFirstRequest,
 } from './ledger.js';
 import {
   BEGIN_EXTEND,
@@ -895,21 +896,9 @@ export class RedisLedger implements Ledger {
     const value = await this.#call(() => this.#redis.hget(key, userId));
     const kept = value === null || value === '' ? [] : parseHistory(value);
     if (kept.some((attempt) => attempt.outcome === 'charged')) return kept;
-    // A charge charged at its first request keeps no entry (RECORD_OUTCOMES): its row holds that
-    // attempt, read here (also for a ledger of an older bulkbill, which kept no history).
-    const charge = await this.charge(runId, userId);
-    if (charge === undefined || charge.state !== 'charged' || charge.firstAttemptAt === undefined) {
-      return kept;
-    }
-    const first: AttemptRecord = {
-      attempt: charge.attempts,
-      at: charge.firstAttemptAt,
-      httpStatus: charge.httpStatus,
-      latencyMs: charge.latencyMs,
-      outcome: 'charged',
-      reason: undefined,
-    };
-    return [first, ...kept].sort((a, b) => a.at - b.at);
+    // A charge charged at its first request keeps no entry (RECORD_OUTCOMES), nor did any charge
+    // of an older bulkbill: its row holds that attempt.
+    return withFirstRequest(kept, await this.charge(runId, userId));
   }
 
   async noteSample(runId: string, sample: RunSample): Promise<void> {

@@ -24,6 +24,7 @@ import {
   type RunRecord,
   type RunSample,
   type StateCounts,
+  withFirstRequest,
 } from './ledger.js';
 
 export interface SqliteLedgerOptions {
@@ -1139,19 +1140,7 @@ export class SqliteLedger implements Ledger {
     }));
     if (kept.some((attempt) => attempt.outcome === 'charged')) return kept;
     // A charge charged at its first request keeps no log row (#writeOutcomes): its row is it.
-    const charge = await this.charge(runId, userId);
-    if (charge === undefined || charge.state !== 'charged' || charge.firstAttemptAt === undefined) {
-      return kept;
-    }
-    const first: AttemptRecord = {
-      attempt: charge.attempts,
-      at: charge.firstAttemptAt,
-      httpStatus: charge.httpStatus,
-      latencyMs: charge.latencyMs,
-      outcome: 'charged',
-      reason: undefined,
-    };
-    return [first, ...kept].sort((a, b) => a.at - b.at);
+    return withFirstRequest(kept, await this.charge(runId, userId));
   }
 
   async noteSample(runId: string, sample: RunSample): Promise<void> {

@@ -129,6 +129,10 @@ export class RunLog {
   }
 
   attempt(runId: string, event: AttemptEvent): void {
+    const failure =
+      event.outcome === 'declined' || event.outcome === 'failed' || event.outcome === 'unknown';
+    // Every attempt passes here: no line, no fields built, unless one is written.
+    if (!failure && !this.#log.isLevelEnabled('debug')) return;
     const fields = {
       runId,
       userId: event.userId,
@@ -138,7 +142,7 @@ export class RunLog {
       outcome: event.outcome,
       ...(event.reason === undefined ? {} : { reason: event.reason }),
     };
-    if (event.outcome === 'declined' || event.outcome === 'failed' || event.outcome === 'unknown') {
+    if (failure) {
       this.#log.warn(fields, `charge ${event.outcome}`);
     } else this.#log.debug(fields, 'attempt');
   }

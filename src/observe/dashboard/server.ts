@@ -358,10 +358,7 @@ class DashboardApp {
 
   /** The chart points after `after`: whole seconds only, once they have settled. */
   async #series(basics: RunBasics, after: number): Promise<SeriesPage> {
-    const samples = await this.#samples(basics.runId, after);
-    const settled = this.#now() - SETTLE_MS;
-    const points = pointsOf(samples).filter((point) => point.at + 1_000 <= settled);
-    return { points, cursor: points.at(-1)?.at ?? after };
+    return seriesOf(await this.#samples(basics.runId, after), after, this.#now());
   }
 
   async #events(
@@ -414,15 +411,23 @@ class DashboardApp {
       try {
         const now = await this.#basics(runId);
         if (now === undefined) return;
-        const page = await this.#series(now, cursor);
+        // One read for both: the points after the cursor, and the last minute for the view.
+        const at = this.#now();
+        const recentFrom = at - 60_000;
+        const samples = await this.#samples(runId, Math.min(cursor, recentFrom));
+        const page = seriesOf(
+          samples.filter((sample) => sample.at > cursor),
+          cursor,
+          at,
+        );
         cursor = page.cursor;
         firstAt ??= page.points[0]?.at;
         lastAt = page.points.at(-1)?.at ?? lastAt;
         const update: LiveUpdate = {
           run: runView(
             now,
-            await this.#samples(runId, this.#now() - 60_000),
-            this.#now(),
+            samples.filter((sample) => sample.at > recentFrom),
+            at,
             firstAt,
             lastAt,
           ),
@@ -448,6 +453,15 @@ class DashboardApp {
     request.on('close', stop);
     response.on('close', stop);
   }
+}
+
+/** The chart points of `samples` after `after`: whole seconds only, once they have settled. */
+function seriesOf(samples: readonly RunSample[], after: number, now: number): SeriesPage {
+  const settled = now - SETTLE_MS;
+  const points = pointsOf(samples).filter(
+    (point) => point.at > after && point.at + 1_000 <= settled,
+  );
+  return { points, cursor: points.at(-1)?.at ?? after };
 }
 
 /**
